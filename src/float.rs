@@ -1,0 +1,117 @@
+//! The `Float` trait: the one abstraction the generic kernels are written against.
+//!
+//! Kernels compute in `f32` or `f64` only. Storage types (float16, bfloat16, integers, bool)
+//! are widened into one of these two in row-sized blocks by [`crate::strided`], never
+//! inside a kernel loop, so every kernel is instantiated exactly twice.
+
+use std::fmt::Debug;
+use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
+
+use crate::dtype::{DType, Elem, FloatElem};
+
+pub trait Float:
+    Copy
+    + Send
+    + Sync
+    + Debug
+    + Default
+    + PartialOrd
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+{
+    /// The storage dtype that is this type (used to decide whether a block can be read in place).
+    const DTYPE: DType;
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INFINITY: Self;
+
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    /// Widen (or round) one stored element into the compute type.
+    fn load<E: Elem>(e: E) -> Self;
+    /// Round the compute value once into a floating storage type.
+    fn store<E: FloatElem>(self) -> E;
+    /// The vectorizable exponential of [`crate::math`].
+    fn exp(self) -> Self;
+    fn tanh(self) -> Self;
+    fn is_nan(self) -> bool;
+}
+
+impl Float for f32 {
+    const DTYPE: DType = DType::F32;
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn load<E: Elem>(e: E) -> Self {
+        e.to_f32()
+    }
+    #[inline(always)]
+    fn store<E: FloatElem>(self) -> E {
+        E::from_f32(self)
+    }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        crate::math::exp_f32(self)
+    }
+    #[inline(always)]
+    fn tanh(self) -> Self {
+        f32::tanh(self)
+    }
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+}
+
+impl Float for f64 {
+    const DTYPE: DType = DType::F64;
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
+
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn load<E: Elem>(e: E) -> Self {
+        e.to_f64()
+    }
+    #[inline(always)]
+    fn store<E: FloatElem>(self) -> E {
+        E::from_f64(self)
+    }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        crate::math::exp_f64(self)
+    }
+    #[inline(always)]
+    fn tanh(self) -> Self {
+        f64::tanh(self)
+    }
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+}

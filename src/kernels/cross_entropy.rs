@@ -1,0 +1,314 @@
+//! Cross-entropy (and NLL) of one row, with its gradient in the same pass over the row.
+//!
+//! With `z` the (optionally soft-capped) logits of a row, `m = max z`, `s = sum exp(z - m)`,
+//! `lse = m + ln s` and `p = softmax(z)`, the loss for a class-index target `t`, class weights
+//! `w`, label smoothing `ε` over `K` classes and z-loss coefficient `ζ` is PyTorch's
+//!
+//! ```text
+//! loss = (1-ε)·w_t·(lse - z_t) + (ε/K)·Σ_c w_c·(lse - z_c) + ζ·lse²
+//! ```
+//!
+//! and its gradient with respect to `z` has the closed form
+//!
+//! ```text
+//! dz_j = p_j·((1-ε)·w_t + (ε/K)·Σ_c w_c + 2ζ·lse) - (ε/K)·w_j - [j = t]·(1-ε)·w_t
+//! ```
+//!
+//! For a probability target `q`, `q' = (1-ε)·q + ε/K` replaces the one-hot and
+//! `dz_j = p_j·(Σ_c w_c q'_c + 2ζ·lse) - w_j q'_j`. A soft cap `c` multiplies `dz_j` by
+//! `1 - (z_j / c)²`, the derivative of `c·tanh(x / c)`. Log-probabilities are formed as
+//! `(z - m) - ln s` (not `z - lse`) so rows near the float range keep their precision, and the
+//! loss itself is accumulated in `f64`. Terms whose coefficient is zero (`ε = 0`, `ζ = 0`) are
+//! skipped, as PyTorch skips them, so an infinite logit elsewhere cannot turn them into NaN.
+
+use super::{exp_sum, row_max, rows, rows_mut};
+use crate::float::Float;
+
+/// What a row is compared against.
+#[derive(Clone, Copy, Debug)]
+pub enum RowTarget<'a, T> {
+    /// `ignore_index`: loss 0, gradient 0, not counted.
+    Ignored,
+    /// A class index, already checked to be in `[0, K)`.
+    Class(usize),
+    /// A row of `K` class probabilities (soft or one-hot labels).
+    Probs(&'a [T]),
+}
+
+/// The options of a cross-entropy call, resolved once per call.
+#[derive(Clone, Debug)]
+pub struct CeOptions<T> {
+    /// Per-class weights (length `K`), or `None` for all ones.
+    pub weight: Option<Vec<T>>,
+    /// `Σ_c w_c` (`K` without weights).
+    pub weight_total: f64,
+    pub label_smoothing: f64,
+    pub z_loss: f64,
+    pub softcap: Option<f64>,
+}
+
+impl<T: Float> CeOptions<T> {
+    /// Options with no weights, smoothing, z-loss or cap for `k` classes.
+    pub fn plain(k: usize) -> Self {
+        CeOptions {
+            weight: None,
+            weight_total: k as f64,
+            label_smoothing: 0.0,
+            z_loss: 0.0,
+            softcap: None,
+        }
+    }
+
+    #[inline]
+    fn w(&self, c: usize) -> f64 {
+        self.weight.as_ref().map_or(1.0, |w| w[c].to_f64())
+    }
+}
+
+/// How the gradient of each row is scaled: one factor for `"mean"`/`"sum"` (upstream gradient
+/// over the denominator), or one per row for `"none"`.
+#[derive(Clone, Copy, Debug)]
+pub enum Scale<'a, T> {
+    Uniform(f64),
+    PerRow(&'a [T]),
+}
+
+impl<T: Float> Scale<'_, T> {
+    #[inline]
+    pub fn at(&self, i: usize) -> f64 {
+        match self {
+            Scale::Uniform(s) => *s,
+            Scale::PerRow(g) => g[i].to_f64(),
+        }
+    }
+}
+
+/// The loss of one row; when `grad` is given, also writes `scale * d loss / d x` into it.
+/// `capped` is scratch for the soft-capped logits (left untouched without a cap).
+pub fn ce_row<T: Float>(
+    x: &[T],
+    target: RowTarget<'_, T>,
+    o: &CeOptions<T>,
+    grad: Option<(&mut [T], f64)>,
+    capped: &mut Vec<T>,
+) -> f64 {
+    let k = x.len();
+    if matches!(target, RowTarget::Ignored) || k == 0 {
+        if let Some((g, _)) = grad {
+            g.fill(T::ZERO);
+        }
+        return 0.0;
+    }
+    let z: &[T] = match o.softcap {
+        Some(c) => {
+            let ct = T::from_f64(c);
+            capped.clear();
+            capped.extend(x.iter().map(|&v| ct * (v / ct).tanh()));
+            capped
+        }
+        None => x,
+    };
+    let m = row_max(z);
+    let s = exp_sum(z, m);
+    let (mf, ln_s) = (m.to_f64(), s.ln());
+    let lse = mf + ln_s;
+    let eps = o.label_smoothing;
+    let kf = k as f64;
+
+    // loss, the coefficient of p_j in the gradient, and the target-class correction.
+    let (mut loss, mut a, target_corr) = match target {
+        RowTarget::Class(t) => {
+            let wt = o.w(t);
+            let nll = -wt * ((z[t].to_f64() - mf) - ln_s);
+            if eps > 0.0 {
+                let wz: f64 = z
+                    .iter()
+                    .enumerate()
+                    .map(|(c, &v)| o.w(c) * (v.to_f64() - mf))
+                    .sum();
+                let smooth = -wz + ln_s * o.weight_total;
+                (
+                    (1.0 - eps) * nll + eps / kf * smooth,
+                    (1.0 - eps) * wt + eps / kf * o.weight_total,
+                    Some((t, (1.0 - eps) * wt)),
+                )
+            } else {
+                (nll, wt, Some((t, wt)))
+            }
+        }
+        RowTarget::Probs(q) => {
+            let (mut total, mut wqz) = (0.0, 0.0);
+            for (c, (&qc, &zc)) in q.iter().zip(z).enumerate() {
+                let wq = o.w(c) * ((1.0 - eps) * qc.to_f64() + eps / kf);
+                total += wq;
+                wqz += wq * (zc.to_f64() - mf);
+            }
+            (-wqz + ln_s * total, total, None)
+        }
+        RowTarget::Ignored => unreachable!(),
+    };
+    if o.z_loss != 0.0 {
+        loss += o.z_loss * lse * lse;
+        a += 2.0 * o.z_loss * lse;
+    }
+
+    if let Some((g, scale)) = grad {
+        let inv_s = T::from_f64(1.0 / s);
+        let ca = T::from_f64(scale * a);
+        match target {
+            RowTarget::Class(_) => {
+                let cb = scale * eps / kf;
+                for (j, (gj, &zj)) in g.iter_mut().zip(z).enumerate() {
+                    let p = (zj - m).exp() * inv_s;
+                    *gj = ca * p - T::from_f64(cb * o.w(j));
+                }
+            }
+            RowTarget::Probs(q) => {
+                for (j, ((gj, &zj), &qj)) in g.iter_mut().zip(z).zip(q).enumerate() {
+                    let p = (zj - m).exp() * inv_s;
+                    let wq = o.w(j) * ((1.0 - eps) * qj.to_f64() + eps / kf);
+                    *gj = ca * p - T::from_f64(scale * wq);
+                }
+            }
+            RowTarget::Ignored => unreachable!(),
+        }
+        if let Some((t, corr)) = target_corr {
+            g[t] -= T::from_f64(scale * corr);
+        }
+        if let Some(c) = o.softcap {
+            let inv_c = T::from_f64(1.0 / c);
+            for (gj, &zj) in g.iter_mut().zip(z) {
+                let r = zj * inv_c;
+                *gj *= T::ONE - r * r;
+            }
+        }
+    }
+    loss
+}
+
+/// Cross-entropy of a block of rows: per-row losses into `losses`, and `scale`-d gradients
+/// into `grad` (same layout as `x`) when given. `targets(i)` gives row `i`'s target.
+pub fn cross_entropy<'t, T: Float>(
+    x: &[T],
+    k: usize,
+    targets: impl Fn(usize) -> RowTarget<'t, T>,
+    o: &CeOptions<T>,
+    grad: Option<(&mut [T], Scale<'_, T>)>,
+    losses: &mut [f64],
+) {
+    let mut capped = Vec::new();
+    match grad {
+        Some((g, scale)) if k > 0 => {
+            for (i, ((xr, gr), l)) in rows(x, k)
+                .zip(rows_mut(g, k))
+                .zip(losses.iter_mut())
+                .enumerate()
+            {
+                *l = ce_row(xr, targets(i), o, Some((gr, scale.at(i))), &mut capped);
+            }
+        }
+        _ if k == 0 => losses.fill(0.0),
+        _ => {
+            for (i, (xr, l)) in rows(x, k).zip(losses.iter_mut()).enumerate() {
+                *l = ce_row(xr, targets(i), o, None, &mut capped);
+            }
+        }
+    }
+}
+
+/// Negative log-likelihood of a block of rows of log-probabilities: `-w_t·x_t` for a class
+/// index, `-Σ_c w_c·q_c·x_c` for a probability row, 0 when ignored.
+pub fn nll<'t, T: Float>(
+    x: &[T],
+    k: usize,
+    targets: impl Fn(usize) -> RowTarget<'t, T>,
+    weight: Option<&[T]>,
+    losses: &mut [f64],
+) {
+    let w = |c: usize| weight.map_or(1.0, |w| w[c].to_f64());
+    for (i, (xr, l)) in rows(x, k).zip(losses.iter_mut()).enumerate() {
+        *l = match targets(i) {
+            RowTarget::Ignored => 0.0,
+            RowTarget::Class(t) => -w(t) * xr[t].to_f64(),
+            RowTarget::Probs(q) => -xr
+                .iter()
+                .zip(q)
+                .enumerate()
+                .map(|(c, (&v, &qc))| w(c) * qc.to_f64() * v.to_f64())
+                .sum::<f64>(),
+        };
+    }
+    if k == 0 {
+        losses.fill(0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Central differences of the loss against the analytic gradient, every option at once.
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let x = [0.3f64, -1.2, 2.0, 0.7, -0.1];
+        let q = [0.1f64, 0.2, 0.3, 0.25, 0.15];
+        let o = CeOptions {
+            weight: Some(vec![0.5, 1.0, 2.0, 0.3, 1.5]),
+            weight_total: 5.3,
+            label_smoothing: 0.2,
+            z_loss: 0.05,
+            softcap: Some(3.0),
+        };
+        for target in [RowTarget::Class(2), RowTarget::Probs(&q)] {
+            let mut g = [0.0; 5];
+            let mut cap = Vec::new();
+            ce_row(&x, target, &o, Some((&mut g, 1.7)), &mut cap);
+            for j in 0..5 {
+                let h = 1e-6;
+                let (mut xp, mut xm) = (x, x);
+                xp[j] += h;
+                xm[j] -= h;
+                let fd = (ce_row(&xp, target, &o, None, &mut cap)
+                    - ce_row(&xm, target, &o, None, &mut cap))
+                    / (2.0 * h);
+                assert!(
+                    (g[j] - 1.7 * fd).abs() < 1e-7,
+                    "{j}: {} vs {}",
+                    g[j],
+                    1.7 * fd
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn one_hot_probabilities_equal_the_class_index() {
+        let x = [2.0f64, 1.0, 0.1];
+        let o = CeOptions::plain(3);
+        let mut cap = Vec::new();
+        let by_index = ce_row(&x, RowTarget::Class(0), &o, None, &mut cap);
+        let by_probs = ce_row(&x, RowTarget::Probs(&[1.0, 0.0, 0.0]), &o, None, &mut cap);
+        assert!((by_index - 0.417_030_02).abs() < 1e-8);
+        assert!((by_index - by_probs).abs() < 1e-15);
+    }
+
+    #[test]
+    fn infinities_follow_pytorch() {
+        let o = CeOptions::<f64>::plain(3);
+        let mut cap = Vec::new();
+        let ni = f64::NEG_INFINITY;
+        assert_eq!(
+            ce_row(&[ni, 1.0, 2.0], RowTarget::Class(0), &o, None, &mut cap),
+            f64::INFINITY
+        );
+        assert!(ce_row(&[ni, 1.0, 2.0], RowTarget::Class(1), &o, None, &mut cap).is_finite());
+        assert!(ce_row(
+            &[f64::INFINITY, 1.0, 2.0],
+            RowTarget::Class(0),
+            &o,
+            None,
+            &mut cap
+        )
+        .is_nan());
+    }
+}

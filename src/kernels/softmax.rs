@@ -1,0 +1,181 @@
+//! Softmax, log-softmax, logsumexp, their backward passes and the softmax Jacobian, one row
+//! at a time.
+//!
+//! Stability: every row is shifted by its maximum `m` before `exp`, and the results are formed
+//! as `exp(x - m) / sum` and `(x - m) - ln(sum)`, never as `exp(x - lse)`: near the float32
+//! limit `lse = m + ln(sum)` rounds back to `m` and `exp(x - lse)` would lose the answer.
+//! `logsumexp` follows PyTorch in shifting by 0 instead of an infinite maximum, so a row of
+//! `-inf` gives `-inf` and a row holding `+inf` gives `+inf` (softmax of such rows is NaN,
+//! as in PyTorch).
+
+use super::{dot, exp_store_sum, exp_sum, row_max, rows, rows_mut, sum};
+use crate::float::Float;
+
+/// `out = softmax(x)` for one row.
+#[inline]
+pub fn softmax_row<T: Float>(x: &[T], out: &mut [T]) {
+    let m = row_max(x);
+    let s = exp_store_sum(x, m, out);
+    let inv = T::from_f64(1.0 / s);
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// `out = log_softmax(x)` for one row.
+#[inline]
+pub fn log_softmax_row<T: Float>(x: &[T], out: &mut [T]) {
+    let m = row_max(x);
+    let ln_s = T::from_f64(exp_sum(x, m).ln());
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v - m) - ln_s;
+    }
+}
+
+/// `log(sum(exp(x)))` for one row, in `f64`.
+#[inline]
+pub fn logsumexp_row<T: Float>(x: &[T]) -> f64 {
+    let m = row_max(x);
+    let finite_shift = if m.to_f64().is_infinite() { T::ZERO } else { m };
+    finite_shift.to_f64() + exp_sum(x, finite_shift).ln()
+}
+
+/// Vector-Jacobian product of softmax: `out = s * (g - sum(g * s))`.
+#[inline]
+pub fn softmax_backward_row<T: Float>(g: &[T], s: &[T], out: &mut [T]) {
+    let gs = T::from_f64(dot(g, s));
+    for ((o, &gi), &si) in out.iter_mut().zip(g).zip(s) {
+        *o = si * (gi - gs);
+    }
+}
+
+/// Vector-Jacobian product of log-softmax: `out = g - exp(ls) * sum(g)`.
+#[inline]
+pub fn log_softmax_backward_row<T: Float>(g: &[T], ls: &[T], out: &mut [T]) {
+    let sg = T::from_f64(sum(g));
+    for ((o, &gi), &li) in out.iter_mut().zip(g).zip(ls) {
+        *o = gi - li.exp() * sg;
+    }
+}
+
+/// The `k x k` Jacobian `J[i][j] = d s_i / d x_j = s_i (δ_ij - s_j)` of one row, row-major
+/// into `out`; `s` is scratch of length `k`.
+#[inline]
+pub fn softmax_jacobian_row<T: Float>(x: &[T], s: &mut [T], out: &mut [T]) {
+    let k = x.len();
+    softmax_row(x, s);
+    for (i, jrow) in rows_mut(out, k).enumerate() {
+        let si = s[i];
+        for (j, o) in jrow.iter_mut().enumerate() {
+            *o = -si * s[j];
+        }
+        jrow[i] += si;
+    }
+}
+
+/// Row-block forms: `x` and `out` hold whole rows of length `k`.
+pub fn softmax<T: Float>(x: &[T], k: usize, out: &mut [T]) {
+    for (xr, or) in rows(x, k).zip(rows_mut(out, k)) {
+        softmax_row(xr, or);
+    }
+}
+
+pub fn log_softmax<T: Float>(x: &[T], k: usize, out: &mut [T]) {
+    for (xr, or) in rows(x, k).zip(rows_mut(out, k)) {
+        log_softmax_row(xr, or);
+    }
+}
+
+/// One value per row; an empty class axis (`k == 0`) gives `-inf`, the log of an empty sum.
+pub fn logsumexp<T: Float>(x: &[T], k: usize, out: &mut [T]) {
+    if k == 0 {
+        out.fill(T::NEG_INFINITY);
+        return;
+    }
+    for (xr, o) in rows(x, k).zip(out.iter_mut()) {
+        *o = T::from_f64(logsumexp_row(xr));
+    }
+}
+
+pub fn softmax_backward<T: Float>(g: &[T], s: &[T], k: usize, out: &mut [T]) {
+    for ((gr, sr), or) in rows(g, k).zip(rows(s, k)).zip(rows_mut(out, k)) {
+        softmax_backward_row(gr, sr, or);
+    }
+}
+
+pub fn log_softmax_backward<T: Float>(g: &[T], ls: &[T], k: usize, out: &mut [T]) {
+    for ((gr, lr), or) in rows(g, k).zip(rows(ls, k)).zip(rows_mut(out, k)) {
+        log_softmax_backward_row(gr, lr, or);
+    }
+}
+
+/// `out` holds `k * k` values per row.
+pub fn softmax_jacobian<T: Float>(x: &[T], k: usize, out: &mut [T]) {
+    let mut s = vec![T::ZERO; k];
+    for (xr, or) in rows(x, k).zip(rows_mut(out, k * k)) {
+        softmax_jacobian_row(xr, &mut s, or);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_example() {
+        let x = [2.0f64, 1.0, 0.1];
+        let mut out = [0.0; 3];
+        softmax(&x, 3, &mut out);
+        let want = [
+            0.659_001_138_885_968,
+            0.242_432_970_704_714,
+            0.098_565_890_409_318,
+        ];
+        for (o, w) in out.iter().zip(want) {
+            assert!((o - w).abs() < 1e-14, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn float32_limit_rows_keep_their_answer() {
+        let x = [3e38f32, 3e38, -3e38, 0.0];
+        let mut out = [0.0f32; 4];
+        softmax(&x, 4, &mut out);
+        assert_eq!(out, [0.5, 0.5, 0.0, 0.0]);
+        log_softmax(&x, 4, &mut out);
+        assert_eq!(out[2], f32::NEG_INFINITY);
+        assert!((out[0] + std::f32::consts::LN_2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn infinite_rows_follow_pytorch() {
+        let mut o = [0.0f64; 1];
+        logsumexp(&[f64::NEG_INFINITY; 3], 3, &mut o);
+        assert_eq!(o[0], f64::NEG_INFINITY);
+        logsumexp(&[f64::INFINITY, 1.0], 2, &mut o);
+        assert_eq!(o[0], f64::INFINITY);
+        logsumexp(&[f64::NAN, 1.0], 2, &mut o);
+        assert!(o[0].is_nan());
+        let mut s = [0.0f64; 3];
+        softmax(&[f64::NEG_INFINITY; 3], 3, &mut s);
+        assert!(s.iter().all(|v| v.is_nan()));
+        logsumexp::<f64>(&[], 0, &mut o);
+        assert_eq!(o[0], f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn jacobian_matches_backward() {
+        let x = [0.3f64, -1.0, 2.0, 0.5];
+        let mut j = [0.0; 16];
+        softmax_jacobian(&x, 4, &mut j);
+        let mut s = [0.0; 4];
+        softmax(&x, 4, &mut s);
+        let g = [1.0, -2.0, 0.5, 3.0];
+        let mut vjp = [0.0; 4];
+        softmax_backward(&g, &s, 4, &mut vjp);
+        for c in 0..4 {
+            let want: f64 = (0..4).map(|r| g[r] * j[r * 4 + c]).sum();
+            assert!((vjp[c] - want).abs() < 1e-14);
+        }
+    }
+}

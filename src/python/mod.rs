@@ -1,0 +1,845 @@
+//! The Python binding, `sce_rs._sce_rs`: argument conversion and checking, GIL release, and
+//! the mapping of core errors to Python exceptions. No numerics here: everything computes in
+//! [`crate::ops`].
+
+mod array;
+
+use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::dtype::DType;
+use crate::error::{fmt_index, Error};
+use crate::float::Float;
+use crate::ops::{self, BinaryArgs, CeOptions, Loss, Reduction, RowMap, Targets, Upstream};
+use array::{axis_error, loss_scalar, Arr};
+
+/// Work (elements) above which the GIL is released while the kernel runs; below it the
+/// release/re-acquire round trip costs more than it frees.
+const GIL_RELEASE_MIN: usize = 1 << 15;
+
+/// Runs `f` with the GIL released when the work is large enough to be worth it.
+fn run<R: Send>(py: Python<'_>, elems: usize, f: impl FnOnce() -> R + Send) -> R {
+    if elems >= GIL_RELEASE_MIN {
+        py.detach(f)
+    } else {
+        f()
+    }
+}
+
+/// Calls `$body` with `$T` the compute type (`f32`/`f64`) for results of dtype `$dt`.
+macro_rules! with_compute {
+    ($dt:expr, $T:ident => $body:expr) => {
+        if $dt.compute() == DType::F32 {
+            type $T = f32;
+            $body
+        } else {
+            type $T = f64;
+            $body
+        }
+    };
+}
+
+/// Maps a core error to the Python exception the contract names, prefixed by the function.
+fn to_py(py: Python<'_>, f: &str, e: Error) -> PyErr {
+    match e {
+        Error::Axis { axis, ndim } => axis_error(py, axis, ndim, f),
+        Error::ClassIndex { .. } => PyIndexError::new_err(format!("{f}: {e}")),
+        Error::DType(_) => PyTypeError::new_err(format!("{f}: {e}")),
+        Error::Shape(_) | Error::Value(_) | Error::Domain { .. } => {
+            PyValueError::new_err(format!("{f}: {e}"))
+        }
+    }
+}
+
+/// Prefixes the message of an argument error raised while converting, keeping its type.
+fn prefixed(py: Python<'_>, f: &str, e: PyErr) -> PyErr {
+    let ty = e.get_type(py);
+    let msg = e
+        .value(py)
+        .str()
+        .map_or_else(|_| String::new(), |s| s.to_string());
+    if ty.is(py.get_type::<PyTypeError>()) {
+        PyTypeError::new_err(format!("{f}: {msg}"))
+    } else if ty.is(py.get_type::<PyValueError>()) {
+        PyValueError::new_err(format!("{f}: {msg}"))
+    } else {
+        e
+    }
+}
+
+fn arg<'py>(py: Python<'py>, f: &str, obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Arr<'py>> {
+    Arr::new(obj, what).map_err(|e| prefixed(py, f, e))
+}
+
+fn norm_axis(py: Python<'_>, f: &str, axis: isize, ndim: usize) -> PyResult<usize> {
+    let a = if axis < 0 { axis + ndim as isize } else { axis };
+    if a < 0 || a >= ndim as isize {
+        return Err(to_py(py, f, Error::Axis { axis, ndim }));
+    }
+    Ok(a as usize)
+}
+
+fn parse_reduction(py: Python<'_>, f: &str, r: &str) -> PyResult<Reduction> {
+    r.parse().map_err(|e| to_py(py, f, e))
+}
+
+/// The dtype of a result computed from inputs of dtypes `a` and `b` (NumPy-style promotion
+/// among the dtypes the core produces).
+fn promote(a: DType, b: DType) -> DType {
+    let (a, b) = (a.result(), b.result());
+    if a == b {
+        a
+    } else if a == DType::F64 || b == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+fn shape_without(shape: &[usize], axis: usize) -> Vec<usize> {
+    shape
+        .iter()
+        .enumerate()
+        .filter(|&(d, _)| d != axis)
+        .map(|(_, &l)| l)
+        .collect()
+}
+
+// ---------------------------------------------------------------- softmax family
+
+fn row_map_py<'py>(
+    py: Python<'py>,
+    f: &str,
+    map: RowMap,
+    x: &Bound<'py, PyAny>,
+    axis: isize,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut x = arg(py, f, x, "x")?;
+    let a = norm_axis(py, f, axis, x.ndim())?;
+    let dt = x.dtype.result();
+    let given = out.is_some();
+    let out = match out {
+        Some(o) => Arr::out(o, &x.shape, dt).map_err(|e| prefixed(py, f, e))?,
+        None => Arr::empty(py, &x.shape, dt, &x)?,
+    };
+    let in_place = x.guard_against(&out)?;
+    let mut xv = x.view(Some(a));
+    xv.set_copy_on_read(in_place);
+    let ov = out.view(Some(a));
+    run(
+        py,
+        x.size(),
+        || with_compute!(dt, T => ops::row_map::<T>(map, &xv, &ov)),
+    );
+    if given {
+        Ok(out.arr.into_any())
+    } else {
+        out.into_result()
+    }
+}
+
+/// Softmax along `axis`: `exp(x - max) / sum(exp(x - max))`.
+#[pyfunction]
+#[pyo3(signature = (x, axis=-1, *, out=None))]
+fn softmax<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: isize,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    row_map_py(py, "softmax", RowMap::Softmax, x, axis, out)
+}
+
+/// Log-softmax along `axis`: `x - logsumexp(x)`.
+#[pyfunction]
+#[pyo3(signature = (x, axis=-1, *, out=None))]
+fn log_softmax<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: isize,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    row_map_py(py, "log_softmax", RowMap::LogSoftmax, x, axis, out)
+}
+
+/// Stable `log(sum(exp(x)))` along `axis`.
+#[pyfunction]
+#[pyo3(signature = (x, axis=-1, *, keepdims=false))]
+fn logsumexp<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: isize,
+    keepdims: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let f = "logsumexp";
+    let x = arg(py, f, x, "x")?;
+    let a = norm_axis(py, f, axis, x.ndim())?;
+    let dt = x.dtype.result();
+    let mut shape = x.shape.clone();
+    if keepdims {
+        shape[a] = 1;
+    } else {
+        shape.remove(a);
+    }
+    let out = Arr::empty(py, &shape, dt, &x)?;
+    let (xv, ov) = (x.view(Some(a)), out.view(None));
+    run(
+        py,
+        x.size(),
+        || with_compute!(dt, T => ops::row_map::<T>(RowMap::LogSumExp, &xv, &ov)),
+    );
+    out.into_result()
+}
+
+/// The full softmax Jacobian, shape `x.shape + (K,)` with the class axis moved last.
+#[pyfunction]
+#[pyo3(signature = (x, axis=-1))]
+fn softmax_jacobian<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: isize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let f = "softmax_jacobian";
+    let x = arg(py, f, x, "x")?;
+    let a = norm_axis(py, f, axis, x.ndim())?;
+    let dt = x.dtype.result();
+    let k = x.shape[a];
+    let mut shape = shape_without(&x.shape, a);
+    let n: usize = shape.iter().product();
+    shape.extend([k, k]);
+    let out = Arr::empty(py, &shape, dt, &x)?;
+    let xv = x.view(Some(a));
+    // The result seen as n rows of k*k.
+    let ov = out.reshaped_rows(n, k * k);
+    run(
+        py,
+        n * k * k.max(1),
+        || with_compute!(dt, T => ops::row_map::<T>(RowMap::SoftmaxJacobian, &xv, &ov)),
+    );
+    out.into_result()
+}
+
+fn backward_py<'py>(
+    py: Python<'py>,
+    f: &str,
+    log: bool,
+    g: &Bound<'py, PyAny>,
+    y: &Bound<'py, PyAny>,
+    axis: isize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let g = arg(py, f, g, "grad_output")?;
+    let y = arg(py, f, y, "output")?;
+    if g.shape != y.shape {
+        return Err(PyValueError::new_err(format!(
+            "{f}: grad_output has shape {} but output has shape {}; they must match",
+            fmt_index(&g.shape),
+            fmt_index(&y.shape)
+        )));
+    }
+    let a = norm_axis(py, f, axis, g.ndim())?;
+    let dt = promote(g.dtype, y.dtype);
+    let like = if g.dtype == dt { &g } else { &y };
+    let out = Arr::empty(py, &g.shape, dt, like)?;
+    let (gv, yv, ov) = (g.view(Some(a)), y.view(Some(a)), out.view(Some(a)));
+    run(
+        py,
+        g.size(),
+        || with_compute!(dt, T => ops::softmax_backward::<T>(log, &gv, &yv, &ov)),
+    );
+    out.into_result()
+}
+
+/// Vector-Jacobian product of softmax: `s * (g - sum(g * s))` with `s` the softmax output.
+#[pyfunction]
+#[pyo3(signature = (grad_output, output, axis=-1))]
+fn softmax_backward<'py>(
+    py: Python<'py>,
+    grad_output: &Bound<'py, PyAny>,
+    output: &Bound<'py, PyAny>,
+    axis: isize,
+) -> PyResult<Bound<'py, PyAny>> {
+    backward_py(py, "softmax_backward", false, grad_output, output, axis)
+}
+
+/// Vector-Jacobian product of log-softmax: `g - exp(output) * sum(g)`.
+#[pyfunction]
+#[pyo3(signature = (grad_output, output, axis=-1))]
+fn log_softmax_backward<'py>(
+    py: Python<'py>,
+    grad_output: &Bound<'py, PyAny>,
+    output: &Bound<'py, PyAny>,
+    axis: isize,
+) -> PyResult<Bound<'py, PyAny>> {
+    backward_py(py, "log_softmax_backward", true, grad_output, output, axis)
+}
+
+// ---------------------------------------------------------------- multi-class losses
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    CrossEntropy,
+    CrossEntropyGrad,
+    Nll,
+}
+
+/// The keyword options of the multi-class losses, as received.
+struct MultiOpts<'a, 'py> {
+    axis: isize,
+    weight: Option<&'a Bound<'py, PyAny>>,
+    ignore_index: i64,
+    reduction: &'a str,
+    label_smoothing: f64,
+    z_loss: f64,
+    softcap: Option<f64>,
+    grad_output: Option<&'a Bound<'py, PyAny>>,
+    out: Option<&'a Bound<'py, PyAny>>,
+}
+
+fn check_options(py: Python<'_>, f: &str, o: &MultiOpts<'_, '_>) -> PyResult<()> {
+    let bad = |m: String| Err(to_py(py, f, Error::Value(m)));
+    if !(0.0..=1.0).contains(&o.label_smoothing) {
+        return bad(format!(
+            "label_smoothing must be in [0, 1], got {}",
+            o.label_smoothing
+        ));
+    }
+    if !(o.z_loss.is_finite() && o.z_loss >= 0.0) {
+        return bad(format!(
+            "z_loss must be a finite number >= 0, got {}",
+            o.z_loss
+        ));
+    }
+    if let Some(c) = o.softcap {
+        if !(c.is_finite() && c > 0.0) {
+            return bad(format!(
+                "softcap must be None or a finite number > 0, got {c}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A per-class weight vector of length `k`, in f64.
+fn class_weights(py: Python<'_>, f: &str, w: &Bound<'_, PyAny>, k: usize) -> PyResult<Vec<f64>> {
+    let w = arg(py, f, w, "weight")?;
+    if w.shape != [k] {
+        return Err(PyValueError::new_err(format!(
+            "{f}: weight must have shape ({k},), one value per class, got {}",
+            fmt_index(&w.shape)
+        )));
+    }
+    let mut buf = Vec::new();
+    // SAFETY: the view reads `w`, alive for this whole call.
+    Ok(unsafe { w.view(None).load::<f64>(0, k, &mut buf) }.to_vec())
+}
+
+/// The upstream gradient: a scalar for reduced losses, an array broadcast to `loss_shape` for
+/// `"none"`.
+fn upstream<'py>(
+    py: Python<'py>,
+    f: &str,
+    g: Option<&Bound<'py, PyAny>>,
+    reduction: Reduction,
+    loss_shape: &[usize],
+) -> PyResult<(f64, Option<Arr<'py>>)> {
+    let Some(g) = g.filter(|g| !g.is_none()) else {
+        return Ok((1.0, None));
+    };
+    if reduction != Reduction::None {
+        return match g.extract::<f64>() {
+            Ok(v) => Ok((v, None)),
+            Err(_) => Err(PyValueError::new_err(format!(
+                "{f}: grad_output must be a scalar for a reduced loss, got {}",
+                g.get_type()
+                    .name()
+                    .map_or_else(|_| "?".into(), |n| n.to_string())
+            ))),
+        };
+    }
+    let a = arg(py, f, g, "grad_output")?;
+    if crate::strided::broadcast_strides(&a.shape, &a.strides, loss_shape).is_err() {
+        return Err(PyValueError::new_err(format!(
+            "{f}: grad_output of shape {} does not match the per-row loss shape {}",
+            fmt_index(&a.shape),
+            fmt_index(loss_shape)
+        )));
+    }
+    Ok((f64::NAN, Some(a)))
+}
+
+fn multiclass<'py>(
+    py: Python<'py>,
+    f: &str,
+    kind: Kind,
+    input: &Bound<'py, PyAny>,
+    target: &Bound<'py, PyAny>,
+    o: MultiOpts<'_, 'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut x = arg(py, f, input, "input")?;
+    let a = norm_axis(py, f, o.axis, x.ndim())?;
+    let reduction = parse_reduction(py, f, o.reduction)?;
+    check_options(py, f, &o)?;
+    let k = x.shape[a];
+    let outer = shape_without(&x.shape, a);
+    let dt = x.dtype.result();
+    let weight = o
+        .weight
+        .filter(|w| !w.is_none())
+        .map(|w| class_weights(py, f, w, k))
+        .transpose()?;
+
+    let mut t = arg(py, f, target, "target")?;
+    let probs = if t.shape == x.shape {
+        true
+    } else if t.shape == outer {
+        if !t.dtype.is_integer() {
+            return Err(PyValueError::new_err(format!(
+                "{f}: class-index targets must have an integer dtype, got {} (probability targets need the input's shape {})",
+                t.dtype.name(),
+                fmt_index(&x.shape)
+            )));
+        }
+        false
+    } else {
+        return Err(PyValueError::new_err(format!(
+            "{f}: target has shape {} but input of shape {} with axis={} needs class indices of shape {} or probabilities of shape {}",
+            fmt_index(&t.shape),
+            fmt_index(&x.shape),
+            o.axis,
+            fmt_index(&outer),
+            fmt_index(&x.shape)
+        )));
+    };
+
+    let (scalar_up, up_arr) = if kind == Kind::CrossEntropyGrad {
+        upstream(py, f, o.grad_output, reduction, &outer)?
+    } else {
+        (1.0, None)
+    };
+    let mut up_arr = up_arr;
+    let grad = if kind == Kind::CrossEntropyGrad {
+        Some(match o.out.filter(|o| !o.is_none()) {
+            Some(out) => Arr::out(out, &x.shape, dt).map_err(|e| prefixed(py, f, e))?,
+            None => Arr::empty(py, &x.shape, dt, &x)?,
+        })
+    } else {
+        None
+    };
+    let mut in_place = false;
+    if let Some(g) = &grad {
+        in_place = x.guard_against(g)?;
+        let t_in_place = t.guard_against(g)?;
+        let mut u_in_place = false;
+        if let Some(u) = up_arr.as_mut() {
+            u_in_place = u.guard_against(g)?;
+        }
+        if t_in_place || u_in_place {
+            // A target or upstream gradient that *is* the gradient buffer: read it whole first.
+            if t_in_place {
+                t = Arr::new(&t.arr.call_method0("copy")?, "target")?;
+            }
+            if u_in_place {
+                let u = up_arr.take().expect("checked above");
+                up_arr = Some(Arr::new(&u.arr.call_method0("copy")?, "grad_output")?);
+            }
+        }
+    }
+    let losses = if reduction == Reduction::None {
+        Some(Arr::empty(py, &outer, dt, &x)?)
+    } else {
+        None
+    };
+
+    let mut xv = x.view(Some(a));
+    xv.set_copy_on_read(in_place);
+    let tv = if probs { t.view(Some(a)) } else { t.view(None) };
+    let uv = up_arr
+        .as_ref()
+        .map(|u| u.broadcast_view(&outer, None, "grad_output"))
+        .transpose()?;
+    let gv = grad.as_ref().map(|g| g.view(Some(a)));
+    let lv = losses.as_ref().map(|l| l.view(None));
+    let targets = if probs {
+        Targets::Probs(&tv)
+    } else {
+        Targets::Index {
+            view: &tv,
+            ignore_index: o.ignore_index,
+            shape: &outer,
+        }
+    };
+    let up = match &uv {
+        Some(v) => Upstream::PerRow(v),
+        None => Upstream::Scalar(scalar_up),
+    };
+    let total = run(py, x.size(), || {
+        with_compute!(dt, T => {
+            let w: Option<Vec<T>> = weight.as_ref().map(|w| w.iter().map(|&v| T::from_f64(v)).collect());
+            match kind {
+                Kind::Nll => ops::multiclass_loss::<T>(Loss::Nll(w.as_deref()), &xv, targets, reduction, up, lv.as_ref(), None),
+                _ => {
+                    let opts = CeOptions {
+                        weight_total: weight.as_ref().map_or(k as f64, |w| w.iter().sum()),
+                        weight: w,
+                        label_smoothing: o.label_smoothing,
+                        z_loss: o.z_loss,
+                        softcap: o.softcap,
+                    };
+                    ops::multiclass_loss::<T>(Loss::CrossEntropy(&opts), &xv, targets, reduction, up, lv.as_ref(), gv.as_ref())
+                }
+            }
+        })
+    })
+    .map_err(|e| to_py(py, f, e))?;
+
+    let loss = match losses {
+        Some(l) => l.into_result()?,
+        None => loss_scalar(py, total, x.dtype)?,
+    };
+    match grad {
+        Some(g) => Ok(PyTuple::new(py, [loss, g.arr.into_any()])?.into_any()),
+        None => Ok(loss),
+    }
+}
+
+/// PyTorch's `F.cross_entropy` on logits, with the class axis chosen by `axis`.
+#[pyfunction]
+#[pyo3(signature = (input, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None))]
+#[allow(clippy::too_many_arguments)]
+fn cross_entropy<'py>(
+    py: Python<'py>,
+    input: &Bound<'py, PyAny>,
+    target: &Bound<'py, PyAny>,
+    axis: isize,
+    weight: Option<&Bound<'py, PyAny>>,
+    ignore_index: i64,
+    reduction: &str,
+    label_smoothing: f64,
+    z_loss: f64,
+    softcap: Option<f64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let o = MultiOpts {
+        axis,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        grad_output: None,
+        out: None,
+    };
+    multiclass(py, "cross_entropy", Kind::CrossEntropy, input, target, o)
+}
+
+/// `(loss, grad)`: the cross-entropy and its gradient with respect to `input`, in one pass.
+#[pyfunction]
+#[pyo3(signature = (input, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=None, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn cross_entropy_and_grad<'py>(
+    py: Python<'py>,
+    input: &Bound<'py, PyAny>,
+    target: &Bound<'py, PyAny>,
+    axis: isize,
+    weight: Option<&Bound<'py, PyAny>>,
+    ignore_index: i64,
+    reduction: &str,
+    label_smoothing: f64,
+    z_loss: f64,
+    softcap: Option<f64>,
+    grad_output: Option<&Bound<'py, PyAny>>,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let o = MultiOpts {
+        axis,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        grad_output,
+        out,
+    };
+    multiclass(
+        py,
+        "cross_entropy_and_grad",
+        Kind::CrossEntropyGrad,
+        input,
+        target,
+        o,
+    )
+}
+
+/// PyTorch's `F.nll_loss` on log-probabilities.
+#[pyfunction]
+#[pyo3(signature = (input, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean"))]
+fn nll_loss<'py>(
+    py: Python<'py>,
+    input: &Bound<'py, PyAny>,
+    target: &Bound<'py, PyAny>,
+    axis: isize,
+    weight: Option<&Bound<'py, PyAny>>,
+    ignore_index: i64,
+    reduction: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let o = MultiOpts {
+        axis,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing: 0.0,
+        z_loss: 0.0,
+        softcap: None,
+        grad_output: None,
+        out: None,
+    };
+    multiclass(py, "nll_loss", Kind::Nll, input, target, o)
+}
+
+// ---------------------------------------------------------------- binary losses
+
+#[allow(clippy::too_many_arguments)]
+fn binary<'py>(
+    py: Python<'py>,
+    f: &str,
+    logits: bool,
+    want_grad: bool,
+    input: &Bound<'py, PyAny>,
+    target: &Bound<'py, PyAny>,
+    weight: Option<&Bound<'py, PyAny>>,
+    pos_weight: Option<&Bound<'py, PyAny>>,
+    reduction: &str,
+    grad_output: Option<&Bound<'py, PyAny>>,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut x = arg(py, f, input, "input")?;
+    let mut y = arg(py, f, target, "target")?;
+    let reduction = parse_reduction(py, f, reduction)?;
+    if y.shape != x.shape {
+        return Err(PyValueError::new_err(format!(
+            "{f}: target has shape {} but input has shape {}; they must be equal",
+            fmt_index(&y.shape),
+            fmt_index(&x.shape)
+        )));
+    }
+    let dt = x.dtype.result();
+    let mut w = weight
+        .filter(|w| !w.is_none())
+        .map(|w| arg(py, f, w, "weight"))
+        .transpose()?;
+    let mut pw = pos_weight
+        .filter(|w| !w.is_none())
+        .map(|w| arg(py, f, w, "pos_weight"))
+        .transpose()?;
+    let (scalar_up, mut up_arr) = if want_grad {
+        upstream(py, f, grad_output, reduction, &x.shape)?
+    } else {
+        (1.0, None)
+    };
+    let grad = if want_grad {
+        Some(match out.filter(|o| !o.is_none()) {
+            Some(o) => Arr::out(o, &x.shape, dt).map_err(|e| prefixed(py, f, e))?,
+            None => Arr::empty(py, &x.shape, dt, &x)?,
+        })
+    } else {
+        None
+    };
+    let mut in_place = false;
+    if let Some(g) = &grad {
+        // Every input other than `input` itself is read whole before the gradient is written.
+        in_place = x.guard_against(g)?;
+        for other in [Some(&mut y), w.as_mut(), pw.as_mut(), up_arr.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if other.guard_against(g)? {
+                *other = Arr::new(&other.arr.call_method0("copy")?, "argument")?;
+            }
+        }
+    }
+    let shape = x.shape.clone();
+    let axis = if shape.is_empty() {
+        None
+    } else {
+        Some(shape.len() - 1)
+    };
+    let mut xv = x.view(axis);
+    xv.set_copy_on_read(in_place);
+    let yv = y.view(axis);
+    let wv = w
+        .as_ref()
+        .map(|w| w.broadcast_view(&shape, axis, "weight"))
+        .transpose()
+        .map_err(|e| prefixed(py, f, e))?;
+    let pv = pw
+        .as_ref()
+        .map(|p| p.broadcast_view(&shape, axis, "pos_weight"))
+        .transpose()
+        .map_err(|e| prefixed(py, f, e))?;
+    let uv = up_arr
+        .as_ref()
+        .map(|u| u.broadcast_view(&shape, axis, "grad_output"))
+        .transpose()?;
+    let losses = if reduction == Reduction::None {
+        Some(Arr::empty(py, &shape, dt, &x)?)
+    } else {
+        None
+    };
+    let lv = losses.as_ref().map(|l| l.view(axis));
+    let gv = grad.as_ref().map(|g| g.view(axis));
+    let args = BinaryArgs {
+        input: &xv,
+        target: &yv,
+        weight: wv.as_ref(),
+        pos_weight: pv.as_ref(),
+        shape: &shape,
+    };
+    let up = match &uv {
+        Some(v) => Upstream::PerRow(v),
+        None => Upstream::Scalar(scalar_up),
+    };
+    let total = run(py, x.size(), || {
+        with_compute!(dt, T => ops::binary_loss::<T>(logits, args, reduction, up, lv.as_ref(), gv.as_ref()))
+    })
+    .map_err(|e| to_py(py, f, e))?;
+    let loss = match losses {
+        Some(l) => l.into_result()?,
+        None => loss_scalar(py, total, x.dtype)?,
+    };
+    match grad {
+        Some(g) => Ok(PyTuple::new(py, [loss, g.arr.into_any()])?.into_any()),
+        None => Ok(loss),
+    }
+}
+
+/// PyTorch's `F.binary_cross_entropy` on probabilities (each log clamped at -100).
+#[pyfunction]
+#[pyo3(signature = (input, target, *, weight=None, reduction="mean"))]
+fn binary_cross_entropy<'py>(
+    py: Python<'py>,
+    input: &Bound<'py, PyAny>,
+    target: &Bound<'py, PyAny>,
+    weight: Option<&Bound<'py, PyAny>>,
+    reduction: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    binary(
+        py,
+        "binary_cross_entropy",
+        false,
+        false,
+        input,
+        target,
+        weight,
+        None,
+        reduction,
+        None,
+        None,
+    )
+}
+
+/// PyTorch's `F.binary_cross_entropy_with_logits` (stable form).
+#[pyfunction]
+#[pyo3(signature = (input, target, *, weight=None, pos_weight=None, reduction="mean"))]
+fn binary_cross_entropy_with_logits<'py>(
+    py: Python<'py>,
+    input: &Bound<'py, PyAny>,
+    target: &Bound<'py, PyAny>,
+    weight: Option<&Bound<'py, PyAny>>,
+    pos_weight: Option<&Bound<'py, PyAny>>,
+    reduction: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    binary(
+        py,
+        "binary_cross_entropy_with_logits",
+        true,
+        false,
+        input,
+        target,
+        weight,
+        pos_weight,
+        reduction,
+        None,
+        None,
+    )
+}
+
+/// `(loss, grad)` of `binary_cross_entropy_with_logits`.
+#[pyfunction]
+#[pyo3(signature = (input, target, *, weight=None, pos_weight=None, reduction="mean", grad_output=None, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn binary_cross_entropy_with_logits_and_grad<'py>(
+    py: Python<'py>,
+    input: &Bound<'py, PyAny>,
+    target: &Bound<'py, PyAny>,
+    weight: Option<&Bound<'py, PyAny>>,
+    pos_weight: Option<&Bound<'py, PyAny>>,
+    reduction: &str,
+    grad_output: Option<&Bound<'py, PyAny>>,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    binary(
+        py,
+        "binary_cross_entropy_with_logits_and_grad",
+        true,
+        true,
+        input,
+        target,
+        weight,
+        pos_weight,
+        reduction,
+        grad_output,
+        out,
+    )
+}
+
+// ---------------------------------------------------------------- runtime
+
+/// Sets the number of threads the kernels use (at least 1).
+#[pyfunction]
+fn set_num_threads(py: Python<'_>, n: i64) -> PyResult<()> {
+    if n < 1 {
+        return Err(PyValueError::new_err(format!(
+            "set_num_threads: n must be at least 1, got {n}"
+        )));
+    }
+    crate::pool::set_num_threads(n as usize).map_err(|e| to_py(py, "set_num_threads", e))
+}
+
+/// The number of threads the kernels use.
+#[pyfunction]
+fn get_num_threads() -> usize {
+    crate::pool::num_threads()
+}
+
+/// The instruction set the kernels run on.
+#[pyfunction]
+fn simd_backend() -> &'static str {
+    crate::kernels::simd_backend()
+}
+
+#[pymodule]
+fn _sce_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(log_softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(logsumexp, m)?)?;
+    m.add_function(wrap_pyfunction!(softmax_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(log_softmax_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(softmax_jacobian, m)?)?;
+    m.add_function(wrap_pyfunction!(cross_entropy, m)?)?;
+    m.add_function(wrap_pyfunction!(cross_entropy_and_grad, m)?)?;
+    m.add_function(wrap_pyfunction!(nll_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(binary_cross_entropy, m)?)?;
+    m.add_function(wrap_pyfunction!(binary_cross_entropy_with_logits, m)?)?;
+    m.add_function(wrap_pyfunction!(
+        binary_cross_entropy_with_logits_and_grad,
+        m
+    )?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_backend, m)?)?;
+    Ok(())
+}
