@@ -25,14 +25,8 @@ pub fn exp_f32(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     const MAGIC_BITS: i32 = 0x4B40_0000;
     // Below -110 the result is 0 even after rounding; above 89 it overflows to +inf.
-    // Comparisons (not f32::max) so that NaN passes through untouched.
-    let xc = if x < -110.0 {
-        -110.0
-    } else if x > 89.0 {
-        89.0
-    } else {
-        x
-    };
+    // clamp keeps NaN as NaN (f32::max would drop it), and NaN then flows through to the result.
+    let xc = x.clamp(-110.0, 89.0);
     let t = xc * LOG2E + MAGIC;
     let n = (t.to_bits() as i32).wrapping_sub(MAGIC_BITS);
     let nf = t - MAGIC;
@@ -59,17 +53,11 @@ pub fn exp_f32(x: f32) -> f32 {
 pub fn exp_f64(x: f64) -> f64 {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
     // fdlibm's split of ln 2: n * LN2_HI is exact for |n| < 2^11.
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
     const MAGIC_BITS: i64 = 0x4338_0000_0000_0000;
-    let xc = if x < -750.0 {
-        -750.0
-    } else if x > 710.0 {
-        710.0
-    } else {
-        x
-    };
+    let xc = x.clamp(-750.0, 710.0);
     let t = xc * LOG2E + MAGIC;
     let n = (t.to_bits() as i64).wrapping_sub(MAGIC_BITS);
     let nf = t - MAGIC;

@@ -314,7 +314,7 @@ pub fn binary_loss<T: Float>(
             Ok(s) => sums.push(s),
             Err((flat, value)) => {
                 return Err(Error::Domain {
-                    what: "binary_cross_entropy needs input probabilities in [0, 1]",
+                    what: "input probabilities must be in [0, 1]",
                     value,
                     position: View::position(flat, a.shape),
                 })

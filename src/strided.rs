@@ -92,7 +92,7 @@ impl View {
 
     /// A view of a contiguous slice as `data.len() / k` rows of `k` (for the slice API).
     pub fn of_slice<T: Float>(data: &[T], k: usize) -> View {
-        let n = if k == 0 { 0 } else { data.len() / k };
+        let n = data.len().checked_div(k).unwrap_or(0);
         let size = std::mem::size_of::<T>() as isize;
         // SAFETY: the slice describes exactly n*k valid elements of T.
         unsafe {

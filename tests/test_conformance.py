@@ -25,7 +25,9 @@ def _load():
 
 
 if not (CONF / "cases.json").exists():
-    raise RuntimeError(f"conformance data not found in {CONF}; set SCE_RS_SHARED to the shared folder")
+    raise RuntimeError(
+        f"conformance data not found in {CONF}; set SCE_RS_SHARED to the shared folder"
+    )
 
 RUNNER, CASES, ARRAYS = _load()
 

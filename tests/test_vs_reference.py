@@ -88,7 +88,10 @@ def test_backward_promotes_mixed_dtypes(rng):
     g = rng.normal(size=(3, 4)).astype(np.float32)
     s = sce_rs.softmax(rng.normal(size=(3, 4)))
     assert sce_rs.softmax_backward(g, s).dtype == np.float64
-    assert sce_rs.softmax_backward(g.astype(np.float16), s.astype(ml_dtypes.bfloat16)).dtype == np.float32
+    assert (
+        sce_rs.softmax_backward(g.astype(np.float16), s.astype(ml_dtypes.bfloat16)).dtype
+        == np.float32
+    )
 
 
 CE_OPTIONS = [
@@ -224,11 +227,14 @@ def test_binary_losses(rng, wb, pb, shape, dtype, reduction):
     w = weight_like(rng, shape, wb)
     pw = weight_like(rng, shape, pb)
     kw = {"weight": w, "reduction": reduction}
-    p = sce_rs.softmax(np.stack([x, np.zeros_like(x)], -1))[..., 0] if shape else np.asarray(
-        0.4, dtype=dtype
+    p = (
+        sce_rs.softmax(np.stack([x, np.zeros_like(x)], -1))[..., 0]
+        if shape
+        else np.asarray(0.4, dtype=dtype)
     )
-    assert_close(sce_rs.binary_cross_entropy(p, y, **kw), ref.binary_cross_entropy(p, y, **kw),
-                 dtype_like=x)
+    assert_close(
+        sce_rs.binary_cross_entropy(p, y, **kw), ref.binary_cross_entropy(p, y, **kw), dtype_like=x
+    )
     kw["pos_weight"] = pw
     assert_close(
         sce_rs.binary_cross_entropy_with_logits(x, y, **kw),

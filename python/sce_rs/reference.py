@@ -40,8 +40,10 @@ def _f64(a):
 def _shifted(x, axis):
     """x - max(x) along axis, with the maximum kept for the caller."""
     with np.errstate(invalid="ignore"):
-        m = np.max(x, axis=axis, keepdims=True) if x.shape[axis] else np.full_like(
-            np.sum(x, axis=axis, keepdims=True), -np.inf
+        m = (
+            np.max(x, axis=axis, keepdims=True)
+            if x.shape[axis]
+            else np.full_like(np.sum(x, axis=axis, keepdims=True), -np.inf)
         )
         return x - m, m
 
@@ -138,8 +140,19 @@ def cross_entropy(
     probabilities q: loss = -sum(w * q' * lp), q' = (1 - eps) q + eps / K, "mean" divides by
     the number of rows.
     """
-    return _ce(input, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss,
-               softcap, want_grad=False, grad_output=None)
+    return _ce(
+        input,
+        target,
+        axis,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        want_grad=False,
+        grad_output=None,
+    )
 
 
 def cross_entropy_and_grad(
@@ -156,12 +169,34 @@ def cross_entropy_and_grad(
     grad_output=None,
 ):
     """(loss, d loss / d input) of cross_entropy; grad_output scales the gradient."""
-    return _ce(input, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss,
-               softcap, want_grad=True, grad_output=grad_output)
+    return _ce(
+        input,
+        target,
+        axis,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        want_grad=True,
+        grad_output=grad_output,
+    )
 
 
-def _ce(input, target, axis, weight, ignore_index, reduction, eps, z_loss, softcap, want_grad,
-        grad_output):
+def _ce(
+    input,
+    target,
+    axis,
+    weight,
+    ignore_index,
+    reduction,
+    eps,
+    z_loss,
+    softcap,
+    want_grad,
+    grad_output,
+):
     x = _f64(input)
     xl, idx, probs = _targets(x, target, axis)
     k = xl.shape[-1]
@@ -253,16 +288,18 @@ def _bce_logits(x, y, weight, pos_weight):
     return np.broadcast_to(loss, x.shape), np.broadcast_to(grad, x.shape)
 
 
-def binary_cross_entropy_with_logits(input, target, *, weight=None, pos_weight=None,
-                                     reduction="mean"):
+def binary_cross_entropy_with_logits(
+    input, target, *, weight=None, pos_weight=None, reduction="mean"
+):
     """(1 - y) x - l log(sigmoid(x)), l = 1 + (pos_weight - 1) y, times weight."""
     x = _f64(input)
     loss, _ = _bce_logits(x, _f64(target), weight, pos_weight)
     return _reduce(loss, reduction, x.size)
 
 
-def binary_cross_entropy_with_logits_and_grad(input, target, *, weight=None, pos_weight=None,
-                                              reduction="mean", grad_output=None):
+def binary_cross_entropy_with_logits_and_grad(
+    input, target, *, weight=None, pos_weight=None, reduction="mean", grad_output=None
+):
     """(loss, grad) of binary_cross_entropy_with_logits; grad = w (l sigmoid(x) - pos_weight y)."""
     x = _f64(input)
     loss, grad = _bce_logits(x, _f64(target), weight, pos_weight)

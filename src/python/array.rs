@@ -76,13 +76,7 @@ fn classify(d: &Bound<'_, PyArrayDescr>) -> Option<DType> {
         (b'f', 4) => DType::F32,
         (b'f', 8) => DType::F64,
         // ml_dtypes' bfloat16 is a user-defined dtype of kind 'V'.
-        (b'V', 2)
-            if d.typeobj()
-                .name()
-                .is_ok_and(|n| n.to_string() == "bfloat16") =>
-        {
-            DType::BF16
-        }
+        (b'V', 2) if d.typeobj().name().is_ok_and(|n| n == "bfloat16") => DType::BF16,
         _ => return None,
     })
 }

@@ -1,0 +1,95 @@
+"""Threads, determinism, fork safety and the runtime introspection functions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sce_rs
+
+
+@pytest.fixture
+def threads():
+    before = sce_rs.get_num_threads()
+    yield
+    sce_rs.set_num_threads(before)
+
+
+def everything(x, t):
+    return [
+        sce_rs.softmax(x),
+        sce_rs.log_softmax(x.T, axis=0),
+        sce_rs.logsumexp(x),
+        sce_rs.cross_entropy(x, t, label_smoothing=0.1, z_loss=1e-3),
+        sce_rs.cross_entropy(x, t, reduction="sum", weight=np.linspace(0.5, 2, x.shape[1])),
+        *sce_rs.cross_entropy_and_grad(x, t),
+        sce_rs.binary_cross_entropy_with_logits(x, (x > 0).astype(x.dtype)),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_are_bitwise_identical_for_any_thread_count(threads, dtype):
+    rng = np.random.default_rng(7)
+    x = rng.normal(scale=4, size=(2000, 300)).astype(dtype)
+    t = rng.integers(0, 300, size=2000)
+    results = {}
+    for n in (1, 2, 3, 8):
+        sce_rs.set_num_threads(n)
+        assert sce_rs.get_num_threads() == n
+        results[n] = [np.asarray(r).tobytes() for r in everything(x, t)]
+        results[n, "again"] = [np.asarray(r).tobytes() for r in everything(x, t)]
+    first = results[1]
+    for key, res in results.items():
+        assert res == first, f"results differ for {key}"
+
+
+def test_environment_variable_sets_the_thread_count():
+    env = dict(os.environ, SCE_RS_NUM_THREADS="3")
+    out = subprocess.run(
+        [sys.executable, "-c", "import sce_rs; print(sce_rs.get_num_threads())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == "3"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_forked_child_computes_after_the_pool_ran(threads):
+    sce_rs.set_num_threads(2)
+    x = np.random.default_rng(1).normal(size=(1000, 500))
+    want = sce_rs.softmax(x)  # starts the pool in the parent
+    code = """
+import os, sys, numpy as np, sce_rs
+sce_rs.set_num_threads(2)
+x = np.random.default_rng(1).normal(size=(1000, 500))
+want = sce_rs.softmax(x)
+pid = os.fork()
+if pid == 0:
+    ok = np.array_equal(sce_rs.softmax(x), want)
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+    # In a subprocess so that a hang is bounded by the timeout instead of freezing the suite.
+    res = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert want.shape == x.shape
+
+
+def test_introspection():
+    assert sce_rs.simd_backend() in {"avx512", "avx2", "sse2", "neon", "scalar"}
+    assert isinstance(sce_rs.__version__, str) and sce_rs.__version__.count(".") == 2
+    assert set(sce_rs.__all__) <= set(dir(sce_rs))
+
+
+def test_importing_does_not_import_heavy_peers():
+    code = "import sys, sce_rs; print(any(m in sys.modules for m in ('torch', 'jax', 'scipy')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False"
