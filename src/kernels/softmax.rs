@@ -179,3 +179,37 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// float32 softmax rows agree with a float64 textbook softmax and sum to one.
+        #[test]
+        fn softmax_f32_matches_f64_textbook(row in proptest::collection::vec(-80.0f32..80.0, 1..300)) {
+            let mut out = vec![0.0f32; row.len()];
+            softmax(&row, row.len(), &mut out);
+            let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            for (o, ei) in out.iter().zip(&e) {
+                prop_assert!((*o as f64 - ei / s).abs() <= 2e-6 + 2e-5 * ei / s);
+            }
+            let total: f64 = out.iter().map(|&v| v as f64).sum();
+            prop_assert!((total - 1.0).abs() < 1e-5);
+        }
+
+        /// logsumexp is the log of the softmax normalizer: log_softmax = x - logsumexp.
+        #[test]
+        fn log_softmax_is_x_minus_logsumexp(row in proptest::collection::vec(-700.0f64..700.0, 1..200)) {
+            let mut ls = vec![0.0; row.len()];
+            log_softmax(&row, row.len(), &mut ls);
+            let lse = logsumexp_row(&row);
+            for (l, x) in ls.iter().zip(&row) {
+                prop_assert!((l - (x - lse)).abs() <= 1e-12 * (1.0 + x.abs()));
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+"""Property tests (hypothesis): arbitrary shapes, axes, strides and values, against the reference.
+
+The default run is short; set SCE_RS_HYPOTHESIS_EXAMPLES for a longer one.
+"""
+
+from __future__ import annotations
+
+import os
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sce_rs
+from conftest import assert_close
+from sce_rs import reference as ref
+
+EXAMPLES = int(os.environ.get("SCE_RS_HYPOTHESIS_EXAMPLES", "150"))
+SETTINGS = settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+values = st.one_of(
+    st.floats(-300, 300, allow_nan=False, width=32),
+    st.sampled_from([-np.inf, 0.0, 1e-40, -88.7, 88.7]),
+)
+
+
+@st.composite
+def arrays_with_axis(draw, dtype):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=7))
+    a = draw(hnp.arrays(dtype, shape, elements=values))
+    # a random strided view of it: each axis reversed or not, then maybe transposed
+    flips = tuple(slice(None, None, -1) if draw(st.booleans()) else slice(None) for _ in shape)
+    a = a[flips]
+    if draw(st.booleans()):
+        a = a.T
+    axis = draw(st.integers(-a.ndim, a.ndim - 1))
+    return a, axis
+
+
+@SETTINGS
+@given(st.sampled_from([np.float32, np.float64]).flatmap(arrays_with_axis))
+def test_softmax_family_matches_reference(case):
+    x, axis = case
+    assert_close(sce_rs.softmax(x, axis=axis), ref.softmax(x, axis=axis))
+    assert_close(sce_rs.log_softmax(x, axis=axis), ref.log_softmax(x, axis=axis))
+    assert_close(sce_rs.logsumexp(x, axis=axis), ref.logsumexp(x, axis=axis), dtype_like=x)
+
+
+@SETTINGS
+@given(
+    st.sampled_from([np.float32, np.float64]).flatmap(arrays_with_axis),
+    st.data(),
+)
+def test_cross_entropy_matches_reference(case, data):
+    x, axis = case
+    k = x.shape[axis]
+    if k == 0:
+        return
+    x = np.where(np.isinf(x), -30.0, x).astype(x.dtype)  # keep every loss finite
+    outer = tuple(s for d, s in enumerate(x.shape) if d != axis % x.ndim)
+    t = data.draw(hnp.arrays(np.int64, outer, elements=st.integers(-1, k - 1)))
+    kw = {
+        "axis": axis,
+        "ignore_index": -1,
+        "reduction": data.draw(st.sampled_from(["mean", "sum", "none"])),
+        "label_smoothing": data.draw(st.sampled_from([0.0, 0.1, 1.0])),
+        "z_loss": data.draw(st.sampled_from([0.0, 1e-3])),
+        "softcap": data.draw(st.sampled_from([None, 5.0])),
+    }
+    if data.draw(st.booleans()):
+        kw["weight"] = data.draw(hnp.arrays(np.float64, (k,), elements=st.floats(0.1, 3)))
+    loss, grad = sce_rs.cross_entropy_and_grad(x, t, **kw)
+    want_loss, want_grad = ref.cross_entropy_and_grad(x, t, **kw)
+    assert_close(loss, want_loss, dtype_like=x)
+    assert_close(grad, want_grad)
