@@ -157,10 +157,19 @@ pub fn ce_row<T: Float>(
         let ca = T::from_f64(scale * a);
         match target {
             RowTarget::Class(_) => {
-                let cb = scale * eps / kf;
-                for (j, (gj, &zj)) in g.iter_mut().zip(z).enumerate() {
-                    let p = (zj - m).exp() * inv_s;
-                    *gj = ca * p - T::from_f64(cb * o.w(j));
+                // PERF: plain loops in T (no per-element f64 or Option) so they vectorize.
+                let cb = T::from_f64(scale * eps / kf);
+                match &o.weight {
+                    Some(w) => {
+                        for ((gj, &zj), &wj) in g.iter_mut().zip(z).zip(w) {
+                            *gj = ca * ((zj - m).exp() * inv_s) - cb * wj;
+                        }
+                    }
+                    None => {
+                        for (gj, &zj) in g.iter_mut().zip(z) {
+                            *gj = ca * ((zj - m).exp() * inv_s) - cb;
+                        }
+                    }
                 }
             }
             RowTarget::Probs(q) => {

@@ -4,7 +4,9 @@
 //!
 //! Shared building blocks live here: the row maximum and the sums of `exp(x - shift)`, written
 //! with `LANES` independent accumulators so LLVM turns them into SIMD loops with a fixed
-//! (hence reproducible) summation order. Every sum is accumulated in `f64`.
+//! (hence reproducible) summation order. Sums of `exp` run in `T` within chunks of `CHUNK`
+//! elements (at most `CHUNK / LANES` terms per accumulator, so a float32 chunk sum is within
+//! ~32 ULP) and chunk totals are added in `f64`. Other sums are accumulated in `f64` throughout.
 
 pub mod binary;
 pub mod cross_entropy;
@@ -13,6 +15,10 @@ pub mod softmax;
 use crate::float::Float;
 
 const LANES: usize = 8;
+/// Elements summed in the compute type before the partial sum moves to `f64`.
+// PERF: summing exp in f32 lanes instead of widening each term to f64 halved the time of
+// an exp sum over float32 rows (512 x 128256: 204 ms -> 106 ms, one thread).
+const CHUNK: usize = 256;
 
 /// The instruction set the kernels are vectorized for. Until runtime dispatch lands this is
 /// the platform baseline the wheel is compiled for, so it runs on every machine of the arch.
@@ -56,44 +62,56 @@ fn lanes_total(acc: [f64; LANES], tail: f64) -> f64 {
     (a + b) + tail
 }
 
-/// `sum(exp(x - shift))` in `f64`.
 #[inline]
-pub fn exp_sum<T: Float>(x: &[T], shift: T) -> f64 {
-    let mut acc = [0f64; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for c in &mut chunks {
-        for l in 0..LANES {
-            acc[l] += (c[l] - shift).exp().to_f64();
-        }
-    }
-    let tail: f64 = chunks
-        .remainder()
-        .iter()
-        .map(|&v| (v - shift).exp().to_f64())
-        .sum();
-    lanes_total(acc, tail)
+fn lanes_total_t<T: Float>(acc: [T; LANES], tail: T) -> f64 {
+    lanes_total(acc.map(|v| v.to_f64()), tail.to_f64())
 }
 
-/// Writes `exp(x - shift)` into `out` and returns its sum in `f64`.
+/// `sum(exp(x - shift))`, chunk totals in `f64`.
+#[inline]
+pub fn exp_sum<T: Float>(x: &[T], shift: T) -> f64 {
+    let mut total = 0.0;
+    for chunk in x.chunks(CHUNK) {
+        let mut acc = [T::ZERO; LANES];
+        let mut lanes = chunk.chunks_exact(LANES);
+        for c in &mut lanes {
+            for l in 0..LANES {
+                acc[l] += (c[l] - shift).exp();
+            }
+        }
+        let mut tail = T::ZERO;
+        for &v in lanes.remainder() {
+            tail += (v - shift).exp();
+        }
+        total += lanes_total_t(acc, tail);
+    }
+    total
+}
+
+/// Writes `exp(x - shift)` into `out` and returns its sum (chunk totals in `f64`).
 #[inline]
 pub fn exp_store_sum<T: Float>(x: &[T], shift: T, out: &mut [T]) -> f64 {
-    let mut acc = [0f64; LANES];
-    let mut xc = x.chunks_exact(LANES);
-    let mut oc = out.chunks_exact_mut(LANES);
-    for (c, o) in (&mut xc).zip(&mut oc) {
-        for l in 0..LANES {
-            let e = (c[l] - shift).exp();
-            o[l] = e;
-            acc[l] += e.to_f64();
+    let mut total = 0.0;
+    for (chunk, ochunk) in x.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
+        let mut acc = [T::ZERO; LANES];
+        let mut xc = chunk.chunks_exact(LANES);
+        let mut oc = ochunk.chunks_exact_mut(LANES);
+        for (c, o) in (&mut xc).zip(&mut oc) {
+            for l in 0..LANES {
+                let e = (c[l] - shift).exp();
+                o[l] = e;
+                acc[l] += e;
+            }
         }
+        let mut tail = T::ZERO;
+        for (&v, o) in xc.remainder().iter().zip(oc.into_remainder()) {
+            let e = (v - shift).exp();
+            *o = e;
+            tail += e;
+        }
+        total += lanes_total_t(acc, tail);
     }
-    let mut tail = 0.0;
-    for (&v, o) in xc.remainder().iter().zip(oc.into_remainder()) {
-        let e = (v - shift).exp();
-        *o = e;
-        tail += e.to_f64();
-    }
-    lanes_total(acc, tail)
+    total
 }
 
 /// `sum(a * b)` in `f64`.
