@@ -37,6 +37,45 @@ impl std::str::FromStr for Reduction {
     }
 }
 
+impl Reduction {
+    /// The gradient scale of every row when the upstream gradient is a scalar `g`: `g / d` for
+    /// `"mean"` with denominator `d`, `g` otherwise (unused for a per-row upstream).
+    fn uniform_scale(self, upstream: Upstream<'_>, denominator: f64) -> f64 {
+        match (self, upstream) {
+            (Reduction::Mean, Upstream::Scalar(g)) => g / denominator,
+            (_, Upstream::Scalar(g)) => g,
+            (_, Upstream::PerRow(_)) => f64::NAN,
+        }
+    }
+
+    /// The reduced loss from the ordered total (NaN for `"none"`, whose losses are per row).
+    fn finish(self, total: f64, denominator: f64) -> f64 {
+        match self {
+            Reduction::Mean => total / denominator,
+            Reduction::Sum => total,
+            Reduction::None => f64::NAN,
+        }
+    }
+}
+
+/// The gradient scale for rows `r0..r1`: uniform, or the upstream gradient's block read into
+/// `scratch`.
+///
+/// # Safety
+/// As for [`View::load`].
+unsafe fn block_scale<'a, T: Float>(
+    upstream: Upstream<'_>,
+    uniform: f64,
+    r0: usize,
+    r1: usize,
+    scratch: &'a mut Vec<T>,
+) -> Scale<'a, T> {
+    match upstream {
+        Upstream::PerRow(u) => Scale::PerRow(unsafe { u.load::<T>(r0, r1, scratch) }),
+        Upstream::Scalar(_) => Scale::Uniform(uniform),
+    }
+}
+
 /// The upstream gradient: a scalar for `"mean"`/`"sum"`, a per-row (or per-element) view for
 /// `"none"`.
 #[derive(Clone, Copy, Debug)]
@@ -179,11 +218,7 @@ pub fn multiclass_loss<T: Float>(
         Loss::Nll(w) => w,
     };
     let denominator = mean_denominator(&targets, k, n, weight)?;
-    let uniform = match (reduction, upstream) {
-        (Reduction::Mean, Upstream::Scalar(g)) => g / denominator,
-        (_, Upstream::Scalar(g)) => g,
-        (_, Upstream::PerRow(_)) => f64::NAN,
-    };
+    let uniform = reduction.uniform_scale(upstream, denominator);
     let parts = for_blocks(n, k, |r| {
         let (mut sx, mut st, mut si, mut su, mut sg, mut sl) = (
             Vec::new(),
@@ -212,10 +247,7 @@ pub fn multiclass_loss<T: Float>(
             };
             match (loss, grad) {
                 (Loss::CrossEntropy(o), Some(gv)) => {
-                    let scale = match upstream {
-                        Upstream::PerRow(u) => Scale::PerRow(u.load::<T>(r.start, r.end, &mut su)),
-                        Upstream::Scalar(_) => Scale::Uniform(uniform),
-                    };
+                    let scale = block_scale(upstream, uniform, r.start, r.end, &mut su);
                     gv.store::<T, _>(r.start, r.end, &mut sg, |g| {
                         kernels::cross_entropy::cross_entropy(
                             xs,
@@ -238,12 +270,7 @@ pub fn multiclass_loss<T: Float>(
         }
         row_losses.iter().fold(0.0, |a, &b| a + b)
     });
-    let total = ordered_sum(&parts);
-    Ok(match reduction {
-        Reduction::Mean => total / denominator,
-        Reduction::Sum => total,
-        Reduction::None => f64::NAN,
-    })
+    Ok(reduction.finish(ordered_sum(&parts), denominator))
 }
 
 /// Operands of an elementwise binary loss: all views share rows and row length (the binding
@@ -270,11 +297,7 @@ pub fn binary_loss<T: Float>(
 ) -> Result<f64> {
     let (n, k) = (a.input.rows(), a.input.k());
     let count = (n * k) as f64;
-    let uniform = match (reduction, upstream) {
-        (Reduction::Mean, Upstream::Scalar(g)) => g / count,
-        (_, Upstream::Scalar(g)) => g,
-        (_, Upstream::PerRow(_)) => f64::NAN,
-    };
+    let uniform = reduction.uniform_scale(upstream, count);
     let parts = for_blocks(n, k, |r| -> std::result::Result<f64, (usize, f64)> {
         let mut s: [Vec<T>; 6] = Default::default();
         let mut sl = Vec::new();
@@ -289,10 +312,7 @@ pub fn binary_loss<T: Float>(
             if logits {
                 match grad {
                     Some(gv) => {
-                        let scale = match upstream {
-                            Upstream::PerRow(u) => Scale::PerRow(u.load::<T>(r.start, r.end, su)),
-                            Upstream::Scalar(_) => Scale::Uniform(uniform),
-                        };
+                        let scale = block_scale(upstream, uniform, r.start, r.end, su);
                         gv.store::<T, _>(r.start, r.end, sg, |g| {
                             binary::bce_with_logits(xs, ys, ws, ps, &mut out, Some((g, scale)))
                         });
@@ -321,10 +341,5 @@ pub fn binary_loss<T: Float>(
             }
         }
     }
-    let total = ordered_sum(&sums);
-    Ok(match reduction {
-        Reduction::Mean => total / count,
-        Reduction::Sum => total,
-        Reduction::None => f64::NAN,
-    })
+    Ok(reduction.finish(ordered_sum(&sums), count))
 }

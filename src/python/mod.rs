@@ -369,6 +369,39 @@ fn upstream<'py>(
     Ok((f64::NAN, Some(a)))
 }
 
+/// The gradient buffer of an `_and_grad` call: the caller's checked `out=`, or a fresh array.
+fn grad_buffer<'py>(
+    py: Python<'py>,
+    f: &str,
+    out: Option<&Bound<'py, PyAny>>,
+    x: &Arr<'py>,
+    dt: DType,
+) -> PyResult<Arr<'py>> {
+    match out.filter(|o| !o.is_none()) {
+        Some(o) => Arr::out(o, &x.shape, dt).map_err(|e| prefixed(py, f, e)),
+        None => Arr::empty(py, &x.shape, dt, x),
+    }
+}
+
+/// What a loss function returns: the per-row losses (`"none"`) or the reduced scalar, paired
+/// with the gradient for the `_and_grad` forms.
+fn loss_result<'py>(
+    py: Python<'py>,
+    losses: Option<Arr<'py>>,
+    total: f64,
+    input_dtype: DType,
+    grad: Option<Arr<'py>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let loss = match losses {
+        Some(l) => l.into_result()?,
+        None => loss_scalar(py, total, input_dtype)?,
+    };
+    match grad {
+        Some(g) => Ok(PyTuple::new(py, [loss, g.arr.into_any()])?.into_any()),
+        None => Ok(loss),
+    }
+}
+
 fn multiclass<'py>(
     py: Python<'py>,
     f: &str,
@@ -420,10 +453,7 @@ fn multiclass<'py>(
     };
     let mut up_arr = up_arr;
     let grad = if kind == Kind::CrossEntropyGrad {
-        Some(match o.out.filter(|o| !o.is_none()) {
-            Some(out) => Arr::out(out, &x.shape, dt).map_err(|e| prefixed(py, f, e))?,
-            None => Arr::empty(py, &x.shape, dt, &x)?,
-        })
+        Some(grad_buffer(py, f, o.out, &x, dt)?)
     } else {
         None
     };
@@ -494,14 +524,7 @@ fn multiclass<'py>(
     })
     .map_err(|e| to_py(py, f, e))?;
 
-    let loss = match losses {
-        Some(l) => l.into_result()?,
-        None => loss_scalar(py, total, x.dtype)?,
-    };
-    match grad {
-        Some(g) => Ok(PyTuple::new(py, [loss, g.arr.into_any()])?.into_any()),
-        None => Ok(loss),
-    }
+    loss_result(py, losses, total, x.dtype, grad)
 }
 
 /// PyTorch's `F.cross_entropy` on logits, with the class axis chosen by `axis`.
@@ -640,10 +663,7 @@ fn binary<'py>(
         (1.0, None)
     };
     let grad = if want_grad {
-        Some(match out.filter(|o| !o.is_none()) {
-            Some(o) => Arr::out(o, &x.shape, dt).map_err(|e| prefixed(py, f, e))?,
-            None => Arr::empty(py, &x.shape, dt, &x)?,
-        })
+        Some(grad_buffer(py, f, out, &x, dt)?)
     } else {
         None
     };
@@ -705,14 +725,7 @@ fn binary<'py>(
         with_compute!(dt, T => ops::binary_loss::<T>(logits, args, reduction, up, lv.as_ref(), gv.as_ref()))
     })
     .map_err(|e| to_py(py, f, e))?;
-    let loss = match losses {
-        Some(l) => l.into_result()?,
-        None => loss_scalar(py, total, x.dtype)?,
-    };
-    match grad {
-        Some(g) => Ok(PyTuple::new(py, [loss, g.arr.into_any()])?.into_any()),
-        None => Ok(loss),
-    }
+    loss_result(py, losses, total, x.dtype, grad)
 }
 
 /// PyTorch's `F.binary_cross_entropy` on probabilities (each log clamped at -100).
