@@ -1,5 +1,6 @@
 //! The core's error type. Each variant maps to exactly one Python exception in the binding
-//! (`python/mod.rs`), so the kind of a failure is decided here, once.
+//! (`python/mod.rs`), so the kind of a failure is decided here, once. (Wrong kinds of objects
+//! and dtypes never reach the core: the binding raises their `TypeError` while converting.)
 
 use std::fmt;
 
@@ -23,8 +24,6 @@ pub enum Error {
     },
     /// `axis` out of range (Python: `numpy.exceptions.AxisError`).
     Axis { axis: isize, ndim: usize },
-    /// A dtype the function cannot take (Python: `TypeError`).
-    DType(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -45,7 +44,7 @@ pub(crate) fn fmt_index(pos: &[usize]) -> String {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Shape(m) | Error::Value(m) | Error::DType(m) => f.write_str(m),
+            Error::Shape(m) | Error::Value(m) => f.write_str(m),
             Error::ClassIndex {
                 index,
                 position,

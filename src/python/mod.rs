@@ -45,7 +45,6 @@ fn to_py(py: Python<'_>, f: &str, e: Error) -> PyErr {
     match e {
         Error::Axis { axis, ndim } => axis_error(py, axis, ndim, f),
         Error::ClassIndex { .. } => PyIndexError::new_err(format!("{f}: {e}")),
-        Error::DType(_) => PyTypeError::new_err(format!("{f}: {e}")),
         Error::Shape(_) | Error::Value(_) | Error::Domain { .. } => {
             PyValueError::new_err(format!("{f}: {e}"))
         }
