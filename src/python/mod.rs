@@ -106,6 +106,9 @@ fn shape_without(shape: &[usize], axis: usize) -> Vec<usize> {
 }
 
 // ---------------------------------------------------------------- softmax family
+//
+// `text_signature` is spelled out where a default is a negative number, which PyO3 would
+// otherwise render as `...` (and `mypy.stubtest` would flag against the stub).
 
 fn row_map_py<'py>(
     py: Python<'py>,
@@ -141,7 +144,7 @@ fn row_map_py<'py>(
 
 /// Softmax along `axis`: `exp(x - max) / sum(exp(x - max))`.
 #[pyfunction]
-#[pyo3(signature = (x, axis=-1, *, out=None))]
+#[pyo3(signature = (x, axis=-1, *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
 fn softmax<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
@@ -153,7 +156,7 @@ fn softmax<'py>(
 
 /// Log-softmax along `axis`: `x - logsumexp(x)`.
 #[pyfunction]
-#[pyo3(signature = (x, axis=-1, *, out=None))]
+#[pyo3(signature = (x, axis=-1, *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
 fn log_softmax<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
@@ -165,7 +168,7 @@ fn log_softmax<'py>(
 
 /// Stable `log(sum(exp(x)))` along `axis`.
 #[pyfunction]
-#[pyo3(signature = (x, axis=-1, *, keepdims=false))]
+#[pyo3(signature = (x, axis=-1, *, keepdims=false), text_signature = "(x, axis=-1, *, keepdims=False)")]
 fn logsumexp<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
@@ -194,7 +197,7 @@ fn logsumexp<'py>(
 
 /// The full softmax Jacobian, shape `x.shape + (K,)` with the class axis moved last.
 #[pyfunction]
-#[pyo3(signature = (x, axis=-1))]
+#[pyo3(signature = (x, axis=-1), text_signature = "(x, axis=-1)")]
 fn softmax_jacobian<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
@@ -252,7 +255,7 @@ fn backward_py<'py>(
 
 /// Vector-Jacobian product of softmax: `s * (g - sum(g * s))` with `s` the softmax output.
 #[pyfunction]
-#[pyo3(signature = (grad_output, output, axis=-1))]
+#[pyo3(signature = (grad_output, output, axis=-1), text_signature = "(grad_output, output, axis=-1)")]
 fn softmax_backward<'py>(
     py: Python<'py>,
     grad_output: &Bound<'py, PyAny>,
@@ -264,7 +267,7 @@ fn softmax_backward<'py>(
 
 /// Vector-Jacobian product of log-softmax: `g - exp(output) * sum(g)`.
 #[pyfunction]
-#[pyo3(signature = (grad_output, output, axis=-1))]
+#[pyo3(signature = (grad_output, output, axis=-1), text_signature = "(grad_output, output, axis=-1)")]
 fn log_softmax_backward<'py>(
     py: Python<'py>,
     grad_output: &Bound<'py, PyAny>,
@@ -528,7 +531,7 @@ fn multiclass<'py>(
 
 /// PyTorch's `F.cross_entropy` on logits, with the class axis chosen by `axis`.
 #[pyfunction]
-#[pyo3(signature = (input, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None))]
+#[pyo3(signature = (input, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None), text_signature = "(input, target, *, axis=-1, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None)")]
 #[allow(clippy::too_many_arguments)]
 fn cross_entropy<'py>(
     py: Python<'py>,
@@ -558,7 +561,7 @@ fn cross_entropy<'py>(
 
 /// `(loss, grad)`: the cross-entropy and its gradient with respect to `input`, in one pass.
 #[pyfunction]
-#[pyo3(signature = (input, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=None, out=None))]
+#[pyo3(signature = (input, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=None, out=None), text_signature = "(input, target, *, axis=-1, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=None, out=None)")]
 #[allow(clippy::too_many_arguments)]
 fn cross_entropy_and_grad<'py>(
     py: Python<'py>,
@@ -597,7 +600,7 @@ fn cross_entropy_and_grad<'py>(
 
 /// PyTorch's `F.nll_loss` on log-probabilities.
 #[pyfunction]
-#[pyo3(signature = (input, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean"))]
+#[pyo3(signature = (input, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean"), text_signature = "(input, target, *, axis=-1, weight=None, ignore_index=-100, reduction='mean')")]
 fn nll_loss<'py>(
     py: Python<'py>,
     input: &Bound<'py, PyAny>,

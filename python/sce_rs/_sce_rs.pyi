@@ -1,0 +1,100 @@
+# Type stubs for the compiled extension; checked against it by `mypy.stubtest` in the tests.
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__version__: str
+__all__ = [
+    "__version__",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_and_grad",
+    "cross_entropy",
+    "cross_entropy_and_grad",
+    "get_num_threads",
+    "log_softmax",
+    "log_softmax_backward",
+    "logsumexp",
+    "nll_loss",
+    "set_num_threads",
+    "simd_backend",
+    "softmax",
+    "softmax_backward",
+    "softmax_jacobian",
+]
+
+_Reduction = Literal["mean", "sum", "none"]
+# A result array, or a NumPy scalar where the result is 0-d (a reduced loss, a logsumexp of a
+# vector).
+_Result: TypeAlias = NDArray[Any] | np.generic
+
+def softmax(x: ArrayLike, axis: int = -1, *, out: NDArray[Any] | None = None) -> _Result: ...
+def log_softmax(x: ArrayLike, axis: int = -1, *, out: NDArray[Any] | None = None) -> _Result: ...
+def logsumexp(x: ArrayLike, axis: int = -1, *, keepdims: bool = False) -> _Result: ...
+def softmax_backward(grad_output: ArrayLike, output: ArrayLike, axis: int = -1) -> _Result: ...
+def log_softmax_backward(grad_output: ArrayLike, output: ArrayLike, axis: int = -1) -> _Result: ...
+def softmax_jacobian(x: ArrayLike, axis: int = -1) -> _Result: ...
+def cross_entropy(
+    input: ArrayLike,
+    target: ArrayLike,
+    *,
+    axis: int = -1,
+    weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    reduction: _Reduction = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> _Result: ...
+def cross_entropy_and_grad(
+    input: ArrayLike,
+    target: ArrayLike,
+    *,
+    axis: int = -1,
+    weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    reduction: _Reduction = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    grad_output: ArrayLike | None = None,
+    out: NDArray[Any] | None = None,
+) -> tuple[_Result, NDArray[Any]]: ...
+def nll_loss(
+    input: ArrayLike,
+    target: ArrayLike,
+    *,
+    axis: int = -1,
+    weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    reduction: _Reduction = "mean",
+) -> _Result: ...
+def binary_cross_entropy(
+    input: ArrayLike,
+    target: ArrayLike,
+    *,
+    weight: ArrayLike | None = None,
+    reduction: _Reduction = "mean",
+) -> _Result: ...
+def binary_cross_entropy_with_logits(
+    input: ArrayLike,
+    target: ArrayLike,
+    *,
+    weight: ArrayLike | None = None,
+    pos_weight: ArrayLike | None = None,
+    reduction: _Reduction = "mean",
+) -> _Result: ...
+def binary_cross_entropy_with_logits_and_grad(
+    input: ArrayLike,
+    target: ArrayLike,
+    *,
+    weight: ArrayLike | None = None,
+    pos_weight: ArrayLike | None = None,
+    reduction: _Reduction = "mean",
+    grad_output: ArrayLike | None = None,
+    out: NDArray[Any] | None = None,
+) -> tuple[_Result, NDArray[Any]]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def simd_backend() -> str: ...
