@@ -119,9 +119,8 @@ impl View {
         self.copy_on_read = on;
     }
 
-    /// The multi-index of row `i` over the outer axes as the view's caller numbered them
-    /// (used for error messages only; merged and dropped axes are restored by the caller's
-    /// shape, so this returns the flat row number split over `outer_shape`).
+    /// Row `i` as a multi-index into `outer_shape` (C order), for error messages: the view's
+    /// own outer axes are merged, so the caller passes the shape the user sees.
     pub fn position(i: usize, outer_shape: &[usize]) -> Vec<usize> {
         let mut pos = vec![0; outer_shape.len()];
         let mut rest = i;

@@ -273,3 +273,20 @@ def test_large_inputs_take_the_parallel_path(rng, dtype):
     assert_close(grad, wg)
     row = rng.normal(scale=5, size=(2, 70001)).astype(dtype)
     assert_close(sce_rs.log_softmax(row), ref.log_softmax(row))
+
+
+def test_inputs_that_are_the_gradient_buffer_are_read_before_it_is_written(rng):
+    x = rng.normal(size=(8, 5))
+    p = rng.dirichlet(np.ones(5), size=8)
+    want_loss, want_grad = ref.cross_entropy_and_grad(x, p)
+    q = p.copy()
+    loss, grad = sce_rs.cross_entropy_and_grad(x, q, out=q)  # the target is overwritten
+    assert grad is q
+    assert_close(loss, want_loss)
+    assert_close(q, want_grad)
+    y = rng.random(size=(8, 5))
+    want_loss, want_grad = ref.binary_cross_entropy_with_logits_and_grad(x, y, weight=y)
+    y2 = y.copy()
+    loss, grad = sce_rs.binary_cross_entropy_with_logits_and_grad(x, y2, weight=y2, out=y2)
+    assert_close(loss, want_loss)
+    assert_close(y2, want_grad)

@@ -235,6 +235,31 @@ impl<'py> Arr<'py> {
         Ok(false)
     }
 
+    /// Prepares the inputs of a call that writes `out`: `main` (the one read and written row
+    /// block by row block) may stay in place, and the result says whether it must read
+    /// through scratch; every other input that shares memory with `out` is copied whole first,
+    /// since its blocks need not line up with the blocks being written.
+    pub fn guard_inputs<'a>(
+        out: &Arr<'_>,
+        main: &mut Arr<'py>,
+        others: impl IntoIterator<Item = Option<&'a mut Arr<'py>>>,
+    ) -> PyResult<bool>
+    where
+        'py: 'a,
+    {
+        for other in others.into_iter().flatten() {
+            if other.guard_against(out)? {
+                let copy = other
+                    .arr
+                    .call_method0("copy")?
+                    .cast_into::<PyUntypedArray>()
+                    .map_err(PyErr::from)?;
+                *other = Arr::wrap(copy, other.dtype);
+            }
+        }
+        main.guard_against(out)
+    }
+
     /// A fresh C-contiguous array of `shape` and `dtype` (a float dtype; float16/bfloat16
     /// take their descriptor from `like`).
     pub fn empty(

@@ -448,36 +448,20 @@ fn multiclass<'py>(
         )));
     };
 
-    let (scalar_up, up_arr) = if kind == Kind::CrossEntropyGrad {
+    let (scalar_up, mut up_arr) = if kind == Kind::CrossEntropyGrad {
         upstream(py, f, o.grad_output, reduction, &outer)?
     } else {
         (1.0, None)
     };
-    let mut up_arr = up_arr;
     let grad = if kind == Kind::CrossEntropyGrad {
         Some(grad_buffer(py, f, o.out, &x, dt)?)
     } else {
         None
     };
-    let mut in_place = false;
-    if let Some(g) = &grad {
-        in_place = x.guard_against(g)?;
-        let t_in_place = t.guard_against(g)?;
-        let mut u_in_place = false;
-        if let Some(u) = up_arr.as_mut() {
-            u_in_place = u.guard_against(g)?;
-        }
-        if t_in_place || u_in_place {
-            // A target or upstream gradient that *is* the gradient buffer: read it whole first.
-            if t_in_place {
-                t = Arr::new(&t.arr.call_method0("copy")?, "target")?;
-            }
-            if u_in_place {
-                let u = up_arr.take().expect("checked above");
-                up_arr = Some(Arr::new(&u.arr.call_method0("copy")?, "grad_output")?);
-            }
-        }
-    }
+    let in_place = match &grad {
+        Some(g) => Arr::guard_inputs(g, &mut x, [Some(&mut t), up_arr.as_mut()])?,
+        None => false,
+    };
     let losses = if reduction == Reduction::None {
         Some(Arr::empty(py, &outer, dt, &x)?)
     } else {
@@ -669,19 +653,14 @@ fn binary<'py>(
     } else {
         None
     };
-    let mut in_place = false;
-    if let Some(g) = &grad {
-        // Every input other than `input` itself is read whole before the gradient is written.
-        in_place = x.guard_against(g)?;
-        for other in [Some(&mut y), w.as_mut(), pw.as_mut(), up_arr.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            if other.guard_against(g)? {
-                *other = Arr::new(&other.arr.call_method0("copy")?, "argument")?;
-            }
-        }
-    }
+    let in_place = match &grad {
+        Some(g) => Arr::guard_inputs(
+            g,
+            &mut x,
+            [Some(&mut y), w.as_mut(), pw.as_mut(), up_arr.as_mut()],
+        )?,
+        None => false,
+    };
     let shape = x.shape.clone();
     let axis = if shape.is_empty() {
         None
