@@ -38,9 +38,13 @@ pub trait Float:
     fn load<E: Elem>(e: E) -> Self;
     /// Round the compute value once into a floating storage type.
     fn store<E: FloatElem>(self) -> E;
-    /// The vectorizable exponential of [`crate::math`].
-    fn exp(self) -> Self;
+    /// The vectorizable exponential of [`crate::math`]; `FMA` fuses its multiply-adds.
+    fn exp<const FMA: bool>(self) -> Self;
+    /// The cheaper exponential for `self <= 0` (or NaN) of [`crate::math`].
+    fn exp_nonpos<const FMA: bool>(self) -> Self;
     fn tanh(self) -> Self;
+    /// The larger of the two; a NaN operand is ignored (IEEE maxNum), so one SIMD max.
+    fn max_ignoring_nan(self, other: Self) -> Self;
     fn is_nan(self) -> bool;
 }
 
@@ -67,12 +71,20 @@ impl Float for f32 {
         E::from_f32(self)
     }
     #[inline(always)]
-    fn exp(self) -> Self {
-        crate::math::exp_f32(self)
+    fn exp<const FMA: bool>(self) -> Self {
+        crate::math::exp_f32::<FMA>(self)
+    }
+    #[inline(always)]
+    fn exp_nonpos<const FMA: bool>(self) -> Self {
+        crate::math::exp_nonpos_f32::<FMA>(self)
     }
     #[inline(always)]
     fn tanh(self) -> Self {
         f32::tanh(self)
+    }
+    #[inline(always)]
+    fn max_ignoring_nan(self, other: Self) -> Self {
+        f32::max(self, other)
     }
     #[inline(always)]
     fn is_nan(self) -> bool {
@@ -103,12 +115,20 @@ impl Float for f64 {
         E::from_f64(self)
     }
     #[inline(always)]
-    fn exp(self) -> Self {
-        crate::math::exp_f64(self)
+    fn exp<const FMA: bool>(self) -> Self {
+        crate::math::exp_f64::<FMA>(self)
+    }
+    #[inline(always)]
+    fn exp_nonpos<const FMA: bool>(self) -> Self {
+        crate::math::exp_nonpos_f64::<FMA>(self)
     }
     #[inline(always)]
     fn tanh(self) -> Self {
         f64::tanh(self)
+    }
+    #[inline(always)]
+    fn max_ignoring_nan(self, other: Self) -> Self {
+        f64::max(self, other)
     }
     #[inline(always)]
     fn is_nan(self) -> bool {

@@ -27,6 +27,7 @@
 pub mod dtype;
 pub mod error;
 pub mod float;
+pub mod isa;
 pub mod kernels;
 pub mod math;
 pub mod ops;

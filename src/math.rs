@@ -6,63 +6,117 @@
 //! for. The method is the classic one: `exp(x) = 2^n * exp(r)` with `n = round(x / ln 2)`,
 //! `r = x - n ln 2` reduced exactly with a two-part `ln 2` (Cody–Waite), `exp(r)` from its
 //! Taylor polynomial on `|r| <= ln(2)/2`, and `2^n` built from exponent bits in two halves so
-//! that results in the subnormal range and the overflow to `+inf` come out right.
+//! that results in the subnormal range and the overflow to `+inf` come out right. The kernels
+//! mostly need `exp(x - max) <= 1`; for that case `exp_nonpos_*` builds `2^n` with one shift.
+//! Each has an `FMA` form, used where the instruction set fuses multiply-adds.
 //!
 //! Accuracy, measured by the tests below against `std`'s correctly rounded-in-practice `exp`
-//! over a dense sweep of the whole finite range: at most 2 ULP for `f32` (Taylor degree 7;
+//! over a dense sweep of the whole finite range, for every variant: at most 2 ULP for `f32` (Taylor degree 7;
 //! truncation 5e-9 relative) and at most 2 ULP for `f64` (degree 13; truncation 4e-18), in the
 //! normal range; subnormal results may be off by one unit of the smallest subnormal.
 //! NaN propagates, `exp(-inf) = 0`, `exp(+inf) = +inf`.
 
-/// `exp` for `f32`; see the module docs for the error bound.
+/// `a * b + c`, fused into one rounding when `FMA` (only where the instruction set has it:
+/// elsewhere `mul_add` is a slow library call).
 #[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
+fn madd32<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+#[inline(always)]
+fn madd64<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// The f32 range reduction: `(t, r)` with `t = x / ln 2 + magic` (its low mantissa bits hold
+/// `n = round(x / ln 2)` plus the integer part of `magic - 1.5 * 2^23`) and `r = x - n ln 2`.
+#[inline(always)]
+fn reduce_f32<const FMA: bool>(x: f32, magic: f32) -> (f32, f32) {
     // ln 2 split so that n * LN2_HI is exact for |n| < 2^15 (LN2_HI has 9 significant bits).
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding 1.5 * 2^23 rounds to the nearest integer and leaves it in the low mantissa bits.
-    const MAGIC: f32 = 12_582_912.0;
-    const MAGIC_BITS: i32 = 0x4B40_0000;
+    let t = madd32::<FMA>(x, std::f32::consts::LOG2_E, magic);
+    let nf = t - magic;
+    (t, madd32::<FMA>(-nf, LN2_LO, madd32::<FMA>(-nf, LN2_HI, x)))
+}
+
+/// `exp(r)` for `|r| <= ln(2)/2`: Taylor polynomial of degree 7, Horner form.
+#[inline(always)]
+fn poly_f32<const FMA: bool>(r: f32) -> f32 {
+    let mut p: f32 = 1.0 / 5040.0;
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = madd32::<FMA>(p, r, c);
+    }
+    p
+}
+
+/// Adding 1.5 * 2^23 rounds an f32 to the nearest integer, left in the low mantissa bits.
+const MAGIC32: f32 = 12_582_912.0;
+const MAGIC32_BITS: i32 = 0x4B40_0000;
+
+/// `exp` for `f32`; see the module docs for the error bound. `FMA` fuses the multiply-adds
+/// (fewer instructions, a slightly different last bit).
+#[inline(always)]
+pub fn exp_f32<const FMA: bool>(x: f32) -> f32 {
     // Below -110 the result is 0 even after rounding; above 89 it overflows to +inf.
     // clamp keeps NaN as NaN (f32::max would drop it), and NaN then flows through to the result.
     let xc = x.clamp(-110.0, 89.0);
-    let t = xc * LOG2E + MAGIC;
-    let n = (t.to_bits() as i32).wrapping_sub(MAGIC_BITS);
-    let nf = t - MAGIC;
-    let r = (xc - nf * LN2_HI) - nf * LN2_LO;
-    // Taylor polynomial of exp(r), degree 7, Horner form.
-    let mut p: f32 = 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    let (t, r) = reduce_f32::<FMA>(xc, MAGIC32);
+    let n = (t.to_bits() as i32).wrapping_sub(MAGIC32_BITS);
     // 2^n as 2^n1 * 2^n2 with both halves in the normal range for every n in [-159, 128].
     let n1 = n >> 1;
     let n2 = n.wrapping_sub(n1);
     let s1 = f32::from_bits((n1.wrapping_add(127) as u32).wrapping_shl(23));
     let s2 = f32::from_bits((n2.wrapping_add(127) as u32).wrapping_shl(23));
-    p * s1 * s2
+    poly_f32::<FMA>(r) * s1 * s2
 }
 
-/// `exp` for `f64`; see the module docs for the error bound.
+/// `exp(x)` for `x <= 0` (or NaN), the case of every shifted logit `x - max`; same accuracy as
+/// [`exp_f32`], with a cheaper scaling: `2^(n + 24)` is normal for every `n` in `[-150, 0]`,
+/// so it is one shift of `t`'s bits, and the one rounding into the subnormal range happens in
+/// the final multiplication by `2^-24`. A positive `x` is treated as 0.
 #[inline(always)]
-pub fn exp_f64(x: f64) -> f64 {
-    const LOG2E: f64 = std::f64::consts::LOG2_E;
+pub fn exp_nonpos_f32<const FMA: bool>(x: f32) -> f32 {
+    // exp(-104) < 2^-150 rounds to 0; clamp (unlike min/max) lets NaN through.
+    let xc = x.clamp(-104.0, 0.0);
+    // The low bits of t hold n + 151 in [1, 151]; shifted into the exponent field they are
+    // 2^(n + 24) (the magic number's own bits shift out).
+    let (t, r) = reduce_f32::<FMA>(xc, MAGIC32 + 151.0);
+    let scale = f32::from_bits(t.to_bits().wrapping_shl(23));
+    poly_f32::<FMA>(r) * scale * (1.0 / 16_777_216.0)
+}
+
+/// The f64 range reduction; see [`reduce_f32`].
+#[inline(always)]
+fn reduce_f64<const FMA: bool>(x: f64, magic: f64) -> (f64, f64) {
     // fdlibm's split of ln 2: n * LN2_HI is exact for |n| < 2^11.
     const LN2_HI: f64 = 6.931_471_803_691_238e-1;
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
-    const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
-    const MAGIC_BITS: i64 = 0x4338_0000_0000_0000;
-    let xc = x.clamp(-750.0, 710.0);
-    let t = xc * LOG2E + MAGIC;
-    let n = (t.to_bits() as i64).wrapping_sub(MAGIC_BITS);
-    let nf = t - MAGIC;
-    let r = (xc - nf * LN2_HI) - nf * LN2_LO;
-    // Taylor polynomial of exp(r), degree 13: coefficients 1/k!, highest first.
+    let t = madd64::<FMA>(x, std::f64::consts::LOG2_E, magic);
+    let nf = t - magic;
+    (t, madd64::<FMA>(-nf, LN2_LO, madd64::<FMA>(-nf, LN2_HI, x)))
+}
+
+/// `exp(r)` for `|r| <= ln(2)/2`: Taylor polynomial of degree 13.
+#[inline(always)]
+fn poly_f64<const FMA: bool>(r: f64) -> f64 {
+    // Coefficients 1/k!, highest first.
     const C: [f64; 14] = [
         1.0 / 6_227_020_800.0,
         1.0 / 479_001_600.0,
@@ -81,13 +135,36 @@ pub fn exp_f64(x: f64) -> f64 {
     ];
     let mut p = C[0];
     for &c in &C[1..] {
-        p = p * r + c;
+        p = madd64::<FMA>(p, r, c);
     }
+    p
+}
+
+/// 1.5 * 2^52, the f64 rounding constant.
+const MAGIC64: f64 = 6_755_399_441_055_744.0;
+const MAGIC64_BITS: i64 = 0x4338_0000_0000_0000;
+
+/// `exp` for `f64`; see the module docs for the error bound.
+#[inline(always)]
+pub fn exp_f64<const FMA: bool>(x: f64) -> f64 {
+    let xc = x.clamp(-750.0, 710.0);
+    let (t, r) = reduce_f64::<FMA>(xc, MAGIC64);
+    let n = (t.to_bits() as i64).wrapping_sub(MAGIC64_BITS);
     let n1 = n >> 1;
     let n2 = n.wrapping_sub(n1);
     let s1 = f64::from_bits((n1.wrapping_add(1023) as u64).wrapping_shl(52));
     let s2 = f64::from_bits((n2.wrapping_add(1023) as u64).wrapping_shl(52));
-    p * s1 * s2
+    poly_f64::<FMA>(r) * s1 * s2
+}
+
+/// `exp(x)` for `x <= 0` (or NaN); see [`exp_nonpos_f32`]. Here the offset is `2^54` and the
+/// low bits of `t` hold `n + 1077` for `n` in `[-1076, 0]`.
+#[inline(always)]
+pub fn exp_nonpos_f64<const FMA: bool>(x: f64) -> f64 {
+    let xc = x.clamp(-746.0, 0.0);
+    let (t, r) = reduce_f64::<FMA>(xc, MAGIC64 + 1077.0);
+    let scale = f64::from_bits(t.to_bits().wrapping_shl(52));
+    poly_f64::<FMA>(r) * scale * (1.0 / 18_014_398_509_481_984.0)
 }
 
 #[cfg(test)]
@@ -101,14 +178,15 @@ mod tests {
         ((a.to_bits() as i128) - (b.to_bits() as i128)).unsigned_abs() as u64
     }
 
-    #[test]
-    fn exp_f32_max_ulp_over_sweep() {
-        // Every 97th f32 bit pattern between -103 and 88.7: about 10 million points.
+    /// Every 97th f32 bit pattern between -103.5 and `hi` (about 10 million points up to
+    /// 88.7); returns the worst error in ULP among normal results and checks subnormal ones to
+    /// within one unit of the smallest subnormal.
+    fn f32_sweep(exp: fn(f32) -> f32, hi: f32) -> u32 {
         let mut worst = 0;
-        let mut x = -103.0f32;
-        while x < 88.72 {
+        let mut x = -103.5f32;
+        while x < hi {
             let want = (x as f64).exp() as f32;
-            let got = exp_f32(x);
+            let got = exp(x);
             if want.is_normal() {
                 worst = worst.max(ulp_f32(got, want));
             } else {
@@ -126,27 +204,70 @@ mod tests {
                 x = 1e-30;
             }
         }
-        assert!(worst <= 2, "max error {worst} ulp");
+        worst
+    }
+
+    /// 2 million points over `[-708, hi]` and 2 million over `[-1, min(1, hi)]`; subnormal
+    /// results on `[-745, -708]` within one unit of the smallest subnormal.
+    fn f64_sweep(exp: fn(f64) -> f64, hi: f64) -> u64 {
+        let mut worst = 0;
+        let n = 2_000_000;
+        let grid =
+            |lo: f64, hi: f64| (0..=n).map(move |i| lo + (hi - lo) * (i as f64) / (n as f64));
+        for x in grid(-708.0, hi).chain(grid(-1.0, hi.min(1.0))) {
+            worst = worst.max(ulp_f64(exp(x), x.exp()));
+        }
+        for x in grid(-745.0, -708.0).step_by(97) {
+            let (got, want) = (exp(x), x.exp());
+            assert!(
+                (got - want).abs() <= f64::from_bits(1),
+                "x={x}: {got} vs {want}"
+            );
+        }
+        worst
     }
 
     #[test]
-    fn exp_f64_max_ulp_over_sweep() {
-        let mut worst = 0;
-        let n = 2_000_000;
-        for i in 0..=n {
-            let x = -708.0 + 1417.0 * (i as f64) / (n as f64);
-            let want = x.exp();
-            worst = worst.max(ulp_f64(exp_f64(x), want));
+    fn exp_max_ulp_over_sweeps() {
+        for (name, worst) in [
+            ("f32", f32_sweep(exp_f32::<false>, 88.72) as u64),
+            ("f32 fma", f32_sweep(exp_f32::<true>, 88.72) as u64),
+            ("f32 nonpos", f32_sweep(exp_nonpos_f32::<false>, 0.0) as u64),
+            (
+                "f32 nonpos fma",
+                f32_sweep(exp_nonpos_f32::<true>, 0.0) as u64,
+            ),
+            ("f64", f64_sweep(exp_f64::<false>, 709.0)),
+            ("f64 fma", f64_sweep(exp_f64::<true>, 709.0)),
+            ("f64 nonpos", f64_sweep(exp_nonpos_f64::<false>, 0.0)),
+            ("f64 nonpos fma", f64_sweep(exp_nonpos_f64::<true>, 0.0)),
+        ] {
+            assert!(worst <= 2, "{name}: max error {worst} ulp");
         }
-        for i in 0..=n {
-            let x = -1.0 + 2.0 * (i as f64) / (n as f64);
-            worst = worst.max(ulp_f64(exp_f64(x), x.exp()));
-        }
-        assert!(worst <= 2, "max error {worst} ulp");
     }
 
     #[test]
     fn exp_special_values() {
+        special_values::<false>();
+        special_values::<true>();
+        for exp in [exp_nonpos_f32::<false>, exp_nonpos_f32::<true>] {
+            assert!(exp(f32::NAN).is_nan());
+            assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+            assert_eq!(exp(-104.0), 0.0);
+            assert_eq!(exp(-0.0), 1.0);
+            assert_eq!(exp(-103.0), f32::from_bits(1)); // exp(-103) = 1.4e-45
+        }
+        for exp in [exp_nonpos_f64::<false>, exp_nonpos_f64::<true>] {
+            assert!(exp(f64::NAN).is_nan());
+            assert_eq!(exp(f64::NEG_INFINITY), 0.0);
+            assert_eq!(exp(-746.0), 0.0);
+            assert_eq!(exp(0.0), 1.0);
+        }
+    }
+
+    fn special_values<const FMA: bool>() {
+        let exp_f32 = exp_f32::<FMA>;
+        let exp_f64 = exp_f64::<FMA>;
         assert!(exp_f32(f32::NAN).is_nan());
         assert!(exp_f64(f64::NAN).is_nan());
         assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);

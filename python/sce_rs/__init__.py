@@ -13,6 +13,7 @@ array([0.659, 0.242, 0.099])
 
 from sce_rs._sce_rs import (
     __version__,
+    _force_simd_backend as _force_simd_backend,  # testing hook, not in __all__
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     binary_cross_entropy_with_logits_and_grad,

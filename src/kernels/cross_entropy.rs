@@ -21,8 +21,9 @@
 //! loss itself is accumulated in `f64`. Terms whose coefficient is zero (`ε = 0`, `ζ = 0`) are
 //! skipped, as PyTorch skips them, so an infinite logit elsewhere cannot turn them into NaN.
 
-use super::{exp_sum, row_max, rows, rows_mut};
+use super::{max_exp_sum, rows, rows_mut};
 use crate::float::Float;
+use crate::isa::{isa_dispatch, Arith};
 
 /// What a row is compared against.
 #[derive(Clone, Copy, Debug)]
@@ -59,7 +60,7 @@ impl<T: Float> CeOptions<T> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn w(&self, c: usize) -> f64 {
         self.weight.as_ref().map_or(1.0, |w| w[c].to_f64())
     }
@@ -74,7 +75,7 @@ pub enum Scale<'a, T> {
 }
 
 impl<T: Float> Scale<'_, T> {
-    #[inline]
+    #[inline(always)]
     pub fn at(&self, i: usize) -> f64 {
         match self {
             Scale::Uniform(s) => *s,
@@ -85,12 +86,14 @@ impl<T: Float> Scale<'_, T> {
 
 /// The loss of one row; when `grad` is given, also writes `scale * d loss / d x` into it.
 /// `capped` is scratch for the soft-capped logits (left untouched without a cap).
-pub fn ce_row<T: Float>(
+#[inline(always)]
+pub fn ce_row<T: Float, A: Arith>(
     x: &[T],
     target: RowTarget<'_, T>,
     o: &CeOptions<T>,
     grad: Option<(&mut [T], f64)>,
     capped: &mut Vec<T>,
+    ar: A,
 ) -> f64 {
     let k = x.len();
     if matches!(target, RowTarget::Ignored) || k == 0 {
@@ -108,8 +111,7 @@ pub fn ce_row<T: Float>(
         }
         None => x,
     };
-    let m = row_max(z);
-    let s = exp_sum(z, m);
+    let (m, s) = max_exp_sum(z, ar);
     let (mf, ln_s) = (m.to_f64(), s.ln());
     let lse = mf + ln_s;
     let eps = o.label_smoothing;
@@ -162,19 +164,19 @@ pub fn ce_row<T: Float>(
                 match &o.weight {
                     Some(w) => {
                         for ((gj, &zj), &wj) in g.iter_mut().zip(z).zip(w) {
-                            *gj = ca * ((zj - m).exp() * inv_s) - cb * wj;
+                            *gj = ca * (ar.exp_nonpos(zj - m) * inv_s) - cb * wj;
                         }
                     }
                     None => {
                         for (gj, &zj) in g.iter_mut().zip(z) {
-                            *gj = ca * ((zj - m).exp() * inv_s) - cb;
+                            *gj = ca * (ar.exp_nonpos(zj - m) * inv_s) - cb;
                         }
                     }
                 }
             }
             RowTarget::Probs(q) => {
                 for (j, ((gj, &zj), &qj)) in g.iter_mut().zip(z).zip(q).enumerate() {
-                    let p = (zj - m).exp() * inv_s;
+                    let p = ar.exp_nonpos(zj - m) * inv_s;
                     let wq = o.w(j) * ((1.0 - eps) * qj.to_f64() + eps / kf);
                     *gj = ca * p - T::from_f64(scale * wq);
                 }
@@ -197,13 +199,15 @@ pub fn ce_row<T: Float>(
 
 /// Cross-entropy of a block of rows: per-row losses into `losses`, and `scale`-d gradients
 /// into `grad` (same layout as `x`) when given. `targets(i)` gives row `i`'s target.
-pub fn cross_entropy<'t, T: Float>(
+#[inline(always)]
+fn cross_entropy_rows<'t, T: Float, A: Arith>(
     x: &[T],
     k: usize,
     targets: impl Fn(usize) -> RowTarget<'t, T>,
     o: &CeOptions<T>,
     grad: Option<(&mut [T], Scale<'_, T>)>,
     losses: &mut [f64],
+    a: A,
 ) {
     let mut capped = Vec::new();
     match grad {
@@ -213,16 +217,29 @@ pub fn cross_entropy<'t, T: Float>(
                 .zip(losses.iter_mut())
                 .enumerate()
             {
-                *l = ce_row(xr, targets(i), o, Some((gr, scale.at(i))), &mut capped);
+                *l = ce_row(xr, targets(i), o, Some((gr, scale.at(i))), &mut capped, a);
             }
         }
         _ if k == 0 => losses.fill(0.0),
         _ => {
             for (i, (xr, l)) in rows(x, k).zip(losses.iter_mut()).enumerate() {
-                *l = ce_row(xr, targets(i), o, None, &mut capped);
+                *l = ce_row(xr, targets(i), o, None, &mut capped, a);
             }
         }
     }
+}
+
+isa_dispatch! {
+    /// Cross-entropy of a block of rows: per-row losses into `losses`, and `scale`-d gradients
+    /// into `grad` (same layout as `x`) when given. `targets(i)` gives row `i`'s target.
+    pub fn cross_entropy['t, T: Float](
+        x: &[T],
+        k: usize,
+        targets: impl Fn(usize) -> RowTarget<'t, T>,
+        o: &CeOptions<T>,
+        grad: Option<(&mut [T], Scale<'_, T>)>,
+        losses: &mut [f64],
+    ) = cross_entropy_rows;
 }
 
 /// Negative log-likelihood of a block of rows of log-probabilities: `-w_t·x_t` for a class
@@ -255,6 +272,7 @@ pub fn nll<'t, T: Float>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isa::Unfused;
 
     /// Central differences of the loss against the analytic gradient, every option at once.
     #[test]
@@ -271,14 +289,14 @@ mod tests {
         for target in [RowTarget::Class(2), RowTarget::Probs(&q)] {
             let mut g = [0.0; 5];
             let mut cap = Vec::new();
-            ce_row(&x, target, &o, Some((&mut g, 1.7)), &mut cap);
+            ce_row(&x, target, &o, Some((&mut g, 1.7)), &mut cap, Unfused);
             for j in 0..5 {
                 let h = 1e-6;
                 let (mut xp, mut xm) = (x, x);
                 xp[j] += h;
                 xm[j] -= h;
-                let fd = (ce_row(&xp, target, &o, None, &mut cap)
-                    - ce_row(&xm, target, &o, None, &mut cap))
+                let fd = (ce_row(&xp, target, &o, None, &mut cap, Unfused)
+                    - ce_row(&xm, target, &o, None, &mut cap, Unfused))
                     / (2.0 * h);
                 assert!(
                     (g[j] - 1.7 * fd).abs() < 1e-7,
@@ -295,8 +313,15 @@ mod tests {
         let x = [2.0f64, 1.0, 0.1];
         let o = CeOptions::plain(3);
         let mut cap = Vec::new();
-        let by_index = ce_row(&x, RowTarget::Class(0), &o, None, &mut cap);
-        let by_probs = ce_row(&x, RowTarget::Probs(&[1.0, 0.0, 0.0]), &o, None, &mut cap);
+        let by_index = ce_row(&x, RowTarget::Class(0), &o, None, &mut cap, Unfused);
+        let by_probs = ce_row(
+            &x,
+            RowTarget::Probs(&[1.0, 0.0, 0.0]),
+            &o,
+            None,
+            &mut cap,
+            Unfused,
+        );
         assert!((by_index - 0.417_030_02).abs() < 1e-8);
         assert!((by_index - by_probs).abs() < 1e-15);
     }
@@ -307,16 +332,32 @@ mod tests {
         let mut cap = Vec::new();
         let ni = f64::NEG_INFINITY;
         assert_eq!(
-            ce_row(&[ni, 1.0, 2.0], RowTarget::Class(0), &o, None, &mut cap),
+            ce_row(
+                &[ni, 1.0, 2.0],
+                RowTarget::Class(0),
+                &o,
+                None,
+                &mut cap,
+                Unfused
+            ),
             f64::INFINITY
         );
-        assert!(ce_row(&[ni, 1.0, 2.0], RowTarget::Class(1), &o, None, &mut cap).is_finite());
+        assert!(ce_row(
+            &[ni, 1.0, 2.0],
+            RowTarget::Class(1),
+            &o,
+            None,
+            &mut cap,
+            Unfused
+        )
+        .is_finite());
         assert!(ce_row(
             &[f64::INFINITY, 1.0, 2.0],
             RowTarget::Class(0),
             &o,
             None,
-            &mut cap
+            &mut cap,
+            Unfused
         )
         .is_nan());
     }

@@ -13,36 +13,36 @@ pub mod cross_entropy;
 pub mod softmax;
 
 use crate::float::Float;
+use crate::isa::Arith;
 
-const LANES: usize = 8;
+/// Independent accumulators per loop: a fixed count, not the vector width, so that every
+/// instruction set sums in the same order (16 = one AVX-512 register of f32, two of AVX2).
+const LANES: usize = 16;
 /// Elements summed in the compute type before the partial sum moves to `f64`.
 // PERF: summing exp in f32 lanes instead of widening each term to f64 halved the time of
 // an exp sum over float32 rows (512 x 128256: 204 ms -> 106 ms, one thread).
 const CHUNK: usize = 256;
+/// Elements per step of the one-pass maximum and exp-sum: a step stays in L1 between its
+/// maximum and its sum, so a long row is read from memory once.
+// PERF: float32 512 x 128256 cross_entropy, one thread: two passes (max, then exp-sum) vs one.
+const ONLINE_STEP: usize = 2048;
 
-/// The instruction set the kernels are vectorized for. Until runtime dispatch lands this is
-/// the platform baseline the wheel is compiled for, so it runs on every machine of the arch.
+/// The instruction set the kernels run with now (see [`crate::isa`]).
 pub fn simd_backend() -> &'static str {
-    if cfg!(target_arch = "x86_64") {
-        "sse2"
-    } else if cfg!(target_arch = "aarch64") {
-        "neon"
-    } else {
-        "scalar"
-    }
+    crate::isa::active().name()
 }
 
 /// The largest element of `x`, ignoring NaN (a NaN still poisons the row through its sum);
 /// `-inf` for an empty row.
-#[inline]
+#[inline(always)]
 pub fn row_max<T: Float>(x: &[T]) -> T {
     let mut acc = [T::NEG_INFINITY; LANES];
     let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
+        let c: &[T; LANES] = c.try_into().unwrap();
         for l in 0..LANES {
-            if c[l] > acc[l] {
-                acc[l] = c[l];
-            }
+            // One `maxps` on x86: a NaN in `c` keeps `acc`.
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
         }
     }
     let mut m = T::NEG_INFINITY;
@@ -54,43 +54,73 @@ pub fn row_max<T: Float>(x: &[T]) -> T {
     m
 }
 
-#[inline]
+#[inline(always)]
 fn lanes_total(acc: [f64; LANES], tail: f64) -> f64 {
     // Pairwise, in a fixed order.
-    let a = (acc[0] + acc[4]) + (acc[2] + acc[6]);
-    let b = (acc[1] + acc[5]) + (acc[3] + acc[7]);
-    (a + b) + tail
+    let mut a = [0.0; LANES / 2];
+    for l in 0..LANES / 2 {
+        a[l] = acc[l] + acc[l + LANES / 2];
+    }
+    let mut b = [0.0; LANES / 4];
+    for l in 0..LANES / 4 {
+        b[l] = a[l] + a[l + LANES / 4];
+    }
+    ((b[0] + b[2]) + (b[1] + b[3])) + tail
 }
 
-#[inline]
+#[inline(always)]
 fn lanes_total_t<T: Float>(acc: [T; LANES], tail: T) -> f64 {
     lanes_total(acc.map(|v| v.to_f64()), tail.to_f64())
 }
 
-/// `sum(exp(x - shift))`, chunk totals in `f64`.
-#[inline]
-pub fn exp_sum<T: Float>(x: &[T], shift: T) -> f64 {
+/// `sum(exp(x - shift))` for `shift >= max(x)`, chunk totals in `f64`.
+#[inline(always)]
+pub fn exp_sum<T: Float, A: Arith>(x: &[T], shift: T, a: A) -> f64 {
     let mut total = 0.0;
     for chunk in x.chunks(CHUNK) {
         let mut acc = [T::ZERO; LANES];
         let mut lanes = chunk.chunks_exact(LANES);
         for c in &mut lanes {
             for l in 0..LANES {
-                acc[l] += (c[l] - shift).exp();
+                acc[l] += a.exp_nonpos(c[l] - shift);
             }
         }
         let mut tail = T::ZERO;
         for &v in lanes.remainder() {
-            tail += (v - shift).exp();
+            tail += a.exp_nonpos(v - shift);
         }
         total += lanes_total_t(acc, tail);
     }
     total
 }
 
-/// Writes `exp(x - shift)` into `out` and returns its sum (chunk totals in `f64`).
-#[inline]
-pub fn exp_store_sum<T: Float>(x: &[T], shift: T, out: &mut [T]) -> f64 {
+/// `(m, sum(exp(x - m)))` with `m` the maximum of `x` as in [`row_max`], reading `x` once:
+/// each step's maximum is taken while the step is in L1, and the sum so far is rescaled by
+/// `exp(m_old - m_new)` when the maximum grows. Rows of up to one step take the plain
+/// two-pass route, whose result is the same up to rounding.
+#[inline(always)]
+pub fn max_exp_sum<T: Float, A: Arith>(x: &[T], a: A) -> (T, f64) {
+    if x.len() <= ONLINE_STEP {
+        let m = row_max(x);
+        return (m, exp_sum(x, m, a));
+    }
+    let (mut m, mut s) = (T::NEG_INFINITY, 0.0);
+    for step in x.chunks(ONLINE_STEP) {
+        let sm = row_max(step);
+        if sm > m {
+            // exp(-inf) = 0 drops the empty sum of the first step; a +inf maximum makes the
+            // row's sum NaN below, as the two-pass route does.
+            s *= (m.to_f64() - sm.to_f64()).exp();
+            m = sm;
+        }
+        s += exp_sum(step, m, a);
+    }
+    (m, s)
+}
+
+/// For `shift >= max(x)`, writes `exp(x - shift)` into `out` and returns its sum (chunk totals in `f64`).
+#[inline(always)]
+pub fn exp_store_sum<T: Float, A: Arith>(x: &[T], shift: T, out: &mut [T], a: A) -> f64 {
     let mut total = 0.0;
     for (chunk, ochunk) in x.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
         let mut acc = [T::ZERO; LANES];
@@ -98,14 +128,14 @@ pub fn exp_store_sum<T: Float>(x: &[T], shift: T, out: &mut [T]) -> f64 {
         let mut oc = ochunk.chunks_exact_mut(LANES);
         for (c, o) in (&mut xc).zip(&mut oc) {
             for l in 0..LANES {
-                let e = (c[l] - shift).exp();
+                let e = a.exp_nonpos(c[l] - shift);
                 o[l] = e;
                 acc[l] += e;
             }
         }
         let mut tail = T::ZERO;
         for (&v, o) in xc.remainder().iter().zip(oc.into_remainder()) {
-            let e = (v - shift).exp();
+            let e = a.exp_nonpos(v - shift);
             *o = e;
             tail += e;
         }
@@ -115,7 +145,7 @@ pub fn exp_store_sum<T: Float>(x: &[T], shift: T, out: &mut [T]) -> f64 {
 }
 
 /// `sum(a * b)` in `f64`.
-#[inline]
+#[inline(always)]
 pub fn dot<T: Float>(a: &[T], b: &[T]) -> f64 {
     let mut acc = [0f64; LANES];
     let mut ac = a.chunks_exact(LANES);
@@ -135,7 +165,7 @@ pub fn dot<T: Float>(a: &[T], b: &[T]) -> f64 {
 }
 
 /// `sum(a)` in `f64`.
-#[inline]
+#[inline(always)]
 pub fn sum<T: Float>(a: &[T]) -> f64 {
     let mut acc = [0f64; LANES];
     let mut ac = a.chunks_exact(LANES);

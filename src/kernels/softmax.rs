@@ -8,40 +8,59 @@
 //! `-inf` gives `-inf` and a row holding `+inf` gives `+inf` (softmax of such rows is NaN,
 //! as in PyTorch).
 
-use super::{dot, exp_store_sum, exp_sum, row_max, rows, rows_mut, sum};
+use super::{dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, sum, ONLINE_STEP};
 use crate::float::Float;
+use crate::isa::{isa_dispatch, Arith};
 
 /// `out = softmax(x)` for one row.
-#[inline]
-pub fn softmax_row<T: Float>(x: &[T], out: &mut [T]) {
-    let m = row_max(x);
-    let s = exp_store_sum(x, m, out);
-    let inv = T::from_f64(1.0 / s);
-    for o in out.iter_mut() {
-        *o *= inv;
+#[inline(always)]
+pub fn softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
+    if x.len() <= ONLINE_STEP {
+        // The row is in L1: store the exponentials while summing, then scale them.
+        let m = row_max(x);
+        let inv = T::from_f64(1.0 / exp_store_sum(x, m, out, a));
+        for o in out.iter_mut() {
+            *o *= inv;
+        }
+    } else {
+        // A long row comes from memory: one read for (max, sum), then one read and one write,
+        // recomputing exp (cheaper than a third pass over `out`).
+        let (m, s) = max_exp_sum(x, a);
+        let inv = T::from_f64(1.0 / s);
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = a.exp_nonpos(v - m) * inv;
+        }
     }
 }
 
 /// `out = log_softmax(x)` for one row.
-#[inline]
-pub fn log_softmax_row<T: Float>(x: &[T], out: &mut [T]) {
-    let m = row_max(x);
-    let ln_s = T::from_f64(exp_sum(x, m).ln());
+#[inline(always)]
+pub fn log_softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
+    let (m, s) = max_exp_sum(x, a);
+    let ln_s = T::from_f64(s.ln());
     for (o, &v) in out.iter_mut().zip(x) {
         *o = (v - m) - ln_s;
     }
 }
 
 /// `log(sum(exp(x)))` for one row, in `f64`.
-#[inline]
-pub fn logsumexp_row<T: Float>(x: &[T]) -> f64 {
-    let m = row_max(x);
-    let finite_shift = if m.to_f64().is_infinite() { T::ZERO } else { m };
-    finite_shift.to_f64() + exp_sum(x, finite_shift).ln()
+#[inline(always)]
+pub fn logsumexp_row<T: Float, A: Arith>(x: &[T], a: A) -> f64 {
+    let (m, s) = max_exp_sum(x, a);
+    if m.to_f64().is_infinite() {
+        // PyTorch shifts by 0 here, which gives the infinite maximum itself (every other term
+        // is finite or -inf) unless a NaN is present. Rare, so the second pass is fine.
+        return if x.iter().any(|v| v.is_nan()) {
+            f64::NAN
+        } else {
+            m.to_f64()
+        };
+    }
+    m.to_f64() + s.ln()
 }
 
 /// Vector-Jacobian product of softmax: `out = s * (g - sum(g * s))`.
-#[inline]
+#[inline(always)]
 pub fn softmax_backward_row<T: Float>(g: &[T], s: &[T], out: &mut [T]) {
     let gs = T::from_f64(dot(g, s));
     for ((o, &gi), &si) in out.iter_mut().zip(g).zip(s) {
@@ -50,20 +69,20 @@ pub fn softmax_backward_row<T: Float>(g: &[T], s: &[T], out: &mut [T]) {
 }
 
 /// Vector-Jacobian product of log-softmax: `out = g - exp(ls) * sum(g)`.
-#[inline]
-pub fn log_softmax_backward_row<T: Float>(g: &[T], ls: &[T], out: &mut [T]) {
+#[inline(always)]
+pub fn log_softmax_backward_row<T: Float, A: Arith>(g: &[T], ls: &[T], out: &mut [T], a: A) {
     let sg = T::from_f64(sum(g));
     for ((o, &gi), &li) in out.iter_mut().zip(g).zip(ls) {
-        *o = gi - li.exp() * sg;
+        *o = gi - a.exp(li) * sg;
     }
 }
 
 /// The `k x k` Jacobian `J[i][j] = d s_i / d x_j = s_i (δ_ij - s_j)` of one row, row-major
 /// into `out`; `s` is scratch of length `k`.
-#[inline]
-pub fn softmax_jacobian_row<T: Float>(x: &[T], s: &mut [T], out: &mut [T]) {
+#[inline(always)]
+pub fn softmax_jacobian_row<T: Float, A: Arith>(x: &[T], s: &mut [T], out: &mut [T], a: A) {
     let k = x.len();
-    softmax_row(x, s);
+    softmax_row(x, s, a);
     for (i, jrow) in rows_mut(out, k).enumerate() {
         let si = s[i];
         for (j, o) in jrow.iter_mut().enumerate() {
@@ -74,47 +93,65 @@ pub fn softmax_jacobian_row<T: Float>(x: &[T], s: &mut [T], out: &mut [T]) {
 }
 
 /// Row-block forms: `x` and `out` hold whole rows of length `k`.
-pub fn softmax<T: Float>(x: &[T], k: usize, out: &mut [T]) {
+#[inline(always)]
+fn softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     for (xr, or) in rows(x, k).zip(rows_mut(out, k)) {
-        softmax_row(xr, or);
+        softmax_row(xr, or, a);
     }
 }
 
-pub fn log_softmax<T: Float>(x: &[T], k: usize, out: &mut [T]) {
+#[inline(always)]
+fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     for (xr, or) in rows(x, k).zip(rows_mut(out, k)) {
-        log_softmax_row(xr, or);
+        log_softmax_row(xr, or, a);
     }
 }
 
 /// One value per row; an empty class axis (`k == 0`) gives `-inf`, the log of an empty sum.
-pub fn logsumexp<T: Float>(x: &[T], k: usize, out: &mut [T]) {
+#[inline(always)]
+fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     if k == 0 {
         out.fill(T::NEG_INFINITY);
         return;
     }
     for (xr, o) in rows(x, k).zip(out.iter_mut()) {
-        *o = T::from_f64(logsumexp_row(xr));
+        *o = T::from_f64(logsumexp_row(xr, a));
     }
 }
 
-pub fn softmax_backward<T: Float>(g: &[T], s: &[T], k: usize, out: &mut [T]) {
+#[inline(always)]
+fn softmax_backward_rows<T: Float, A: Arith>(g: &[T], s: &[T], k: usize, out: &mut [T], _: A) {
     for ((gr, sr), or) in rows(g, k).zip(rows(s, k)).zip(rows_mut(out, k)) {
         softmax_backward_row(gr, sr, or);
     }
 }
 
-pub fn log_softmax_backward<T: Float>(g: &[T], ls: &[T], k: usize, out: &mut [T]) {
+#[inline(always)]
+fn log_softmax_backward_rows<T: Float, A: Arith>(g: &[T], ls: &[T], k: usize, out: &mut [T], a: A) {
     for ((gr, lr), or) in rows(g, k).zip(rows(ls, k)).zip(rows_mut(out, k)) {
-        log_softmax_backward_row(gr, lr, or);
+        log_softmax_backward_row(gr, lr, or, a);
     }
 }
 
 /// `out` holds `k * k` values per row.
-pub fn softmax_jacobian<T: Float>(x: &[T], k: usize, out: &mut [T]) {
+#[inline(always)]
+fn softmax_jacobian_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     let mut s = vec![T::ZERO; k];
     for (xr, or) in rows(x, k).zip(rows_mut(out, k * k)) {
-        softmax_jacobian_row(xr, &mut s, or);
+        softmax_jacobian_row(xr, &mut s, or, a);
     }
+}
+
+isa_dispatch! {
+    pub fn softmax[T: Float](x: &[T], k: usize, out: &mut [T]) = softmax_rows;
+    pub fn log_softmax[T: Float](x: &[T], k: usize, out: &mut [T]) = log_softmax_rows;
+    /// One value per row; an empty class axis (`k == 0`) gives `-inf`.
+    pub fn logsumexp[T: Float](x: &[T], k: usize, out: &mut [T]) = logsumexp_rows;
+    pub fn softmax_backward[T: Float](g: &[T], s: &[T], k: usize, out: &mut [T]) = softmax_backward_rows;
+    pub fn log_softmax_backward[T: Float](g: &[T], ls: &[T], k: usize, out: &mut [T]) =
+        log_softmax_backward_rows;
+    /// `out` holds `k * k` values per row.
+    pub fn softmax_jacobian[T: Float](x: &[T], k: usize, out: &mut [T]) = softmax_jacobian_rows;
 }
 
 #[cfg(test)]
@@ -206,7 +243,7 @@ mod properties {
         fn log_softmax_is_x_minus_logsumexp(row in proptest::collection::vec(-700.0f64..700.0, 1..200)) {
             let mut ls = vec![0.0; row.len()];
             log_softmax(&row, row.len(), &mut ls);
-            let lse = logsumexp_row(&row);
+            let lse = logsumexp_row(&row, crate::isa::Unfused);
             for (l, x) in ls.iter().zip(&row) {
                 prop_assert!((l - (x - lse)).abs() <= 1e-12 * (1.0 + x.abs()));
             }

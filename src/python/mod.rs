@@ -814,6 +814,19 @@ fn simd_backend() -> &'static str {
     crate::kernels::simd_backend()
 }
 
+/// Testing hook: runs the kernels with the named instruction set (`"sse2"`, `"avx2"`,
+/// `"avx512"`, `"neon"`, `"scalar"`), or the best one below it that the CPU has; returns the one
+/// chosen. Results never depend on it beyond the last bits (see `simd_backend`).
+#[pyfunction]
+fn _force_simd_backend(name: &str) -> PyResult<&'static str> {
+    let wanted = crate::isa::Isa::from_name(name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown SIMD backend '{name}'; expected one of 'scalar', 'sse2', 'neon', 'avx2', 'avx512'"
+        ))
+    })?;
+    Ok(crate::isa::force(wanted).name())
+}
+
 #[pymodule]
 fn _sce_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -835,5 +848,6 @@ fn _sce_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_backend, m)?)?;
+    m.add_function(wrap_pyfunction!(_force_simd_backend, m)?)?;
     Ok(())
 }
