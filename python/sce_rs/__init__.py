@@ -13,7 +13,6 @@ array([0.659, 0.242, 0.099])
 
 from sce_rs._sce_rs import (
     __version__,
-    _force_simd_backend as _force_simd_backend,  # testing hook, not in __all__
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     binary_cross_entropy_with_logits_and_grad,
@@ -29,6 +28,9 @@ from sce_rs._sce_rs import (
     softmax,
     softmax_backward,
     softmax_jacobian,
+)
+from sce_rs._sce_rs import (
+    _force_simd_backend as _force_simd_backend,  # testing hook, not in __all__
 )
 
 __all__ = [
