@@ -7,7 +7,7 @@ SHARED ?= ../shared
 PY     := $(VENV)/bin/python
 ENV    := VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv dev demo test test-rust test-python conformance lint clean
+.PHONY: venv dev bench test test-rust test-python conformance lint clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,9 @@ venv: $(VENV)/.installed
 dev: venv
 	$(ENV) maturin develop --release --quiet
 
-## demo: the seed example and one large timed call against the NumPy reference
-demo: dev
-	$(PY) -m sce_rs.demo
+## bench: the benchmark's quick table (sce_rs against every peer installed; see BENCHMARKS.md)
+bench: dev
+	$(PY) -m sce_rs.bench --quick
 
 ## test: the Rust core's tests (no Python), then the Python suite (conformance included)
 test: test-rust test-python conformance

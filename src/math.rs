@@ -89,17 +89,24 @@ pub fn exp_f32<const FMA: bool>(x: f32) -> f32 {
 
 /// `exp(x)` for `x <= 0` (or NaN), the case of every shifted logit `x - max`; same accuracy as
 /// [`exp_f32`], with a cheaper scaling: `2^(n + 24)` is normal for every `n` in `[-150, 0]`,
-/// so it is one shift of `t`'s bits, and the one rounding into the subnormal range happens in
-/// the final multiplication by `2^-24`. A positive `x` is treated as 0.
+/// so it is one shift of `t`'s bits, and the `2^-24` is folded into the polynomial's
+/// coefficients (exact: powers of two), so the one rounding into the subnormal range happens in
+/// the final product. Callers guarantee `x <= 0` (it is `x - max` for a row's own max); a
+/// positive `x` gives a wrong value (never undefined behavior).
 #[inline(always)]
 pub fn exp_nonpos_f32<const FMA: bool>(x: f32) -> f32 {
-    // exp(-104) < 2^-150 rounds to 0; clamp (unlike min/max) lets NaN through.
-    let xc = x.clamp(-104.0, 0.0);
+    // exp(-104) < 2^-150 rounds to 0. A comparison, not f32::max, so that NaN gets through.
+    let xc = if x < -104.0 { -104.0 } else { x };
     // The low bits of t hold n + 151 in [1, 151]; shifted into the exponent field they are
     // 2^(n + 24) (the magic number's own bits shift out).
     let (t, r) = reduce_f32::<FMA>(xc, MAGIC32 + 151.0);
     let scale = f32::from_bits(t.to_bits().wrapping_shl(23));
-    poly_f32::<FMA>(r) * scale * (1.0 / 16_777_216.0)
+    const S: f32 = 1.0 / 16_777_216.0; // 2^-24
+    let mut p: f32 = S / 5040.0;
+    for c in [S / 720.0, S / 120.0, S / 24.0, S / 6.0, S * 0.5, S, S] {
+        p = madd32::<FMA>(p, r, c);
+    }
+    p * scale
 }
 
 /// The f64 range reduction; see [`reduce_f32`].
@@ -161,7 +168,7 @@ pub fn exp_f64<const FMA: bool>(x: f64) -> f64 {
 /// low bits of `t` hold `n + 1077` for `n` in `[-1076, 0]`.
 #[inline(always)]
 pub fn exp_nonpos_f64<const FMA: bool>(x: f64) -> f64 {
-    let xc = x.clamp(-746.0, 0.0);
+    let xc = if x < -746.0 { -746.0 } else { x };
     let (t, r) = reduce_f64::<FMA>(xc, MAGIC64 + 1077.0);
     let scale = f64::from_bits(t.to_bits().wrapping_shl(52));
     poly_f64::<FMA>(r) * scale * (1.0 / 18_014_398_509_481_984.0)

@@ -73,7 +73,35 @@ fn lanes_total_t<T: Float>(acc: [T; LANES], tail: T) -> f64 {
     lanes_total(acc.map(|v| v.to_f64()), tail.to_f64())
 }
 
-/// `sum(exp(x - shift))` for `shift >= max(x)`, chunk totals in `f64`.
+/// The sum of a chunk of at most `CHUNK` values in `LANES` accumulators, then pairwise.
+#[inline(always)]
+fn chunk_sum<T: Float>(chunk: &[T]) -> f64 {
+    let mut acc = [T::ZERO; LANES];
+    let mut lanes = chunk.chunks_exact(LANES);
+    for c in &mut lanes {
+        let c: &[T; LANES] = c.try_into().unwrap();
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    let mut tail = T::ZERO;
+    for &v in lanes.remainder() {
+        tail += v;
+    }
+    lanes_total_t(acc, tail)
+}
+
+/// `out[i] = exp(x[i] - shift)`: a plain map, which LLVM's loop vectorizer always turns into
+/// SIMD code (fusing the sum into this loop left the accumulators on the stack).
+#[inline(always)]
+fn exp_map<T: Float, A: Arith>(x: &[T], shift: T, out: &mut [T], a: A) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = a.exp_nonpos(v - shift);
+    }
+}
+
+/// `sum(exp(x - shift))` for `shift >= max(x)`, chunk totals in `f64`; the same value as
+/// [`exp_store_sum`] returns.
 #[inline(always)]
 pub fn exp_sum<T: Float, A: Arith>(x: &[T], shift: T, a: A) -> f64 {
     let mut total = 0.0;
@@ -81,6 +109,7 @@ pub fn exp_sum<T: Float, A: Arith>(x: &[T], shift: T, a: A) -> f64 {
         let mut acc = [T::ZERO; LANES];
         let mut lanes = chunk.chunks_exact(LANES);
         for c in &mut lanes {
+            let c: &[T; LANES] = c.try_into().unwrap();
             for l in 0..LANES {
                 acc[l] += a.exp_nonpos(c[l] - shift);
             }
@@ -118,28 +147,16 @@ pub fn max_exp_sum<T: Float, A: Arith>(x: &[T], a: A) -> (T, f64) {
     (m, s)
 }
 
-/// For `shift >= max(x)`, writes `exp(x - shift)` into `out` and returns its sum (chunk totals in `f64`).
+/// For `shift >= max(x)`, writes `exp(x - shift)` into `out` and returns its sum, added in
+/// the order of [`exp_sum`]. The exps are mapped first and summed from L1 afterwards: fusing
+/// the two left the accumulators on the stack (float32 128 x 128256 `softmax(out=)`, one
+/// thread: 21.7 ms fused, 19.9 ms split).
 #[inline(always)]
 pub fn exp_store_sum<T: Float, A: Arith>(x: &[T], shift: T, out: &mut [T], a: A) -> f64 {
     let mut total = 0.0;
     for (chunk, ochunk) in x.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
-        let mut acc = [T::ZERO; LANES];
-        let mut xc = chunk.chunks_exact(LANES);
-        let mut oc = ochunk.chunks_exact_mut(LANES);
-        for (c, o) in (&mut xc).zip(&mut oc) {
-            for l in 0..LANES {
-                let e = a.exp_nonpos(c[l] - shift);
-                o[l] = e;
-                acc[l] += e;
-            }
-        }
-        let mut tail = T::ZERO;
-        for (&v, o) in xc.remainder().iter().zip(oc.into_remainder()) {
-            let e = a.exp_nonpos(v - shift);
-            *o = e;
-            tail += e;
-        }
-        total += lanes_total_t(acc, tail);
+        exp_map(chunk, shift, ochunk, a);
+        total += chunk_sum(ochunk);
     }
     total
 }

@@ -8,28 +8,21 @@
 //! `-inf` gives `-inf` and a row holding `+inf` gives `+inf` (softmax of such rows is NaN,
 //! as in PyTorch).
 
-use super::{dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, sum, ONLINE_STEP};
+use super::{dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, sum};
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
 
-/// `out = softmax(x)` for one row.
+/// `out = softmax(x)` for one row: the maximum, then `exp(x - max)` stored while summed, then
+/// one scaling pass over `out`.
+// PERF: for long rows, recomputing exp in a second pass instead of storing it was slower
+// (float32 128 x 128256 softmax(out=): 26.7 ms against ONNX Runtime's 14.3 ms, which stores):
+// exp is the bottleneck, and the extra pass over `out` mostly hits L2.
 #[inline(always)]
 pub fn softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
-    if x.len() <= ONLINE_STEP {
-        // The row is in L1: store the exponentials while summing, then scale them.
-        let m = row_max(x);
-        let inv = T::from_f64(1.0 / exp_store_sum(x, m, out, a));
-        for o in out.iter_mut() {
-            *o *= inv;
-        }
-    } else {
-        // A long row comes from memory: one read for (max, sum), then one read and one write,
-        // recomputing exp (cheaper than a third pass over `out`).
-        let (m, s) = max_exp_sum(x, a);
-        let inv = T::from_f64(1.0 / s);
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = a.exp_nonpos(v - m) * inv;
-        }
+    let m = row_max(x);
+    let inv = T::from_f64(1.0 / exp_store_sum(x, m, out, a));
+    for o in out.iter_mut() {
+        *o *= inv;
     }
 }
 
