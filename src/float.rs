@@ -43,8 +43,6 @@ pub trait Float:
     /// The cheaper exponential for `self <= 0` (or NaN) of [`crate::math`].
     fn exp_nonpos<const FMA: bool>(self) -> Self;
     fn tanh(self) -> Self;
-    /// The larger of the two; a NaN operand is ignored (IEEE maxNum), so one SIMD max.
-    fn max_ignoring_nan(self, other: Self) -> Self;
     fn is_nan(self) -> bool;
 }
 
@@ -81,10 +79,6 @@ impl Float for f32 {
     #[inline(always)]
     fn tanh(self) -> Self {
         f32::tanh(self)
-    }
-    #[inline(always)]
-    fn max_ignoring_nan(self, other: Self) -> Self {
-        f32::max(self, other)
     }
     #[inline(always)]
     fn is_nan(self) -> bool {
@@ -125,10 +119,6 @@ impl Float for f64 {
     #[inline(always)]
     fn tanh(self) -> Self {
         f64::tanh(self)
-    }
-    #[inline(always)]
-    fn max_ignoring_nan(self, other: Self) -> Self {
-        f64::max(self, other)
     }
     #[inline(always)]
     fn is_nan(self) -> bool {
