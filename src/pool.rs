@@ -5,12 +5,19 @@
 //! every reduced loss bitwise identical for any number of threads. Small inputs run on the
 //! calling thread and never touch the pool.
 //!
+//! Blocks go to the pool in waves of about `WAVE_ELEMS` elements. Between waves a caller that
+//! asked for it (the Python binding, through [`interruptible`]) gets to check for Ctrl-C, at
+//! most every `CHECK_EVERY`, so a call of minutes stays interruptible without the kernels
+//! ever touching Python.
+//!
 //! The pool is our own (not Rayon's global one, so we never fight the host application over
 //! it) and is rebuilt lazily: after `set_num_threads`, and in a child made by `os.fork()`,
 //! whose copy of the pool has no threads behind it (detected by a changed process id).
 
+use std::cell::Cell;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
@@ -21,6 +28,53 @@ use crate::error::{Error, Result};
 pub const BLOCK_ELEMS: usize = 1 << 14;
 /// Below this many elements an operation runs on the calling thread.
 pub const PARALLEL_MIN_ELEMS: usize = 1 << 16;
+/// Elements per wave: tens of milliseconds of work, so the pause at a wave's end (the slowest
+/// thread finishing its last block) costs at most a few percent.
+const WAVE_ELEMS: usize = 1 << 24;
+/// How often a long operation asks its caller whether to stop.
+const CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// The interrupt check of the operation running on this thread, and when it last ran.
+struct Interrupt {
+    check: fn() -> bool,
+    last: Instant,
+    stopped: bool,
+}
+
+thread_local! {
+    static INTERRUPT: Cell<Option<Interrupt>> = const { Cell::new(None) };
+}
+
+/// Runs `f` on this thread with `check` consulted between waves of blocks (at most every
+/// `CHECK_EVERY`). Returns `f`'s result and whether `check` asked to stop; if it did, the
+/// remaining blocks were skipped, so the result and any output written are partial and must
+/// be discarded.
+pub fn interruptible<R>(check: fn() -> bool, f: impl FnOnce() -> R) -> (R, bool) {
+    let outer = INTERRUPT.replace(Some(Interrupt {
+        check,
+        last: Instant::now(),
+        stopped: false,
+    }));
+    let r = f();
+    let stopped = INTERRUPT
+        .replace(outer)
+        .is_some_and(|i: Interrupt| i.stopped);
+    (r, stopped)
+}
+
+/// Whether this thread's operation should stop now (asks the check when it is due).
+fn should_stop() -> bool {
+    let Some(mut i) = INTERRUPT.take() else {
+        return false;
+    };
+    if !i.stopped && i.last.elapsed() >= CHECK_EVERY {
+        i.stopped = (i.check)();
+        i.last = Instant::now();
+    }
+    let stopped = i.stopped;
+    INTERRUPT.set(Some(i));
+    stopped
+}
 
 struct PoolState {
     threads: usize,
@@ -109,7 +163,8 @@ pub fn rows_per_block(k: usize) -> usize {
 
 /// Runs `f` on consecutive blocks of rows covering `0..n_rows` and returns the results in
 /// block order. Blocks depend only on `(n_rows, k)`; they run in parallel when the work is
-/// large enough and more than one thread is configured.
+/// large enough and more than one thread is configured. Under [`interruptible`] the result
+/// may stop short of the last block.
 pub fn for_blocks<R, F>(n_rows: usize, k: usize, f: F) -> Vec<R>
 where
     R: Send,
@@ -119,14 +174,66 @@ where
     let n_blocks = n_rows.div_ceil(per);
     let block = |b: usize| f(b * per..((b + 1) * per).min(n_rows));
     let big = n_rows.saturating_mul(k.max(1)) >= PARALLEL_MIN_ELEMS && n_blocks > 1;
-    match if big { pool() } else { None } {
-        Some(p) => p.install(|| (0..n_blocks).into_par_iter().map(block).collect()),
-        None => (0..n_blocks).map(block).collect(),
+    let pool = if big { pool() } else { None };
+    let per_wave = (WAVE_ELEMS / per.saturating_mul(k.max(1))).max(1);
+    let mut out = Vec::with_capacity(n_blocks);
+    let mut start = 0;
+    while start < n_blocks {
+        let wave = start..(start + per_wave).min(n_blocks);
+        start = wave.end;
+        match &pool {
+            Some(p) => p.install(|| out.par_extend(wave.into_par_iter().map(block))),
+            None => out.extend(wave.map(block)),
+        }
+        if start < n_blocks && should_stop() {
+            break;
+        }
     }
+    out
 }
 
 /// Adds per-block partial sums in block order (the fixed order behind thread-count
 /// independent results).
 pub fn ordered_sum(parts: &[f64]) -> f64 {
     parts.iter().fold(0.0, |a, &b| a + b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocks of one row of 2^24 elements: one block per wave, so every block boundary is a
+    /// chance to stop. The blocks only sleep; nothing reads that many elements.
+    fn slow_blocks() -> Vec<usize> {
+        for_blocks(1000, WAVE_ELEMS, |r| {
+            std::thread::sleep(Duration::from_millis(1));
+            r.start
+        })
+    }
+
+    #[test]
+    fn an_interrupt_check_that_fires_stops_between_waves() {
+        let (done, stopped) = interruptible(|| true, slow_blocks);
+        assert!(stopped);
+        assert!(
+            !done.is_empty() && done.len() < 1000,
+            "{} blocks ran",
+            done.len()
+        );
+        assert_eq!(
+            done,
+            (0..done.len()).collect::<Vec<_>>(),
+            "a prefix, in order"
+        );
+    }
+
+    #[test]
+    fn a_quiet_check_runs_everything_and_nesting_restores_the_outer_check() {
+        let (done, stopped) = interruptible(|| false, slow_blocks);
+        assert!(!stopped);
+        assert_eq!(done.len(), 1000);
+        let ((_, inner), outer) = interruptible(|| true, || interruptible(|| false, || ()));
+        assert!(!inner && !outer);
+        assert!(!should_stop(), "no check is left installed");
+    }
 }

@@ -234,10 +234,30 @@ def test_read_only_inputs_are_accepted_and_untouched():
     np.testing.assert_array_equal(x, X)
 
 
-def test_thread_count_must_be_positive():
-    with pytest.raises(ValueError, match="at least 1, got 0"):
+def test_thread_count_must_be_positive_and_bounded():
+    with pytest.raises(ValueError, match="at least 1 and at most 4096, got 0"):
         sce_rs.set_num_threads(0)
     with pytest.raises(ValueError):
         sce_rs.set_num_threads(-3)
+    with pytest.raises(ValueError, match="got 1000000"):
+        sce_rs.set_num_threads(10**6)
+    with pytest.raises(ValueError, match="does not fit in 64 bits"):
+        sce_rs.set_num_threads(2**70)
     with pytest.raises(TypeError):
         sce_rs.set_num_threads("2")
+
+
+@pytest.mark.parametrize("fn", ["cross_entropy", "cross_entropy_and_grad", "nll_loss"])
+def test_integers_beyond_64_bits_are_contract_errors_not_overflow(fn):
+    """PyO3 alone would raise OverflowError, which the contract does not name."""
+    for axis in (2**70, -(2**70)):
+        with pytest.raises(AxisError, match=f"axis {axis} is out of bounds"):
+            getattr(sce_rs, fn)(X, T, axis=axis)
+    with pytest.raises(ValueError, match=r"the integer 1180591620717411303424 does not fit"):
+        getattr(sce_rs, fn)(X, T, ignore_index=2**70)
+
+
+@pytest.mark.parametrize("option", ["label_smoothing", "z_loss", "softcap"])
+def test_floats_beyond_float64_are_value_errors(option):
+    with pytest.raises(ValueError, match=r"the number 1000.*\(401 digits\) is out of the float64"):
+        sce_rs.cross_entropy(X, T, **{option: 10**400})

@@ -49,6 +49,14 @@ pub fn axis_error(py: Python<'_>, axis: isize, ndim: usize, prefix: &str) -> PyE
     }
 }
 
+/// `numpy.exceptions.AxisError` with a message of our own (no `ndim` to report).
+pub fn axis_error_message(py: Python<'_>, msg: &str) -> PyErr {
+    match numpy_refs(py).and_then(|np| np.axis_error.bind(py).call1((msg,))) {
+        Ok(e) => PyErr::from_value(e),
+        Err(e) => e,
+    }
+}
+
 /// A NumPy scalar of the reduced-loss dtype for inputs of `dtype` (float32 for float16 and
 /// bfloat16, as the contract says).
 pub fn loss_scalar<'py>(py: Python<'py>, value: f64, dtype: DType) -> PyResult<Bound<'py, PyAny>> {

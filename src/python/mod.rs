@@ -3,6 +3,7 @@
 //! [`crate::ops`].
 
 mod array;
+mod scalars;
 
 use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -13,17 +14,40 @@ use crate::error::{fmt_index, Error};
 use crate::float::Float;
 use crate::ops::{self, BinaryArgs, CeOptions, Loss, Reduction, RowMap, Targets, Upstream};
 use array::{axis_error, loss_scalar, Arr};
+use scalars::{Axis, Int, Real};
 
 /// Work (elements) above which the GIL is released while the kernel runs; below it the
 /// release/re-acquire round trip costs more than it frees.
 const GIL_RELEASE_MIN: usize = 1 << 15;
 
-/// Runs `f` with the GIL released when the work is large enough to be worth it.
-fn run<R: Send>(py: Python<'_>, elems: usize, f: impl FnOnce() -> R + Send) -> R {
-    if elems >= GIL_RELEASE_MIN {
-        py.detach(f)
-    } else {
-        f()
+thread_local! {
+    /// The exception a signal handler raised while this thread's kernel ran without the GIL.
+    static INTERRUPTED: std::cell::RefCell<Option<PyErr>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs the pending signal handlers (Python runs them on the main thread only); true if one
+/// raised, typically `KeyboardInterrupt` from Ctrl-C.
+fn signal_raised() -> bool {
+    Python::attach(|py| match py.check_signals() {
+        Ok(()) => false,
+        Err(e) => {
+            INTERRUPTED.with(|slot| *slot.borrow_mut() = Some(e));
+            true
+        }
+    })
+}
+
+/// Runs `f` with the GIL released when the work is large enough to be worth it. A long run
+/// checks for signals between waves of blocks (see [`crate::pool::interruptible`]); if a
+/// handler raised, the partial result is dropped and its exception returned.
+fn run<R: Send>(py: Python<'_>, elems: usize, f: impl FnOnce() -> R + Send) -> PyResult<R> {
+    if elems < GIL_RELEASE_MIN {
+        return Ok(f());
+    }
+    let (r, stopped) = py.detach(|| crate::pool::interruptible(signal_raised, f));
+    match INTERRUPTED.with(|slot| slot.borrow_mut().take()) {
+        Some(e) if stopped => Err(e),
+        _ => Ok(r),
     }
 }
 
@@ -134,7 +158,7 @@ fn row_map_py<'py>(
         py,
         x.size(),
         || with_compute!(dt, T => ops::row_map::<T>(map, &xv, &ov)),
-    );
+    )?;
     if given {
         Ok(out.arr.into_any())
     } else {
@@ -144,40 +168,40 @@ fn row_map_py<'py>(
 
 /// Softmax along `axis`: `exp(x - max) / sum(exp(x - max))`.
 #[pyfunction]
-#[pyo3(signature = (x, axis=-1, *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
+#[pyo3(signature = (x, axis=Axis(-1), *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
 fn softmax<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
-    axis: isize,
+    axis: Axis,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    row_map_py(py, "softmax", RowMap::Softmax, x, axis, out)
+    row_map_py(py, "softmax", RowMap::Softmax, x, axis.0, out)
 }
 
 /// Log-softmax along `axis`: `x - logsumexp(x)`.
 #[pyfunction]
-#[pyo3(signature = (x, axis=-1, *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
+#[pyo3(signature = (x, axis=Axis(-1), *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
 fn log_softmax<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
-    axis: isize,
+    axis: Axis,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    row_map_py(py, "log_softmax", RowMap::LogSoftmax, x, axis, out)
+    row_map_py(py, "log_softmax", RowMap::LogSoftmax, x, axis.0, out)
 }
 
 /// Stable `log(sum(exp(x)))` along `axis`.
 #[pyfunction]
-#[pyo3(signature = (x, axis=-1, *, keepdims=false), text_signature = "(x, axis=-1, *, keepdims=False)")]
+#[pyo3(signature = (x, axis=Axis(-1), *, keepdims=false), text_signature = "(x, axis=-1, *, keepdims=False)")]
 fn logsumexp<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
-    axis: isize,
+    axis: Axis,
     keepdims: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let f = "logsumexp";
     let x = arg(py, f, x, "x")?;
-    let a = norm_axis(py, f, axis, x.ndim())?;
+    let a = norm_axis(py, f, axis.0, x.ndim())?;
     let dt = x.dtype.result();
     let mut shape = x.shape.clone();
     if keepdims {
@@ -191,21 +215,21 @@ fn logsumexp<'py>(
         py,
         x.size(),
         || with_compute!(dt, T => ops::row_map::<T>(RowMap::LogSumExp, &xv, &ov)),
-    );
+    )?;
     out.into_result()
 }
 
 /// The full softmax Jacobian, shape `x.shape + (K,)` with the class axis moved last.
 #[pyfunction]
-#[pyo3(signature = (x, axis=-1), text_signature = "(x, axis=-1)")]
+#[pyo3(signature = (x, axis=Axis(-1)), text_signature = "(x, axis=-1)")]
 fn softmax_jacobian<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
-    axis: isize,
+    axis: Axis,
 ) -> PyResult<Bound<'py, PyAny>> {
     let f = "softmax_jacobian";
     let x = arg(py, f, x, "x")?;
-    let a = norm_axis(py, f, axis, x.ndim())?;
+    let a = norm_axis(py, f, axis.0, x.ndim())?;
     let dt = x.dtype.result();
     let k = x.shape[a];
     let mut shape = shape_without(&x.shape, a);
@@ -219,7 +243,7 @@ fn softmax_jacobian<'py>(
         py,
         n * k * k.max(1),
         || with_compute!(dt, T => ops::row_map::<T>(RowMap::SoftmaxJacobian, &xv, &ov)),
-    );
+    )?;
     out.into_result()
 }
 
@@ -229,7 +253,7 @@ fn backward_py<'py>(
     log: bool,
     g: &Bound<'py, PyAny>,
     y: &Bound<'py, PyAny>,
-    axis: isize,
+    axis: Axis,
 ) -> PyResult<Bound<'py, PyAny>> {
     let g = arg(py, f, g, "grad_output")?;
     let y = arg(py, f, y, "output")?;
@@ -240,7 +264,7 @@ fn backward_py<'py>(
             fmt_index(&y.shape)
         )));
     }
-    let a = norm_axis(py, f, axis, g.ndim())?;
+    let a = norm_axis(py, f, axis.0, g.ndim())?;
     let dt = promote(g.dtype, y.dtype);
     let like = if g.dtype == dt { &g } else { &y };
     let out = Arr::empty(py, &g.shape, dt, like)?;
@@ -249,30 +273,30 @@ fn backward_py<'py>(
         py,
         g.size(),
         || with_compute!(dt, T => ops::softmax_backward::<T>(log, &gv, &yv, &ov)),
-    );
+    )?;
     out.into_result()
 }
 
 /// Vector-Jacobian product of softmax: `s * (g - sum(g * s))` with `s` the softmax output.
 #[pyfunction]
-#[pyo3(signature = (grad_output, output, axis=-1), text_signature = "(grad_output, output, axis=-1)")]
+#[pyo3(signature = (grad_output, output, axis=Axis(-1)), text_signature = "(grad_output, output, axis=-1)")]
 fn softmax_backward<'py>(
     py: Python<'py>,
     grad_output: &Bound<'py, PyAny>,
     output: &Bound<'py, PyAny>,
-    axis: isize,
+    axis: Axis,
 ) -> PyResult<Bound<'py, PyAny>> {
     backward_py(py, "softmax_backward", false, grad_output, output, axis)
 }
 
 /// Vector-Jacobian product of log-softmax: `g - exp(output) * sum(g)`.
 #[pyfunction]
-#[pyo3(signature = (grad_output, output, axis=-1), text_signature = "(grad_output, output, axis=-1)")]
+#[pyo3(signature = (grad_output, output, axis=Axis(-1)), text_signature = "(grad_output, output, axis=-1)")]
 fn log_softmax_backward<'py>(
     py: Python<'py>,
     grad_output: &Bound<'py, PyAny>,
     output: &Bound<'py, PyAny>,
-    axis: isize,
+    axis: Axis,
 ) -> PyResult<Bound<'py, PyAny>> {
     backward_py(py, "log_softmax_backward", true, grad_output, output, axis)
 }
@@ -508,6 +532,7 @@ fn multiclass<'py>(
             }
         })
     })
+?
     .map_err(|e| to_py(py, f, e))?;
 
     loss_result(py, losses, total, x.dtype, grad)
@@ -515,28 +540,28 @@ fn multiclass<'py>(
 
 /// PyTorch's `F.cross_entropy` on logits, with the class axis chosen by `axis`.
 #[pyfunction]
-#[pyo3(signature = (input, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None), text_signature = "(input, target, *, axis=-1, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None)")]
+#[pyo3(signature = (input, target, *, axis=Axis(-1), weight=None, ignore_index=Int(-100), reduction="mean", label_smoothing=Real(0.0), z_loss=Real(0.0), softcap=None), text_signature = "(input, target, *, axis=-1, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None)")]
 #[allow(clippy::too_many_arguments)]
 fn cross_entropy<'py>(
     py: Python<'py>,
     input: &Bound<'py, PyAny>,
     target: &Bound<'py, PyAny>,
-    axis: isize,
+    axis: Axis,
     weight: Option<&Bound<'py, PyAny>>,
-    ignore_index: i64,
+    ignore_index: Int,
     reduction: &str,
-    label_smoothing: f64,
-    z_loss: f64,
-    softcap: Option<f64>,
+    label_smoothing: Real,
+    z_loss: Real,
+    softcap: Option<Real>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let o = MultiOpts {
-        axis,
+        axis: axis.0,
         weight,
-        ignore_index,
+        ignore_index: ignore_index.0,
         reduction,
-        label_smoothing,
-        z_loss,
-        softcap,
+        label_smoothing: label_smoothing.0,
+        z_loss: z_loss.0,
+        softcap: softcap.map(|c| c.0),
         grad_output: None,
         out: None,
     };
@@ -545,30 +570,30 @@ fn cross_entropy<'py>(
 
 /// `(loss, grad)`: the cross-entropy and its gradient with respect to `input`, in one pass.
 #[pyfunction]
-#[pyo3(signature = (input, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=None, out=None), text_signature = "(input, target, *, axis=-1, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=None, out=None)")]
+#[pyo3(signature = (input, target, *, axis=Axis(-1), weight=None, ignore_index=Int(-100), reduction="mean", label_smoothing=Real(0.0), z_loss=Real(0.0), softcap=None, grad_output=None, out=None), text_signature = "(input, target, *, axis=-1, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=None, out=None)")]
 #[allow(clippy::too_many_arguments)]
 fn cross_entropy_and_grad<'py>(
     py: Python<'py>,
     input: &Bound<'py, PyAny>,
     target: &Bound<'py, PyAny>,
-    axis: isize,
+    axis: Axis,
     weight: Option<&Bound<'py, PyAny>>,
-    ignore_index: i64,
+    ignore_index: Int,
     reduction: &str,
-    label_smoothing: f64,
-    z_loss: f64,
-    softcap: Option<f64>,
+    label_smoothing: Real,
+    z_loss: Real,
+    softcap: Option<Real>,
     grad_output: Option<&Bound<'py, PyAny>>,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let o = MultiOpts {
-        axis,
+        axis: axis.0,
         weight,
-        ignore_index,
+        ignore_index: ignore_index.0,
         reduction,
-        label_smoothing,
-        z_loss,
-        softcap,
+        label_smoothing: label_smoothing.0,
+        z_loss: z_loss.0,
+        softcap: softcap.map(|c| c.0),
         grad_output,
         out,
     };
@@ -584,20 +609,20 @@ fn cross_entropy_and_grad<'py>(
 
 /// PyTorch's `F.nll_loss` on log-probabilities.
 #[pyfunction]
-#[pyo3(signature = (input, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean"), text_signature = "(input, target, *, axis=-1, weight=None, ignore_index=-100, reduction='mean')")]
+#[pyo3(signature = (input, target, *, axis=Axis(-1), weight=None, ignore_index=Int(-100), reduction="mean"), text_signature = "(input, target, *, axis=-1, weight=None, ignore_index=-100, reduction='mean')")]
 fn nll_loss<'py>(
     py: Python<'py>,
     input: &Bound<'py, PyAny>,
     target: &Bound<'py, PyAny>,
-    axis: isize,
+    axis: Axis,
     weight: Option<&Bound<'py, PyAny>>,
-    ignore_index: i64,
+    ignore_index: Int,
     reduction: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     let o = MultiOpts {
-        axis,
+        axis: axis.0,
         weight,
-        ignore_index,
+        ignore_index: ignore_index.0,
         reduction,
         label_smoothing: 0.0,
         z_loss: 0.0,
@@ -705,6 +730,7 @@ fn binary<'py>(
     let total = run(py, x.size(), || {
         with_compute!(dt, T => ops::binary_loss::<T>(logits, args, reduction, up, lv.as_ref(), gv.as_ref()))
     })
+?
     .map_err(|e| to_py(py, f, e))?;
     loss_result(py, losses, total, x.dtype, grad)
 }
@@ -793,10 +819,13 @@ fn binary_cross_entropy_with_logits_and_grad<'py>(
 
 /// Sets the number of threads the kernels use (at least 1).
 #[pyfunction]
-fn set_num_threads(py: Python<'_>, n: i64) -> PyResult<()> {
-    if n < 1 {
+fn set_num_threads(py: Python<'_>, n: Int) -> PyResult<()> {
+    // A bound keeps a typo (10**6) from spawning a million threads.
+    const MAX_THREADS: i64 = 4096;
+    let n = n.0;
+    if !(1..=MAX_THREADS).contains(&n) {
         return Err(PyValueError::new_err(format!(
-            "set_num_threads: n must be at least 1, got {n}"
+            "set_num_threads: n must be at least 1 and at most {MAX_THREADS}, got {n}"
         )));
     }
     crate::pool::set_num_threads(n as usize).map_err(|e| to_py(py, "set_num_threads", e))
