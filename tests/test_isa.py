@@ -89,9 +89,10 @@ def test_every_path_matches_the_reference_and_the_others(restore_isa, dtype, sha
     # AVX2 and AVX-512 run the same fused arithmetic in the same order: bitwise equal.
     if "avx2" in by_level and "avx512" in by_level:
         for name in by_level["avx2"]:
-            assert np.asarray(by_level["avx2"][name]).tobytes() == np.asarray(
-                by_level["avx512"][name]
-            ).tobytes(), name
+            assert (
+                np.asarray(by_level["avx2"][name]).tobytes()
+                == np.asarray(by_level["avx512"][name]).tobytes()
+            ), name
     # The unfused baseline differs from the fused paths by rounding only: a few ULP of exp,
     # relative to the largest value of the result (gradients cancel: p - onehot, g - sum).
     if "sse2" in by_level and "avx2" in by_level:
