@@ -20,14 +20,24 @@ def threads():
 
 
 def everything(x, t):
+    """Every function (every kernel family, reductions and gradients) on one input."""
+    probs = sce_rs.softmax(x[::-1] / 3)
     return [
         sce_rs.softmax(x),
         sce_rs.log_softmax(x.T, axis=0),
         sce_rs.logsumexp(x),
+        sce_rs.softmax_backward(x, probs),
+        sce_rs.log_softmax_backward(x, np.log(probs)),
+        sce_rs.softmax_jacobian(x[:50]),
         sce_rs.cross_entropy(x, t, label_smoothing=0.1, z_loss=1e-3),
         sce_rs.cross_entropy(x, t, reduction="sum", weight=np.linspace(0.5, 2, x.shape[1])),
+        sce_rs.cross_entropy(x, t, softcap=5.0, reduction="none"),
         *sce_rs.cross_entropy_and_grad(x, t),
+        *sce_rs.cross_entropy_and_grad(x, probs, label_smoothing=0.3),
+        sce_rs.nll_loss(x, t, weight=np.linspace(0.5, 2, x.shape[1])),
+        sce_rs.binary_cross_entropy(probs, (x > 0).astype(x.dtype)),
         sce_rs.binary_cross_entropy_with_logits(x, (x > 0).astype(x.dtype)),
+        *sce_rs.binary_cross_entropy_with_logits_and_grad(x, probs, pos_weight=probs[0]),
     ]
 
 

@@ -63,7 +63,8 @@ pub fn loss_scalar<'py>(py: Python<'py>, value: f64, dtype: DType) -> PyResult<B
     let np = numpy_refs(py)?;
     match dtype.result() {
         DType::F64 => np.float64.bind(py).call1((value,)),
-        _ => np.float32.bind(py).call1((value,)),
+        // Rounded here: NumPy would warn when it casts a value beyond float32's range to inf.
+        _ => np.float32.bind(py).call1(((value as f32) as f64,)),
     }
 }
 
