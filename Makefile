@@ -7,7 +7,7 @@ SHARED ?= ../shared
 PY     := $(VENV)/bin/python
 ENV    := VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv dev bench test test-rust test-python conformance lint clean
+.PHONY: venv dev bench test test-rust test-python conformance valgrind fuzz lint clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,14 +25,29 @@ dev: venv
 bench: dev
 	$(PY) -m sce_rs.bench --quick
 
-## test: the Rust core's tests (no Python), then the Python suite (conformance included)
-test: test-rust test-python conformance
+## test: the Rust core's tests (no Python, then again under valgrind), then the Python suite
+## (conformance included)
+test: test-rust valgrind test-python conformance
 
 test-rust:
 	cargo test --release --quiet
 
 test-python: dev
 	$(ENV) SCE_RS_SHARED=$(abspath $(SHARED)) $(PY) -m pytest -q
+
+## valgrind: the Rust tests under memcheck; any invalid access or definite leak fails. math's
+## exhaustive exp sweeps are skipped (hours under valgrind; they touch no heap).
+valgrind:
+	@command -v valgrind >/dev/null || { echo "valgrind is not installed (apt install valgrind)"; exit 1; }
+	PROPTEST_CASES=64 valgrind --quiet --leak-check=full --show-possibly-lost=no --errors-for-leak-kinds=definite,indirect \
+		--error-exitcode=1 $$(cargo test --release --no-run 2>&1 | grep -o 'target/release/deps/sce_rs-[0-9a-f]*') \
+		--test-threads=2 --skip math::
+
+## fuzz: a long fuzzing run of the Python entry points and the Rust core (FUZZ_EXAMPLES each)
+FUZZ_EXAMPLES ?= 20000
+fuzz: dev
+	PROPTEST_CASES=$(FUZZ_EXAMPLES) cargo test --release --quiet fuzz
+	$(ENV) SCE_RS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz.py
 
 conformance: dev
 	$(PY) $(SHARED)/conformance/run_conformance.py

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sce_rs
-from conftest import assert_close
+from conftest import FLOAT_DTYPES, assert_close
 from sce_rs import reference as ref
 
 EXAMPLES = int(os.environ.get("SCE_RS_HYPOTHESIS_EXAMPLES", "150"))
@@ -76,3 +76,26 @@ def test_cross_entropy_matches_reference(case, data):
     want_loss, want_grad = ref.cross_entropy_and_grad(x, t, **kw)
     assert_close(loss, want_loss, dtype_like=x)
     assert_close(grad, want_grad)
+
+
+@settings(max_examples=max(EXAMPLES // 5, 5), deadline=None)
+@given(
+    n=st.integers(1, 3),
+    k=st.one_of(st.integers(1, 300), st.integers(2049, 10**6)),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    seed=st.integers(0, 2**32 - 1),
+    scale=st.sampled_from([1.0, 30.0]),
+)
+def test_rows_of_up_to_a_million_classes_in_every_dtype(n, k, dtype, seed, scale):
+    """Long rows take the online (one-pass) max/sum path; every storage dtype."""
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(n, k)) * scale).astype(dtype)
+    t = rng.integers(0, k, size=n)
+    assert_close(sce_rs.softmax(x), ref.softmax(x))
+    assert_close(sce_rs.log_softmax(x), ref.log_softmax(x))
+    assert_close(sce_rs.logsumexp(x), ref.logsumexp(x), dtype_like=x)
+    kw = {"label_smoothing": 0.1, "reduction": "sum"}
+    loss, grad = sce_rs.cross_entropy_and_grad(x, t, **kw)
+    want_loss, want_grad = ref.cross_entropy_and_grad(x, t, **kw)
+    assert_close(loss, want_loss, dtype_like=x)
+    assert_close(grad, want_grad, dtype_like=x)
