@@ -29,6 +29,7 @@ pub mod error;
 pub mod float;
 pub mod isa;
 pub mod kernels;
+pub mod linear;
 pub mod math;
 pub mod ops;
 pub mod pool;

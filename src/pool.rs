@@ -62,8 +62,9 @@ pub fn interruptible<R>(check: fn() -> bool, f: impl FnOnce() -> R) -> (R, bool)
     (r, stopped)
 }
 
-/// Whether this thread's operation should stop now (asks the check when it is due).
-fn should_stop() -> bool {
+/// Whether this thread's operation should stop now (asks the check when it is due). Only the
+/// thread that called [`interruptible`] has a check; on any other thread this is `false`.
+pub fn should_stop() -> bool {
     let Some(mut i) = INTERRUPT.take() else {
         return false;
     };
@@ -154,6 +155,18 @@ fn pool() -> Option<Arc<rayon::ThreadPool>> {
         .map(Arc::new)?;
     st.pool = Some((built.clone(), pid));
     Some(built)
+}
+
+/// Runs `f(threads)` inside the pool when more than one thread is configured, so that Rayon
+/// work inside `f` (GEMMs included) runs on the pool's threads; `f(1)` on this thread otherwise.
+pub fn in_pool<R: Send>(f: impl FnOnce(usize) -> R + Send) -> R {
+    match pool() {
+        Some(p) => {
+            let n = p.current_num_threads();
+            p.install(|| f(n))
+        }
+        None => f(1),
+    }
 }
 
 /// Rows per block for rows of `k` elements.

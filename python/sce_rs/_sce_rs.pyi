@@ -13,6 +13,8 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_and_grad",
     "get_num_threads",
+    "linear_cross_entropy",
+    "linear_cross_entropy_and_grad",
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",
@@ -96,6 +98,33 @@ def binary_cross_entropy_with_logits_and_grad(
     grad_output: ArrayLike | None = None,
     out: NDArray[Any] | None = None,
 ) -> tuple[_Result, NDArray[Any]]: ...
+def linear_cross_entropy(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    target: ArrayLike,
+    bias: ArrayLike | None = None,
+    *,
+    class_weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    reduction: _Reduction = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> _Result: ...
+def linear_cross_entropy_and_grad(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    target: ArrayLike,
+    bias: ArrayLike | None = None,
+    *,
+    class_weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    reduction: _Reduction = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    grad_output: ArrayLike | None = None,
+) -> tuple[_Result, ...]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def simd_backend() -> str: ...

@@ -10,6 +10,7 @@
 
 pub mod binary;
 pub mod cross_entropy;
+pub mod linear;
 pub mod softmax;
 
 use crate::float::Float;

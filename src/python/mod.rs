@@ -64,6 +64,9 @@ macro_rules! with_compute {
     };
 }
 
+// After `with_compute!`, which it uses (macros are visible to modules declared below them).
+mod linear;
+
 /// Maps a core error to the Python exception the contract names, prefixed by the function.
 fn to_py(py: Python<'_>, f: &str, e: Error) -> PyErr {
     match e {
@@ -874,6 +877,8 @@ fn _sce_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
         binary_cross_entropy_with_logits_and_grad,
         m
     )?)?;
+    m.add_function(wrap_pyfunction!(linear::linear_cross_entropy, m)?)?;
+    m.add_function(wrap_pyfunction!(linear::linear_cross_entropy_and_grad, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_backend, m)?)?;

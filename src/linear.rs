@@ -1,0 +1,380 @@
+//! Fused linear cross-entropy: the loss of `logits = hidden @ weight.T (+ bias)` and its
+//! gradients with respect to `hidden`, `weight` and `bias`, without ever holding the `N x V`
+//! logits (a language model's 4096 x 128256 float32 logits are 2.1 GB, their gradient as much).
+//!
+//! Rows are cut into blocks of `ROW_BLOCK` and classes into blocks of `VOCAB_BLOCK`; one tile of
+//! logits (one row block against one class block, 4 MiB in float32) is all the scratch there is.
+//! For each row block:
+//!
+//! 1. Forward sweep: each tile comes from one GEMM (the `gemm` crate) and is folded into every
+//!    row's running max and exp-sum, the target's logit picked up on the way
+//!    ([`crate::kernels::linear`]). After the last class block each row's loss is final.
+//! 2. Backward sweep (the `_and_grad` form only): each tile is recomputed, turned into the
+//!    gradient of the logits in place, and two more GEMMs add `G @ W_j` into `d_hidden` and
+//!    `G^T @ H_i` into `d_weight`'s rows of class block `j`; its column sums go into `d_bias`.
+//!
+//! The loss alone costs one GEMM's work; loss and gradients cost four (forward, recompute,
+//! `d_hidden`, `d_weight`) against the materialized path's three, in exchange for memory that
+//! does not grow with `N` or `V`.
+//!
+//! Determinism: tiles are visited in a fixed order, every accumulation (`d_hidden` over class
+//! blocks, `d_weight` and `d_bias` over row blocks, the loss over rows) runs in that order, and
+//! gemm splits a product across threads by output blocks, never along the inner dimension,
+//! so the results are bitwise identical for any thread count (tested).
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::kernels::linear::{fold_tile, grad_tile, RowGrad, RowStats, TileOpts};
+use crate::ops::{CeOptions, Reduction};
+use crate::pool::{in_pool, should_stop};
+
+/// Rows per block: the GEMMs' `M` (forward, `d_hidden`) and `K` (`d_weight`).
+const ROW_BLOCK: usize = 512;
+/// Classes per block: with `ROW_BLOCK`, a float32 tile of 4 MiB.
+const VOCAB_BLOCK: usize = 2048;
+
+/// The operands, as contiguous row-major slices in the compute type.
+#[derive(Clone, Copy, Debug)]
+pub struct LinearCe<'a, T> {
+    /// `n x d`.
+    pub hidden: &'a [T],
+    /// `v x d`, as `nn.Linear` stores it.
+    pub weight: &'a [T],
+    /// `v` values, or `None`.
+    pub bias: Option<&'a [T]>,
+    /// `n` class indices.
+    pub targets: &'a [i64],
+    pub ignore_index: i64,
+    pub n: usize,
+    pub d: usize,
+    pub v: usize,
+    /// Class weights, smoothing, z-loss and soft cap, as for `cross_entropy`.
+    pub opts: &'a CeOptions<T>,
+}
+
+/// The upstream gradient: a scalar for `"mean"`/`"sum"`, one value per row for `"none"`.
+#[derive(Clone, Copy, Debug)]
+pub enum LinUpstream<'a> {
+    Scalar(f64),
+    PerRow(&'a [f64]),
+}
+
+/// Where the gradients go (`n x d`, `v x d`, `v`); every element is written.
+#[derive(Debug)]
+pub struct LinearGrads<'a, T> {
+    pub d_hidden: &'a mut [T],
+    pub d_weight: &'a mut [T],
+    pub d_bias: Option<&'a mut [T]>,
+}
+
+/// `dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) @ rhs (k x n)`, strides in elements.
+struct Product<'a, T> {
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: (&'a [T], isize, isize),
+    rhs: (&'a [T], isize, isize),
+}
+
+impl<T: Float> Product<'_, T> {
+    fn run(&self, dst: &mut [T], dst_rs: isize, accumulate: bool) {
+        let (lhs, lhs_rs, lhs_cs) = self.lhs;
+        let (rhs, rhs_rs, rhs_cs) = self.rhs;
+        if self.k == 0 {
+            if !accumulate {
+                dst.fill(T::ZERO); // gemm leaves dst alone for an empty inner dimension
+            }
+            return;
+        }
+        in_pool(|threads| {
+            let par = if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            };
+            let alpha = if accumulate { T::ONE } else { T::ZERO };
+            // SAFETY: the callers pass slices that cover every element the shapes and strides
+            // reach (checked by `linear_cross_entropy` before any product runs).
+            unsafe {
+                gemm::gemm(
+                    self.m,
+                    self.n,
+                    self.k,
+                    dst.as_mut_ptr(),
+                    1,
+                    dst_rs,
+                    accumulate,
+                    lhs.as_ptr(),
+                    lhs_cs,
+                    lhs_rs,
+                    rhs.as_ptr(),
+                    rhs_cs,
+                    rhs_rs,
+                    alpha,
+                    T::ONE,
+                    false,
+                    false,
+                    false,
+                    par,
+                )
+            }
+        })
+    }
+}
+
+/// Runs `f` on consecutive groups of tile rows, each with its rows' entries of `items`, in
+/// parallel (any split gives the same result: rows are independent).
+fn for_tile_rows<T: Float, I: Send>(
+    tile: &mut [T],
+    kb: usize,
+    items: &mut [I],
+    f: impl Fn(&mut [T], &mut [I]) + Sync + Send,
+) {
+    let rows = items.len();
+    in_pool(|threads| {
+        if threads == 1 || rows < 2 {
+            return f(tile, items);
+        }
+        let per = rows.div_ceil(threads * 4);
+        tile.par_chunks_mut(per * kb)
+            .zip(items.par_chunks_mut(per))
+            .for_each(|(t, it)| f(t, it));
+    });
+}
+
+fn check<T>(what: &str, s: &[T], want: usize) -> Result<()> {
+    if s.len() != want {
+        return Err(Error::Shape(format!(
+            "{what}: expected {want} elements, got {}",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The loss of `hidden @ weight.T + bias` against class-index targets, reduced as asked; per-row
+/// losses go into `losses` (for `"none"`) and the gradients, scaled by `upstream`, into `grads`.
+/// Every target is validated (and the operands' sizes checked) before anything is written.
+/// Returns the reduced loss (NaN for `"none"`, or when interrupted, see [`crate::pool`]).
+pub fn linear_cross_entropy<T: Float>(
+    a: &LinearCe<'_, T>,
+    reduction: Reduction,
+    upstream: LinUpstream<'_>,
+    mut losses: Option<&mut [f64]>,
+    mut grads: Option<LinearGrads<'_, T>>,
+) -> Result<f64> {
+    let (n, d, v) = (a.n, a.d, a.v);
+    check("hidden", a.hidden, n * d)?;
+    check("weight", a.weight, v * d)?;
+    check("targets", a.targets, n)?;
+    if let Some(b) = a.bias {
+        check("bias", b, v)?;
+    }
+    if let Some(w) = &a.opts.weight {
+        check("class_weight", w, v)?;
+    }
+    if let Some(l) = losses.as_deref() {
+        check("losses", l, n)?;
+    }
+    if let LinUpstream::PerRow(u) = upstream {
+        check("grad_output", u, n)?;
+    }
+    if let Some(g) = grads.as_ref() {
+        check("d_hidden", g.d_hidden, n * d)?;
+        check("d_weight", g.d_weight, v * d)?;
+        if let Some(db) = g.d_bias.as_deref() {
+            check("d_bias", db, v)?;
+        }
+    }
+    let w = |c: usize| a.opts.weight.as_ref().map_or(1.0, |w| w[c].to_f64());
+    let mut denominator = 0.0;
+    for (i, &t) in a.targets.iter().enumerate() {
+        if t == a.ignore_index {
+            continue;
+        }
+        if t < 0 || t as u64 >= v as u64 {
+            return Err(Error::ClassIndex {
+                index: t,
+                position: vec![i],
+                classes: v,
+            });
+        }
+        denominator += w(t as usize);
+    }
+    let uniform = match (reduction, upstream) {
+        (Reduction::Mean, LinUpstream::Scalar(g)) => g / denominator,
+        (_, LinUpstream::Scalar(g)) => g,
+        (_, LinUpstream::PerRow(_)) => f64::NAN,
+    };
+    let (eps, zeta, kf, w_total) = (
+        a.opts.label_smoothing,
+        a.opts.z_loss,
+        v as f64,
+        a.opts.weight_total,
+    );
+    let mut d_bias = grads
+        .as_ref()
+        .and_then(|g| g.d_bias.as_ref())
+        .map(|_| vec![0.0f64; v]);
+    if let Some(g) = grads.as_mut() {
+        // Blocks that never run leave these empty sums.
+        if n == 0 {
+            g.d_weight.fill(T::ZERO);
+        }
+        if v == 0 {
+            g.d_hidden.fill(T::ZERO);
+        }
+    }
+
+    let mut tile = vec![T::ZERO; ROW_BLOCK.min(n) * VOCAB_BLOCK.min(v)];
+    let mut total = 0.0;
+    for r0 in (0..n).step_by(ROW_BLOCK) {
+        let nb = ROW_BLOCK.min(n - r0);
+        let hidden_block = &a.hidden[r0 * d..(r0 + nb) * d];
+        let mut stats: Vec<RowStats> = a.targets[r0..r0 + nb]
+            .iter()
+            .map(|&t| RowStats::new((t != a.ignore_index).then_some(t as usize)))
+            .collect();
+        // The logits of this row block against classes c0..c0+kb, into the tile.
+        let logits = |tile: &mut [T], c0: usize, kb: usize| {
+            let product = Product {
+                m: nb,
+                n: kb,
+                k: d,
+                lhs: (hidden_block, d as isize, 1),
+                // weight.T: row kk, column jj is weight[c0 + jj][kk]
+                rhs: (&a.weight[c0 * d..(c0 + kb) * d], 1, d as isize),
+            };
+            product.run(tile, kb as isize, false);
+            if let Some(b) = a.bias {
+                for row in tile.chunks_exact_mut(kb) {
+                    for (z, &bj) in row.iter_mut().zip(&b[c0..c0 + kb]) {
+                        *z += bj;
+                    }
+                }
+            }
+        };
+        let tile_opts = |c0: usize, kb: usize| TileOpts {
+            weight: a.opts.weight.as_deref().map(|w| &w[c0..c0 + kb]),
+            softcap: a.opts.softcap,
+            smoothing: eps > 0.0,
+        };
+
+        for c0 in (0..v).step_by(VOCAB_BLOCK) {
+            if should_stop() {
+                return Ok(f64::NAN);
+            }
+            let kb = VOCAB_BLOCK.min(v - c0);
+            let t = &mut tile[..nb * kb];
+            logits(t, c0, kb);
+            let o = tile_opts(c0, kb);
+            for_tile_rows(t, kb, &mut stats, |rows, st| fold_tile(rows, kb, c0, st, o));
+        }
+
+        let mut row_grads = Vec::with_capacity(nb);
+        for (i, st) in stats.iter().enumerate() {
+            let Some(t) = st.target else {
+                if let Some(l) = losses.as_deref_mut() {
+                    l[r0 + i] = 0.0;
+                }
+                row_grads.push(RowGrad {
+                    m: T::ZERO,
+                    inv_s: T::ZERO,
+                    ca: T::ZERO,
+                    cb: T::ZERO,
+                    corr: T::ZERO,
+                    target: None,
+                });
+                continue;
+            };
+            let ln_s = st.s.ln();
+            let lse = st.m + ln_s;
+            let wt = w(t);
+            let nll = wt * (ln_s - (st.zt - st.m));
+            let (mut loss, mut coef, corr) = if eps > 0.0 {
+                let smooth = lse * w_total - st.wz;
+                (
+                    (1.0 - eps) * nll + eps / kf * smooth,
+                    (1.0 - eps) * wt + eps / kf * w_total,
+                    (1.0 - eps) * wt,
+                )
+            } else {
+                (nll, wt, wt)
+            };
+            if zeta != 0.0 {
+                loss += zeta * lse * lse;
+                coef += 2.0 * zeta * lse;
+            }
+            if let Some(l) = losses.as_deref_mut() {
+                l[r0 + i] = loss;
+            }
+            total += loss;
+            let scale = match upstream {
+                LinUpstream::PerRow(u) => u[r0 + i],
+                LinUpstream::Scalar(_) => uniform,
+            };
+            row_grads.push(RowGrad {
+                m: T::from_f64(st.m),
+                inv_s: T::from_f64(1.0 / st.s),
+                ca: T::from_f64(scale * coef),
+                cb: T::from_f64(scale * eps / kf),
+                corr: T::from_f64(scale * corr),
+                target: Some(t),
+            });
+        }
+
+        let Some(g) = grads.as_mut() else { continue };
+        for c0 in (0..v).step_by(VOCAB_BLOCK) {
+            if should_stop() {
+                return Ok(f64::NAN);
+            }
+            let kb = VOCAB_BLOCK.min(v - c0);
+            let t = &mut tile[..nb * kb];
+            logits(t, c0, kb);
+            let o = tile_opts(c0, kb);
+            for_tile_rows(t, kb, &mut row_grads, |rows, rg| {
+                grad_tile(rows, kb, c0, rg, o)
+            });
+            if let Some(db) = d_bias.as_mut() {
+                for row in t.chunks_exact(kb) {
+                    for (acc, &gj) in db[c0..c0 + kb].iter_mut().zip(row) {
+                        *acc += gj.to_f64();
+                    }
+                }
+            }
+            let t: &[T] = t;
+            // d_hidden[r0..] (+)= G @ weight[c0..c0+kb]
+            Product {
+                m: nb,
+                n: d,
+                k: kb,
+                lhs: (t, kb as isize, 1),
+                rhs: (&a.weight[c0 * d..(c0 + kb) * d], d as isize, 1),
+            }
+            .run(&mut g.d_hidden[r0 * d..(r0 + nb) * d], d as isize, c0 > 0);
+            // d_weight[c0..c0+kb] (+)= G.T @ hidden[r0..]
+            Product {
+                m: kb,
+                n: d,
+                k: nb,
+                lhs: (t, 1, kb as isize),
+                rhs: (hidden_block, d as isize, 1),
+            }
+            .run(&mut g.d_weight[c0 * d..(c0 + kb) * d], d as isize, r0 > 0);
+        }
+    }
+    if let (Some(g), Some(db)) = (grads.as_mut(), d_bias) {
+        if let Some(out) = g.d_bias.as_deref_mut() {
+            for (o, &s) in out.iter_mut().zip(&db) {
+                *o = T::from_f64(s);
+            }
+        }
+    }
+    Ok(match reduction {
+        Reduction::Mean => total / denominator,
+        Reduction::Sum => total,
+        Reduction::None => f64::NAN,
+    })
+}

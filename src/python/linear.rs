@@ -1,0 +1,310 @@
+//! `linear_cross_entropy` and `linear_cross_entropy_and_grad`: argument checks and conversion
+//! for [`crate::linear`]. Operands that already are C-contiguous in the compute type are read
+//! in place; any other layout or dtype is converted once into a contiguous copy.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use super::scalars::{Int, Real};
+use super::{
+    arg, check_options, class_weights, loss_scalar, parse_reduction, promote, run, to_py, upstream,
+    Arr, MultiOpts,
+};
+use crate::dtype::DType;
+use crate::error::fmt_index;
+use crate::float::Float;
+use crate::linear::{LinUpstream, LinearCe, LinearGrads};
+use crate::ops::{CeOptions, Reduction};
+
+/// The keyword arguments both functions share.
+struct LinearArgs<'a, 'py> {
+    bias: Option<&'a Bound<'py, PyAny>>,
+    class_weight: Option<&'a Bound<'py, PyAny>>,
+    ignore_index: i64,
+    reduction: &'a str,
+    label_smoothing: f64,
+    z_loss: f64,
+    softcap: Option<f64>,
+    grad_output: Option<&'a Bound<'py, PyAny>>,
+}
+
+fn shape_error(f: &str, msg: String) -> PyErr {
+    PyValueError::new_err(format!("{f}: {msg}"))
+}
+
+fn linear<'py>(
+    py: Python<'py>,
+    f: &str,
+    with_grad: bool,
+    hidden: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    target: &Bound<'py, PyAny>,
+    o: LinearArgs<'_, 'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let h = arg(py, f, hidden, "hidden")?;
+    let w = arg(py, f, weight, "weight")?;
+    if h.ndim() != 2 {
+        return Err(shape_error(
+            f,
+            format!("hidden must have shape (N, D), got {}", fmt_index(&h.shape)),
+        ));
+    }
+    let (n, d) = (h.shape[0], h.shape[1]);
+    if w.ndim() != 2 || w.shape[1] != d {
+        return Err(shape_error(
+            f,
+            format!(
+                "weight must have shape (V, D) with D = {d} as hidden of shape {} has, got {}",
+                fmt_index(&h.shape),
+                fmt_index(&w.shape)
+            ),
+        ));
+    }
+    let v = w.shape[0];
+    let t = arg(py, f, target, "target")?;
+    if t.shape != [n] {
+        return Err(shape_error(
+            f,
+            format!(
+                "target must have shape ({n},), one class index per row of hidden, got {}",
+                fmt_index(&t.shape)
+            ),
+        ));
+    }
+    if !t.dtype.is_integer() {
+        return Err(shape_error(
+            f,
+            format!(
+                "target must hold class indices (an integer dtype), got {}; probability targets need the materialized cross_entropy",
+                t.dtype.name()
+            ),
+        ));
+    }
+    let b = o
+        .bias
+        .filter(|b| !b.is_none())
+        .map(|b| arg(py, f, b, "bias"))
+        .transpose()?;
+    if let Some(b) = &b {
+        if b.shape != [v] {
+            return Err(shape_error(
+                f,
+                format!("bias must have shape ({v},), got {}", fmt_index(&b.shape)),
+            ));
+        }
+    }
+    let reduction = parse_reduction(py, f, o.reduction)?;
+    check_options(
+        py,
+        f,
+        &MultiOpts {
+            axis: -1,
+            weight: None,
+            ignore_index: o.ignore_index,
+            reduction: o.reduction,
+            label_smoothing: o.label_smoothing,
+            z_loss: o.z_loss,
+            softcap: o.softcap,
+            grad_output: None,
+            out: None,
+        },
+    )?;
+    let class_weight = o
+        .class_weight
+        .filter(|w| !w.is_none())
+        .map(|cw| class_weights(py, f, cw, v).map_err(|e| rename_weight(py, e)))
+        .transpose()?;
+    let (scalar_up, up_arr) = if with_grad {
+        upstream(py, f, o.grad_output, reduction, &[n])?
+    } else {
+        (1.0, None)
+    };
+
+    let dt = promote(h.dtype, w.dtype);
+    let grads = if with_grad {
+        let db = match &b {
+            Some(b) => Some(Arr::empty(py, &[v], b.dtype.result(), b)?),
+            None => None,
+        };
+        Some((
+            Arr::empty(py, &[n, d], h.dtype.result(), &h)?,
+            Arr::empty(py, &[v, d], w.dtype.result(), &w)?,
+            db,
+        ))
+    } else {
+        None
+    };
+    let losses = if reduction == Reduction::None {
+        Some(Arr::empty(py, &[n], dt, &h)?)
+    } else {
+        None
+    };
+
+    let (hv, wv, tv) = (h.view(Some(1)), w.view(Some(1)), t.view(None));
+    let bv = b.as_ref().map(|b| b.view(None));
+    let uv = up_arr
+        .as_ref()
+        .map(|u| u.broadcast_view(&[n], None, "grad_output"))
+        .transpose()?;
+    let gv = grads.as_ref().map(|(dh, dw, db)| {
+        (
+            dh.view(Some(1)),
+            dw.view(Some(1)),
+            db.as_ref().map(|a| a.view(None)),
+        )
+    });
+    let lv = losses.as_ref().map(|l| l.view(None));
+    let work = n.saturating_mul(v).saturating_mul(d.max(1));
+    let total = run(py, work, || {
+        with_compute!(dt, T => {
+            let (mut sh, mut sw, mut sb, mut si, mut su) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            // SAFETY: every view reads or writes an array this call keeps referenced; the
+            // outputs are fresh arrays, so nothing aliases.
+            unsafe {
+                let opts = CeOptions::<T> {
+                    weight: class_weight.as_ref().map(|w| w.iter().map(|&x| T::from_f64(x)).collect()),
+                    weight_total: class_weight.as_ref().map_or(v as f64, |w| w.iter().sum()),
+                    label_smoothing: o.label_smoothing,
+                    z_loss: o.z_loss,
+                    softcap: o.softcap,
+                };
+                let args = LinearCe {
+                    hidden: hv.load::<T>(0, n, &mut sh),
+                    weight: wv.load::<T>(0, v, &mut sw),
+                    bias: bv.as_ref().map(|b| b.load::<T>(0, v, &mut sb)),
+                    targets: tv.load_index(0, n, &mut si),
+                    ignore_index: o.ignore_index,
+                    n,
+                    d,
+                    v,
+                    opts: &opts,
+                };
+                let up = match &uv {
+                    Some(u) => LinUpstream::PerRow(u.load::<f64>(0, n, &mut su)),
+                    None => LinUpstream::Scalar(scalar_up),
+                };
+                let mut row_losses = lv.as_ref().map(|_| vec![0.0f64; n]);
+                let res = match &gv {
+                    None => crate::linear::linear_cross_entropy(&args, reduction, up, row_losses.as_deref_mut(), None),
+                    Some((dhv, dwv, dbv)) => {
+                        let (mut s1, mut s2, mut s3) = (Vec::new(), Vec::new(), Vec::new());
+                        dhv.store::<T, _>(0, n, &mut s1, |dh| {
+                            dwv.store::<T, _>(0, v, &mut s2, |dw| match dbv {
+                                Some(dbv) => dbv.store::<T, _>(0, v, &mut s3, |db| {
+                                    let g = LinearGrads { d_hidden: dh, d_weight: dw, d_bias: Some(db) };
+                                    crate::linear::linear_cross_entropy(&args, reduction, up, row_losses.as_deref_mut(), Some(g))
+                                }),
+                                None => {
+                                    let g = LinearGrads { d_hidden: dh, d_weight: dw, d_bias: None };
+                                    crate::linear::linear_cross_entropy(&args, reduction, up, row_losses.as_deref_mut(), Some(g))
+                                }
+                            })
+                        })
+                    }
+                };
+                if let (Some(lv), Some(rl)) = (&lv, &row_losses) {
+                    let mut sl = Vec::new();
+                    lv.store::<f64, _>(0, n, &mut sl, |l| l.copy_from_slice(rl));
+                }
+                res
+            }
+        })
+    })?
+    .map_err(|e| to_py(py, f, e))?;
+
+    let loss = match losses {
+        Some(l) => l.into_result()?,
+        None => loss_scalar(py, total, dt)?,
+    };
+    match grads {
+        None => Ok(loss),
+        Some((dh, dw, db)) => {
+            let mut items = vec![loss, dh.arr.into_any(), dw.arr.into_any()];
+            if let Some(db) = db {
+                items.push(db.arr.into_any());
+            }
+            Ok(PyTuple::new(py, items)?.into_any())
+        }
+    }
+}
+
+/// `class_weight` is this function's name for `cross_entropy`'s `weight` (here `weight` is the
+/// linear layer's); say so in the messages.
+fn rename_weight(py: Python<'_>, e: PyErr) -> PyErr {
+    let msg = e.value(py).to_string().replace("weight", "class_weight");
+    if e.is_instance_of::<PyValueError>(py) {
+        PyValueError::new_err(msg)
+    } else {
+        pyo3::exceptions::PyTypeError::new_err(msg)
+    }
+}
+
+/// The loss of `hidden @ weight.T (+ bias)` against class indices, without the logits.
+#[pyfunction]
+#[pyo3(signature = (hidden, weight, target, bias=None, *, class_weight=None, ignore_index=Int(-100), reduction="mean", label_smoothing=Real(0.0), z_loss=Real(0.0), softcap=None), text_signature = "(hidden, weight, target, bias=None, *, class_weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None)")]
+#[allow(clippy::too_many_arguments)]
+pub fn linear_cross_entropy<'py>(
+    py: Python<'py>,
+    hidden: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    target: &Bound<'py, PyAny>,
+    bias: Option<&Bound<'py, PyAny>>,
+    class_weight: Option<&Bound<'py, PyAny>>,
+    ignore_index: Int,
+    reduction: &str,
+    label_smoothing: Real,
+    z_loss: Real,
+    softcap: Option<Real>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let o = LinearArgs {
+        bias,
+        class_weight,
+        ignore_index: ignore_index.0,
+        reduction,
+        label_smoothing: label_smoothing.0,
+        z_loss: z_loss.0,
+        softcap: softcap.map(|c| c.0),
+        grad_output: None,
+    };
+    linear(py, "linear_cross_entropy", false, hidden, weight, target, o)
+}
+
+/// `(loss, d_hidden, d_weight[, d_bias])` of `linear_cross_entropy`, without the logits.
+#[pyfunction]
+#[pyo3(signature = (hidden, weight, target, bias=None, *, class_weight=None, ignore_index=Int(-100), reduction="mean", label_smoothing=Real(0.0), z_loss=Real(0.0), softcap=None, grad_output=None), text_signature = "(hidden, weight, target, bias=None, *, class_weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=None)")]
+#[allow(clippy::too_many_arguments)]
+pub fn linear_cross_entropy_and_grad<'py>(
+    py: Python<'py>,
+    hidden: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    target: &Bound<'py, PyAny>,
+    bias: Option<&Bound<'py, PyAny>>,
+    class_weight: Option<&Bound<'py, PyAny>>,
+    ignore_index: Int,
+    reduction: &str,
+    label_smoothing: Real,
+    z_loss: Real,
+    softcap: Option<Real>,
+    grad_output: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let o = LinearArgs {
+        bias,
+        class_weight,
+        ignore_index: ignore_index.0,
+        reduction,
+        label_smoothing: label_smoothing.0,
+        z_loss: z_loss.0,
+        softcap: softcap.map(|c| c.0),
+        grad_output,
+    };
+    linear(
+        py,
+        "linear_cross_entropy_and_grad",
+        true,
+        hidden,
+        weight,
+        target,
+        o,
+    )
+}
