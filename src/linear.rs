@@ -19,8 +19,8 @@
 //!
 //! Determinism: tiles are visited in a fixed order, every accumulation (`d_hidden` over class
 //! blocks, `d_weight` and `d_bias` over row blocks, the loss over rows) runs in that order, and
-//! gemm splits a product across threads by output blocks, never along the inner dimension,
-//! so the results are bitwise identical for any thread count (tested).
+//! each product is split into pieces of output that depend only on its shape, so the results
+//! are bitwise identical for any thread count (tested).
 
 use rayon::prelude::*;
 
@@ -69,6 +69,9 @@ pub struct LinearGrads<'a, T> {
     pub d_bias: Option<&'a mut [T]>,
 }
 
+/// Columns (or rows, for narrow products) per piece of a product: see [`Product::run`].
+const PIECE: usize = 256;
+
 /// `dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) @ rhs (k x n)`, strides in elements.
 struct Product<'a, T> {
     m: usize,
@@ -79,37 +82,58 @@ struct Product<'a, T> {
 }
 
 impl<T: Float> Product<'_, T> {
+    /// Runs the product as independent pieces of `PIECE` output columns (rows when the
+    /// product is narrow), each a single-threaded gemm call, spread over the pool. Pieces
+    /// depend only on the shape, so results do not depend on the thread count; splitting by
+    /// columns costs no repacking (each piece packs only its own part of `rhs`); and each
+    /// thread's gemm scratch has the same size call after call, so the allocator reuses it
+    /// (gemm's own multi-threaded mode grew the resident set by tens of MiB).
     fn run(&self, dst: &mut [T], dst_rs: isize, accumulate: bool) {
-        let (lhs, lhs_rs, lhs_cs) = self.lhs;
-        let (rhs, rhs_rs, rhs_cs) = self.rhs;
         if self.k == 0 {
             if !accumulate {
                 dst.fill(T::ZERO); // gemm leaves dst alone for an empty inner dimension
             }
             return;
         }
-        in_pool(|threads| {
-            let par = if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
+        let by_columns = self.n >= 2 * PIECE || self.m < 2 * PIECE;
+        let (len, pieces) = if by_columns {
+            (self.n, self.n.div_ceil(PIECE))
+        } else {
+            (self.m, self.m.div_ceil(PIECE))
+        };
+        let dst_addr = dst.as_mut_ptr() as usize;
+        let piece = |i: usize| {
+            let (p0, p1) = (i * PIECE, ((i + 1) * PIECE).min(len));
+            let (lhs, lhs_rs, lhs_cs) = self.lhs;
+            let (rhs, rhs_rs, rhs_cs) = self.rhs;
+            let (m, n, dst_off, lhs_off, rhs_off) = if by_columns {
+                (self.m, p1 - p0, p0 as isize, 0, p0 as isize * rhs_cs)
             } else {
-                gemm::Parallelism::None
+                (
+                    p1 - p0,
+                    self.n,
+                    p0 as isize * dst_rs,
+                    p0 as isize * lhs_rs,
+                    0,
+                )
             };
             let alpha = if accumulate { T::ONE } else { T::ZERO };
             // SAFETY: the callers pass slices that cover every element the shapes and strides
-            // reach (checked by `linear_cross_entropy` before any product runs).
+            // reach (sizes checked by `linear_cross_entropy` before any product runs); pieces
+            // write disjoint columns (or rows) of `dst`, which the caller borrows mutably.
             unsafe {
                 gemm::gemm(
-                    self.m,
-                    self.n,
+                    m,
+                    n,
                     self.k,
-                    dst.as_mut_ptr(),
+                    (dst_addr as *mut T).offset(dst_off),
                     1,
                     dst_rs,
                     accumulate,
-                    lhs.as_ptr(),
+                    lhs.as_ptr().offset(lhs_off),
                     lhs_cs,
                     lhs_rs,
-                    rhs.as_ptr(),
+                    rhs.as_ptr().offset(rhs_off),
                     rhs_cs,
                     rhs_rs,
                     alpha,
@@ -117,8 +141,15 @@ impl<T: Float> Product<'_, T> {
                     false,
                     false,
                     false,
-                    par,
+                    gemm::Parallelism::None,
                 )
+            }
+        };
+        in_pool(|threads| {
+            if threads == 1 || pieces == 1 {
+                (0..pieces).for_each(piece);
+            } else {
+                (0..pieces).into_par_iter().for_each(piece);
             }
         })
     }

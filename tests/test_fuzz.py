@@ -127,7 +127,11 @@ OPTION_VALUES = {
 
 def fuzz_call(data, fn, second=None, options=(), out=False, grad_output=False):
     """Draws the arguments of one call of `fn` and checks the contract on its outcome."""
-    x = data.draw(anything(), label="x")
+    if second == "linear":  # mostly (N, D) hidden states
+        matrices = arrays(shape=data.draw(hnp.array_shapes(min_dims=2, max_dims=2, max_side=6)))
+        x = data.draw(st.one_of(matrices, matrices, anything()), label="hidden")
+    else:
+        x = data.draw(anything(), label="x")
     nd = getattr(x, "ndim", 0)
     often_valid = nd and data.draw(st.integers(0, 4)) > 0
     axes = st.integers(-nd, nd - 1) if often_valid else BAD_AXES
@@ -137,15 +141,29 @@ def fuzz_call(data, fn, second=None, options=(), out=False, grad_output=False):
         args.append(data.draw(anything(x if isinstance(x, np.ndarray) else None), label="y"))
     elif second == "target":
         args.append(data.draw(targets(x, axis if isinstance(axis, int) else -1), label="t"))
+    elif second == "linear":
+        n, d = x.shape if nd == 2 else (1, 2)
+        v = data.draw(st.integers(0, 6), label="classes")
+        weight = arrays(shape=(v, d), dtypes=FLOATS)
+        args.append(data.draw(st.one_of(weight, weight, anything()), label="weight"))
+
+        def near_range(t):
+            with np.errstate(over="ignore"):
+                return t % (v + 2) - 1
+
+        indices = arrays(shape=(n,), dtypes=[np.int64, np.int32, np.uint8]).map(near_range)
+        args.append(data.draw(st.one_of(indices, indices, anything()), label="target"))
     kwargs = {}
     for name in options:
         if name == "axis":
             kwargs["axis"] = axis
-        elif name in ("weight", "pos_weight"):
+        elif name in ("weight", "pos_weight", "bias", "class_weight"):
             if not data.draw(st.booleans()):
                 continue
             valid = isinstance(axis, int) and -nd <= axis < nd
             k = x.shape[axis] if valid else 3
+            if second == "linear":
+                k = getattr(args[1], "shape", (3,))[0] if getattr(args[1], "ndim", 0) else 3
             weights = arrays(shape=(k,), dtypes=FLOATS + [np.int64])
             kwargs[name] = data.draw(st.one_of(weights, weights, anything()), label=name)
         elif data.draw(st.booleans()):
@@ -203,6 +221,17 @@ CASES = {
     "binary_cross_entropy": dict(second="same", options=("weight", "reduction")),
     "binary_cross_entropy_with_logits": dict(
         second="same", options=("weight", "pos_weight", "reduction")
+    ),
+    "linear_cross_entropy": dict(
+        second="linear",
+        options=("bias", "class_weight", "ignore_index", "reduction", "label_smoothing")
+        + ("z_loss", "softcap"),
+    ),
+    "linear_cross_entropy_and_grad": dict(
+        second="linear",
+        options=("bias", "class_weight", "ignore_index", "reduction", "label_smoothing")
+        + ("z_loss", "softcap"),
+        grad_output=True,
     ),
     "binary_cross_entropy_with_logits_and_grad": dict(
         second="same", options=("weight", "pos_weight", "reduction"), out=True, grad_output=True

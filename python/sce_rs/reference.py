@@ -20,6 +20,8 @@ __all__ = [
     "binary_cross_entropy_with_logits_and_grad",
     "cross_entropy",
     "cross_entropy_and_grad",
+    "linear_cross_entropy",
+    "linear_cross_entropy_and_grad",
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",
@@ -311,3 +313,62 @@ def binary_cross_entropy_with_logits_and_grad(
         with np.errstate(divide="ignore", invalid="ignore"):
             grad = grad * (np.float64(g) / x.size if reduction == "mean" else g)
     return _reduce(loss, reduction, x.size), grad
+
+
+def linear_cross_entropy(
+    hidden,
+    weight,
+    target,
+    bias=None,
+    *,
+    class_weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+):
+    """cross_entropy of the materialized logits hidden @ weight.T (+ bias)."""
+    logits = _f64(hidden) @ _f64(weight).T + (0.0 if bias is None else _f64(bias))
+    return cross_entropy(
+        logits,
+        target,
+        weight=class_weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
+
+
+def linear_cross_entropy_and_grad(
+    hidden,
+    weight,
+    target,
+    bias=None,
+    *,
+    class_weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+    grad_output=None,
+):
+    """(loss, d_hidden, d_weight[, d_bias]) through the materialized logits."""
+    h, w = _f64(hidden), _f64(weight)
+    logits = h @ w.T + (0.0 if bias is None else _f64(bias))
+    loss, g = cross_entropy_and_grad(
+        logits,
+        target,
+        weight=class_weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        grad_output=grad_output,
+    )
+    grads = (g @ w, g.T @ h) + (() if bias is None else (g.sum(axis=0),))
+    return (loss, *grads)
