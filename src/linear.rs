@@ -409,3 +409,118 @@ pub fn linear_cross_entropy<T: Float>(
         Reduction::None => f64::NAN,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused form against `cross_entropy_and_grad` of the materialized logits, with shapes
+    /// that cross the row and class tile boundaries, and with 1 and 2 threads.
+    #[test]
+    fn matches_the_materialized_logits_for_any_thread_count() {
+        let (n, d, v) = (ROW_BLOCK + 9, 5, VOCAB_BLOCK + 13);
+        let val = |i: usize, m: usize| ((i * m % 1009) as f64 / 1009.0 - 0.5) * 2.0;
+        let h: Vec<f64> = (0..n * d).map(|i| val(i, 7919)).collect();
+        let w: Vec<f64> = (0..v * d).map(|i| val(i, 104729)).collect();
+        let b: Vec<f64> = (0..v).map(|i| val(i, 31)).collect();
+        let t: Vec<i64> = (0..n)
+            .map(|i| {
+                if i % 5 == 0 {
+                    -100
+                } else {
+                    (i * 37 % v) as i64
+                }
+            })
+            .collect();
+        let opts = CeOptions {
+            label_smoothing: 0.1,
+            z_loss: 1e-3,
+            softcap: Some(4.0),
+            ..CeOptions::<f64>::plain(v)
+        };
+        let logits: Vec<f64> = (0..n * v)
+            .map(|i| {
+                let (r, c) = (i / v, i % v);
+                b[c] + (0..d).map(|k| h[r * d + k] * w[c * d + k]).sum::<f64>()
+            })
+            .collect();
+        let mut g = vec![0.0; n * v];
+        let want =
+            crate::cross_entropy_and_grad(&logits, v, &t, &opts, Reduction::Mean, &mut g, None)
+                .unwrap();
+
+        let mut runs = Vec::new();
+        for threads in [1, 2] {
+            crate::set_num_threads(threads).unwrap();
+            let (mut dh, mut dw, mut db) = (vec![0.0; n * d], vec![0.0; v * d], vec![0.0; v]);
+            let args = LinearCe {
+                hidden: &h,
+                weight: &w,
+                bias: Some(&b),
+                targets: &t,
+                ignore_index: -100,
+                n,
+                d,
+                v,
+                opts: &opts,
+            };
+            let grads = LinearGrads {
+                d_hidden: &mut dh,
+                d_weight: &mut dw,
+                d_bias: Some(&mut db),
+            };
+            let loss = linear_cross_entropy(
+                &args,
+                Reduction::Mean,
+                LinUpstream::Scalar(1.0),
+                None,
+                Some(grads),
+            )
+            .unwrap();
+            assert!((loss - want).abs() < 1e-12 * want.abs(), "{loss} vs {want}");
+            for k in 0..d {
+                let r = 3;
+                let dh_want: f64 = (0..v).map(|c| g[r * v + c] * w[c * d + k]).sum();
+                assert!((dh[r * d + k] - dh_want).abs() < 1e-12, "d_hidden");
+                let c = VOCAB_BLOCK + 2;
+                let dw_want: f64 = (0..n).map(|r| g[r * v + c] * h[r * d + k]).sum();
+                assert!((dw[c * d + k] - dw_want).abs() < 1e-12, "d_weight");
+            }
+            let db_want: f64 = (0..n).map(|r| g[r * v + 7]).sum();
+            assert!((db[7] - db_want).abs() < 1e-12, "d_bias");
+            runs.push((loss.to_bits(), dh, dw, db));
+        }
+        assert!(runs[0] == runs[1], "results depend on the thread count");
+    }
+
+    #[test]
+    fn an_out_of_range_target_writes_nothing() {
+        let opts = CeOptions::<f32>::plain(3);
+        let args = LinearCe {
+            hidden: &[1.0; 4],
+            weight: &[1.0; 6],
+            bias: None,
+            targets: &[0, 3],
+            ignore_index: -100,
+            n: 2,
+            d: 2,
+            v: 3,
+            opts: &opts,
+        };
+        let (mut dh, mut dw) = (vec![7.0f32; 4], vec![7.0f32; 6]);
+        let grads = LinearGrads {
+            d_hidden: &mut dh,
+            d_weight: &mut dw,
+            d_bias: None,
+        };
+        let err = linear_cross_entropy(
+            &args,
+            Reduction::Sum,
+            LinUpstream::Scalar(1.0),
+            None,
+            Some(grads),
+        );
+        assert!(matches!(err, Err(Error::ClassIndex { index: 3, .. })));
+        assert!(dh.iter().chain(&dw).all(|&x| x == 7.0));
+    }
+}
