@@ -10,6 +10,13 @@ callable's peak extra resident memory is also measured, from the kernel's high-w
     python -m sce_rs.bench --quick                   # the README's short table
     python -m sce_rs.bench --threads 1 --json r.json --plot r.png
     python -m sce_rs.bench --shape 4096x50257 --ops cross_entropy,softmax_out
+    python -m sce_rs.bench --linear 4096x2048x128256 --threads 2 --memory --repeat 3
+
+``--linear NxDxV`` times the fused linear cross-entropy (hidden (N, D), weight (V, D)) against
+the materialized path (a NumPy BLAS matmul, ``sce_rs.cross_entropy_and_grad`` over the logits,
+two more matmuls for the gradients), one NumPy matmul of the shape, and PyTorch's
+``F.linear_cross_entropy`` (chunked and reference). Its memory figure is the peak beyond the
+inputs and the returned gradients.
 """
 
 from __future__ import annotations
@@ -35,19 +42,28 @@ OPS = (
     "softmax",  # softmax into a fresh array
     "log_softmax",
 )
+LINEAR_OPS = ("linear_cross_entropy", "linear_cross_entropy_and_grad")
 
 
 @dataclass
 class Case:
     n: int
-    k: int
+    k: int  # classes (V for a linear case)
     dtype: str
     ops: tuple[str, ...]
     note: str = ""
+    d: int | None = None  # hidden size of a linear case
 
     @property
     def label(self) -> str:
+        if self.d is not None:
+            return f"{self.dtype} N={self.n} D={self.d} V={self.k}"
         return f"{self.dtype} {self.n}x{self.k}"
+
+    @property
+    def elements(self) -> int:
+        """Work in elements of logits (times D for a linear case)."""
+        return self.n * self.k * (self.d or 1)
 
 
 PRESETS = [
@@ -57,11 +73,13 @@ PRESETS = [
     Case(8192, 1000, "float64", ("cross_entropy",)),
     Case(1, 1_000_000, "float32", ("cross_entropy", "softmax_out"), "one long row"),
     Case(8, 10, "float32", ("cross_entropy", "softmax_out", "softmax"), "per call"),
+    Case(2048, 32000, "float32", LINEAR_OPS, "linear", d=1024),
 ]
 QUICK = [
     Case(128, 128256, "float32", ("cross_entropy", "cross_entropy_and_grad", "softmax_out")),
     Case(8192, 1000, "float32", ("cross_entropy", "softmax")),
     Case(8, 10, "float32", ("cross_entropy", "softmax"), "per call"),
+    Case(512, 16000, "float32", ("linear_cross_entropy_and_grad",), "linear", d=256),
 ]
 
 
@@ -242,6 +260,59 @@ def _sce_rs(op, x, t):
     return None
 
 
+def _linear(peer, op, h, w, t, threads):
+    """The fused linear cross-entropy and its peers; every closure returns the loss and the
+    gradients, which the memory figure does not count."""
+    grad = op == "linear_cross_entropy_and_grad"
+    if peer == "sce_rs":
+        if grad:
+            return lambda: sce_rs.linear_cross_entropy_and_grad(h, w, t)
+        return lambda: (sce_rs.linear_cross_entropy(h, w, t),)
+    if peer == "numpy matmul":  # the yardstick: one of the products, at BLAS speed
+        return lambda: (h @ w.T,)
+    if peer == "numpy+sce_rs (materialized)":
+
+        def materialized():
+            logits = h @ w.T
+            if not grad:
+                return (sce_rs.cross_entropy(logits, t),)
+            loss, g = sce_rs.cross_entropy_and_grad(logits, t, out=logits)
+            return loss, g @ w, g.T @ h
+
+        return materialized
+    if peer in ("torch (chunked)", "torch (reference)"):
+        import torch
+        import torch.nn.functional as F
+
+        torch.set_num_threads(threads)
+        ht, wt, tt = torch.from_numpy(h), torch.from_numpy(w), torch.from_numpy(t)
+        options = torch.nn.LinearCrossEntropyOptions() if "chunked" in peer else None
+        if not grad:
+            return lambda: (F.linear_cross_entropy(ht, wt, tt, options=options).item(),)
+        hl, wl = ht.clone().requires_grad_(), wt.clone().requires_grad_()
+
+        def both():
+            hl.grad = wl.grad = None
+            loss = F.linear_cross_entropy(hl, wl, tt, options=options)
+            loss.backward()
+            return loss.item(), hl.grad, wl.grad
+
+        return both
+    return None
+
+
+def _result_bytes(result):
+    """Bytes of the arrays (NumPy or PyTorch) a call returned."""
+    parts = result if isinstance(result, tuple) else (result,)
+    total = 0
+    for p in parts:
+        if hasattr(p, "nbytes") and not np.isscalar(p):
+            total += int(p.nbytes)
+        elif hasattr(p, "element_size"):
+            total += p.element_size() * p.numel()
+    return total
+
+
 def _memory_passes(op, x, t):
     """What the hardware allows: one read pass (``x.max()``) and one read+write pass."""
     if op == "read pass":
@@ -251,6 +322,12 @@ def _memory_passes(op, x, t):
 
 
 PEERS = ["sce_rs", "numpy", "numpy (reference)", "scipy", "torch", "jax", "onnxruntime"]
+LINEAR_PEERS = [
+    "numpy+sce_rs (materialized)",
+    "numpy matmul",
+    "torch (chunked)",
+    "torch (reference)",
+]
 
 
 def build(peer, op, x, t, threads):
@@ -282,8 +359,9 @@ def _rss_bytes(field_name):
     return 0
 
 
-def peak_extra_bytes(fn):
-    """Resident memory the call adds at its peak, from VmHWM reset by /proc/self/clear_refs."""
+def peak_extra_bytes(fn, exclude_result=False):
+    """Resident memory the call adds at its peak, from VmHWM reset by /proc/self/clear_refs
+    (less the arrays it returns, with ``exclude_result``)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -292,8 +370,9 @@ def peak_extra_bytes(fn):
     before = _rss_bytes("VmRSS")
     result = fn()
     peak = _rss_bytes("VmHWM")
+    returned = _result_bytes(result) if exclude_result else 0
     del result
-    return max(0, peak - before)
+    return max(0, peak - before - returned)
 
 
 def time_it(fn, repeat, per_call):
@@ -345,7 +424,10 @@ def run(cases, peers, repeat, threads, memory, skip_slow_reference=True):
     jobs = []
     for case in cases:
         for op in case.ops:
-            for peer in peers:
+            linear = op in LINEAR_OPS
+            for peer in ["sce_rs"] + LINEAR_PEERS if linear else peers:
+                if linear and peer.startswith("torch") and "torch" not in peers:
+                    continue
                 jobs.append((case, op, peer))
             if case.n * case.k >= 1 << 20 and op in ("cross_entropy", "softmax_out"):
                 jobs.append((case, op, "read pass" if op == "cross_entropy" else "read+write pass"))
@@ -354,13 +436,20 @@ def run(cases, peers, repeat, threads, memory, skip_slow_reference=True):
     for case, op, peer in jobs:
         bar.set_description(f"{case.label} {op} {peer}")
         if case.label not in data:
-            x = rng.standard_normal((case.n, case.k)).astype(case.dtype) * 3
-            t = rng.integers(0, case.k, size=case.n)
-            data = {case.label: (x, t)}  # one case's arrays alive at a time
+            data = {}  # one case's arrays alive at a time
+            if case.d is None:
+                x = rng.standard_normal((case.n, case.k)).astype(case.dtype) * 3
+            else:
+                h = rng.standard_normal((case.n, case.d)).astype(case.dtype)
+                w = (rng.standard_normal((case.k, case.d)) / np.sqrt(case.d)).astype(case.dtype)
+                x = (h, w)
+            data[case.label] = (x, rng.integers(0, case.k, size=case.n))
         x, t = data[case.label]
         big = case.n * case.k >= 1 << 24
         try:
-            if peer == "numpy (reference)" and big and skip_slow_reference:
+            if op in LINEAR_OPS:
+                fn = _linear(peer, op, x[0], x[1], t, threads)
+            elif peer == "numpy (reference)" and big and skip_slow_reference:
                 fn = None
                 notes.setdefault(peer, "skipped on the largest shapes in --quick mode")
             elif peer in ("read pass", "read+write pass"):
@@ -371,9 +460,11 @@ def run(cases, peers, repeat, threads, memory, skip_slow_reference=True):
             notes.setdefault(peer, f"not installed ({e.name})")
             fn = None
         if fn is not None:
-            per_call = case.n * case.k < 4096
+            per_call = case.elements < 4096
             med, times = time_it(fn, repeat, per_call)
-            mem = peak_extra_bytes(fn) if memory and not per_call else None
+            mem = None
+            if memory and not per_call:
+                mem = peak_extra_bytes(fn, exclude_result=op in LINEAR_OPS)
             results.append(Result(case.label, op, peer, med, times, mem))
         bar.update(1)
     bar.close()
@@ -404,7 +495,7 @@ def table(results, notes):
             else:
                 ratio = f"sce_rs {r.median_s / ours.median_s:7.2f}x faster"
             mem = "" if r.peak_extra_bytes is None else f"{r.peak_extra_bytes / 2**20:9.1f} MiB"
-            lines.append(f"  {r.peer:<20} {_fmt_time(r.median_s)} {mem:>13}   {ratio}")
+            lines.append(f"  {r.peer:<28} {_fmt_time(r.median_s)} {mem:>13}   {ratio}")
     for peer, why in notes.items():
         lines.append(f"\nnote: {peer}: {why}")
     return "\n".join(lines)
@@ -466,6 +557,11 @@ def parse_shape(s):
     return int(n), int(k)
 
 
+def parse_linear(s):
+    n, d, v = s.lower().split("x")
+    return int(n), int(d), int(v)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         prog="python -m sce_rs.bench",
@@ -486,7 +582,14 @@ def main(argv=None):
         choices=["float32", "float64"],
         help="dtype for --shape (default float32)",
     )
-    ap.add_argument("--ops", help=f"comma-separated subset of {', '.join(OPS)}")
+    ap.add_argument(
+        "--linear",
+        action="append",
+        type=parse_linear,
+        metavar="NxDxV",
+        help="a fused linear cross-entropy shape (repeatable; runs only these)",
+    )
+    ap.add_argument("--ops", help=f"comma-separated subset of {', '.join(OPS + LINEAR_OPS)}")
     ap.add_argument("--peers", help=f"comma-separated subset of {', '.join(PEERS[1:])}")
     ap.add_argument("--threads", type=int, default=1, help="threads for every library (default 1)")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per figure (default 7)")
@@ -501,16 +604,23 @@ def main(argv=None):
             "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         )
     ops = tuple(args.ops.split(",")) if args.ops else None
-    if ops and not set(ops) <= set(OPS):
-        ap.error(f"unknown op in {args.ops!r}; choose from {', '.join(OPS)}")
-    if args.shape:
+    if ops and not set(ops) <= set(OPS + LINEAR_OPS):
+        ap.error(f"unknown op in {args.ops!r}; choose from {', '.join(OPS + LINEAR_OPS)}")
+    if args.linear:
+        cases = [
+            Case(n, v, args.dtype, ops or LINEAR_OPS, "linear", d=d) for n, d, v in args.linear
+        ]
+    elif args.shape:
         cases = [
             Case(n, k, args.dtype, ops or ("cross_entropy", "softmax_out")) for n, k in args.shape
         ]
     else:
         cases = QUICK if args.quick else PRESETS
         if ops:
-            cases = [Case(c.n, c.k, c.dtype, tuple(o for o in c.ops if o in ops)) for c in cases]
+            cases = [
+                Case(c.n, c.k, c.dtype, tuple(o for o in c.ops if o in ops), c.note, c.d)
+                for c in cases
+            ]
     peers = ["sce_rs"] + (args.peers.split(",") if args.peers else PEERS[1:])
     unknown = set(peers) - set(PEERS)
     if unknown:
