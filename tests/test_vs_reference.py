@@ -290,3 +290,23 @@ def test_inputs_that_are_the_gradient_buffer_are_read_before_it_is_written(rng):
     loss, grad = sce_rs.binary_cross_entropy_with_logits_and_grad(x, y2, weight=y2, out=y2)
     assert_close(loss, want_loss)
     assert_close(y2, want_grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_long_rows_whose_first_steps_are_all_minus_inf(dtype):
+    """Regression: the one-pass max/exp-sum of rows over 2048 elements summed exp(-inf - -inf)
+    = NaN for leading steps of only -inf, so logsumexp and cross_entropy gave NaN where
+    PyTorch gives the finite answer."""
+    x = np.full((5, 10_000), -np.inf, dtype=dtype)
+    x[:, 5000] = 2.0
+    x[0, 9000] = 1.0
+    x[1, 7] = np.nan  # a NaN still poisons its row
+    x[2, :] = -np.inf  # logsumexp -inf, cross-entropy NaN
+    t = np.full(5, 5000)
+    assert_close(sce_rs.logsumexp(x), ref.logsumexp(x), dtype_like=x)
+    assert_close(sce_rs.log_softmax(x), ref.log_softmax(x))
+    want_loss, want_grad = ref.cross_entropy_and_grad(x, t, reduction="none")
+    loss, grad = sce_rs.cross_entropy_and_grad(x, t, reduction="none")
+    assert_close(loss, want_loss)
+    assert_close(grad, want_grad)
+    assert sce_rs.logsumexp(x)[3] == 2.0 and sce_rs.cross_entropy(x[3:], t[3:]) == 0.0

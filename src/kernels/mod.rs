@@ -139,9 +139,17 @@ pub fn max_exp_sum<T: Float, A: Arith>(x: &[T], a: A) -> (T, f64) {
     let (mut m, mut s) = (T::NEG_INFINITY, 0.0);
     for step in x.chunks(ONLINE_STEP) {
         let sm = row_max(step);
+        if sm == T::NEG_INFINITY {
+            // Only -inf (or NaN) here: it adds nothing, but exp(-inf - -inf) would be NaN
+            // while the row's maximum is still -inf. A NaN must still poison the sum.
+            if step.iter().any(|v| v.is_nan()) {
+                s = f64::NAN;
+            }
+            continue;
+        }
         if sm > m {
-            // exp(-inf) = 0 drops the empty sum of the first step; a +inf maximum makes the
-            // row's sum NaN below, as the two-pass route does.
+            // exp(-inf) = 0 drops the empty sum of the first finite step; a +inf maximum
+            // makes the row's sum NaN below, as the two-pass route does.
             s *= (m.to_f64() - sm.to_f64()).exp();
             m = sm;
         }
