@@ -30,6 +30,7 @@ pub mod float;
 pub mod isa;
 pub mod kernels;
 pub mod linear;
+pub mod long_rows;
 pub mod math;
 pub mod ops;
 pub mod pool;

@@ -98,6 +98,9 @@ pub enum RowMap {
 /// Applies `map` to every row of `x`, writing `out` (same rows; row length per [`RowMap`]).
 pub fn row_map<T: Float>(map: RowMap, x: &View, out: &View) {
     let k = x.k();
+    if map != RowMap::SoftmaxJacobian && crate::long_rows::applies(x.rows(), k) {
+        return crate::long_rows::row_map::<T>(map, x, out);
+    }
     for_blocks(x.rows(), k, |r| {
         let (mut sx, mut so) = (Vec::new(), Vec::new());
         // SAFETY: the views' builder keeps the memory valid; blocks are disjoint row ranges,

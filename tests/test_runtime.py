@@ -103,3 +103,29 @@ def test_importing_does_not_import_heavy_peers():
     code = "import sys, sce_rs; print(any(m in sys.modules for m in ('torch', 'jax', 'scipy')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_few_long_rows_are_split_within_the_row(threads, dtype):
+    """1 to 3 rows of 2^16+ classes run in fixed segments on all threads: the reference's
+    answer, the same bits for any thread count, special values included, in place too."""
+    from conftest import assert_close
+    from sce_rs import reference as ref
+
+    rng = np.random.default_rng(11)
+    x = (rng.normal(size=(3, 300_001)) * 4).astype(dtype)
+    x[1, :] = -np.inf  # softmax NaN, logsumexp -inf
+    x[1, 123_456] = 2.0  # ... but one finite logit makes it a one-hot row
+    x[2, 200_000] = np.inf  # softmax NaN, logsumexp +inf
+    results = {}
+    for n in (1, 2, 3):
+        sce_rs.set_num_threads(n)
+        got = [sce_rs.softmax(x), sce_rs.log_softmax(x.T, axis=0), sce_rs.logsumexp(x[:1])]
+        results[n] = [g.tobytes() for g in got]
+    assert results[1] == results[2] == results[3]
+    assert_close(got[0], ref.softmax(x))
+    assert_close(got[1], ref.log_softmax(x.T, axis=0))
+    assert_close(got[2], ref.logsumexp(x[:1]), dtype_like=x)
+    inplace = x.copy()
+    sce_rs.softmax(inplace, out=inplace)
+    assert inplace.tobytes() == got[0].tobytes()

@@ -1,0 +1,107 @@
+//! Rows too few to keep the threads busy and long enough to cut (a single row of a million
+//! classes): [`crate::ops::row_map`] hands such arrays here. Each row is cut into segments of
+//! `SEGMENT` elements; the segments' maxima and exp-sums are computed in parallel and combined
+//! in segment order (rescaled to the row's maximum, in `f64`), then the segments of the
+//! output are written in parallel. Segments depend only on the row length, so results are
+//! the same for any thread count; they can differ from the unsplit path in the last bits,
+//! since the exp-sum is grouped differently.
+
+use rayon::prelude::*;
+
+use crate::float::Float;
+use crate::kernels::softmax::{exp_scaled, segment_sums};
+use crate::ops::RowMap;
+use crate::pool::{in_pool, should_stop};
+use crate::strided::View;
+
+/// Elements per segment: 128 KiB of float32, which stays in L2 between the two sweeps.
+const SEGMENT: usize = 1 << 15;
+/// Arrays with fewer rows than this are split within their rows (more rows already spread
+/// over the threads whole).
+const MAX_ROWS: usize = 4;
+
+/// Whether `n` rows of `k` elements take this path (a function of the shape alone).
+pub fn applies(n: usize, k: usize) -> bool {
+    n < MAX_ROWS && k >= 2 * SEGMENT
+}
+
+/// Runs `f` on each segment (with its index) in parallel on the pool, results in order.
+fn per_segment<R: Send>(len: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    let count = len.div_ceil(SEGMENT);
+    in_pool(|threads| {
+        if threads == 1 {
+            (0..count).map(&f).collect()
+        } else {
+            (0..count).into_par_iter().map(&f).collect()
+        }
+    })
+}
+
+/// The row's maximum and its `Σ exp(x - max)` from its segments', combined in order.
+fn combine<T: Float>(parts: &[(T, f64)]) -> (T, f64) {
+    let m = parts
+        .iter()
+        .fold(T::NEG_INFINITY, |m, &(pm, _)| if pm > m { pm } else { m });
+    // A segment of only -inf adds its 0 (or NaN) as is: exp(-inf - -inf) would be NaN.
+    let s = parts.iter().fold(0.0, |s, &(pm, ps)| {
+        s + if pm == T::NEG_INFINITY {
+            ps
+        } else {
+            ps * (pm.to_f64() - m.to_f64()).exp()
+        }
+    });
+    (m, s)
+}
+
+/// `row_map` for the softmax family on rows that [`applies`] says to split.
+pub fn row_map<T: Float>(map: RowMap, x: &View, out: &View) {
+    let k = x.k();
+    let (mut sx, mut so) = (Vec::new(), Vec::new());
+    for r in 0..x.rows() {
+        if should_stop() {
+            return;
+        }
+        // SAFETY: as in `ops::row_map`: the views' memory is valid, one row at a time.
+        unsafe {
+            let xs = x.load::<T>(r, r + 1, &mut sx);
+            let segment = |i: usize| &xs[i * SEGMENT..((i + 1) * SEGMENT).min(k)];
+            let parts = per_segment(k, |i| segment_sums(segment(i)));
+            let (m, s) = combine(&parts);
+            match map {
+                RowMap::LogSumExp => out.store::<T, _>(r, r + 1, &mut so, |o| {
+                    // PyTorch's answer for an infinite maximum, as in `logsumexp_row`.
+                    o[0] = if m.to_f64().is_infinite() {
+                        if xs.iter().any(|v| v.is_nan()) {
+                            T::from_f64(f64::NAN)
+                        } else {
+                            m
+                        }
+                    } else {
+                        T::from_f64(m.to_f64() + s.ln())
+                    }
+                }),
+                RowMap::Softmax | RowMap::LogSoftmax => out.store::<T, _>(r, r + 1, &mut so, |o| {
+                    let o_addr = o.as_mut_ptr() as usize;
+                    let inv_s = T::from_f64(1.0 / s);
+                    let ln_s = T::from_f64(s.ln());
+                    per_segment(k, |i| {
+                        let xi = segment(i);
+                        // SAFETY: segments are disjoint ranges of `o`, which this call owns.
+                        let oi = std::slice::from_raw_parts_mut(
+                            (o_addr as *mut T).add(i * SEGMENT),
+                            xi.len(),
+                        );
+                        if map == RowMap::Softmax {
+                            exp_scaled(xi, m, inv_s, oi);
+                        } else {
+                            for (ov, &v) in oi.iter_mut().zip(xi) {
+                                *ov = (v - m) - ln_s;
+                            }
+                        }
+                    });
+                }),
+                RowMap::SoftmaxJacobian => unreachable!("k x k outputs are never this long"),
+            }
+        }
+    }
+}
