@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::kernels::linear::{fold_tile, grad_tile, RowGrad, RowStats, TileOpts};
+use crate::kernels::linear::{fold_tile, grad_tile, RowStats, TileOpts};
 use crate::ops::{CeOptions, Reduction};
 use crate::pool::{in_pool, should_stop};
 
@@ -219,7 +219,6 @@ pub fn linear_cross_entropy<T: Float>(
             check("d_bias", db, v)?;
         }
     }
-    let w = |c: usize| a.opts.weight.as_ref().map_or(1.0, |w| w[c].to_f64());
     let mut denominator = 0.0;
     for (i, &t) in a.targets.iter().enumerate() {
         if t == a.ignore_index {
@@ -232,19 +231,18 @@ pub fn linear_cross_entropy<T: Float>(
                 classes: v,
             });
         }
-        denominator += w(t as usize);
+        denominator += a
+            .opts
+            .weight
+            .as_ref()
+            .map_or(1.0, |w| w[t as usize].to_f64());
     }
     let uniform = match (reduction, upstream) {
         (Reduction::Mean, LinUpstream::Scalar(g)) => g / denominator,
         (_, LinUpstream::Scalar(g)) => g,
         (_, LinUpstream::PerRow(_)) => f64::NAN,
     };
-    let (eps, zeta, kf, w_total) = (
-        a.opts.label_smoothing,
-        a.opts.z_loss,
-        v as f64,
-        a.opts.weight_total,
-    );
+    let eps = a.opts.label_smoothing;
     let mut d_bias = grads
         .as_ref()
         .and_then(|g| g.d_bias.as_ref())
@@ -301,59 +299,23 @@ pub fn linear_cross_entropy<T: Float>(
             let t = &mut tile[..nb * kb];
             logits(t, c0, kb);
             let o = tile_opts(c0, kb);
-            for_tile_rows(t, kb, &mut stats, |rows, st| fold_tile(rows, kb, c0, st, o));
+            for_tile_rows(t, kb, &mut stats, |rows, st| {
+                fold_tile(rows, kb, c0, st, o, &mut Vec::new())
+            });
         }
 
         let mut row_grads = Vec::with_capacity(nb);
         for (i, st) in stats.iter().enumerate() {
-            let Some(t) = st.target else {
-                if let Some(l) = losses.as_deref_mut() {
-                    l[r0 + i] = 0.0;
-                }
-                row_grads.push(RowGrad {
-                    m: T::ZERO,
-                    inv_s: T::ZERO,
-                    ca: T::ZERO,
-                    cb: T::ZERO,
-                    corr: T::ZERO,
-                    target: None,
-                });
-                continue;
-            };
-            let ln_s = st.s.ln();
-            let lse = st.m + ln_s;
-            let wt = w(t);
-            let nll = wt * (ln_s - (st.zt - st.m));
-            let (mut loss, mut coef, corr) = if eps > 0.0 {
-                let smooth = lse * w_total - st.wz;
-                (
-                    (1.0 - eps) * nll + eps / kf * smooth,
-                    (1.0 - eps) * wt + eps / kf * w_total,
-                    (1.0 - eps) * wt,
-                )
-            } else {
-                (nll, wt, wt)
-            };
-            if zeta != 0.0 {
-                loss += zeta * lse * lse;
-                coef += 2.0 * zeta * lse;
-            }
-            if let Some(l) = losses.as_deref_mut() {
-                l[r0 + i] = loss;
-            }
-            total += loss;
             let scale = match upstream {
                 LinUpstream::PerRow(u) => u[r0 + i],
                 LinUpstream::Scalar(_) => uniform,
             };
-            row_grads.push(RowGrad {
-                m: T::from_f64(st.m),
-                inv_s: T::from_f64(1.0 / st.s),
-                ca: T::from_f64(scale * coef),
-                cb: T::from_f64(scale * eps / kf),
-                corr: T::from_f64(scale * corr),
-                target: Some(t),
-            });
+            let (loss, rg) = st.finish(a.opts, v, scale);
+            if let Some(l) = losses.as_deref_mut() {
+                l[r0 + i] = loss;
+            }
+            total += loss;
+            row_grads.push(rg);
         }
 
         let Some(g) = grads.as_mut() else { continue };

@@ -1,16 +1,20 @@
 //! Rows too few to keep the threads busy and long enough to cut (a single row of a million
-//! classes): [`crate::ops::row_map`] hands such arrays here. Each row is cut into segments of
+//! classes): [`crate::ops::row_map`] and [`crate::ops::multiclass_loss`] (cross-entropy on
+//! class indices) hand such arrays here. Each row is cut into segments of
 //! `SEGMENT` elements; the segments' maxima and exp-sums are computed in parallel and combined
 //! in segment order (rescaled to the row's maximum, in `f64`), then the segments of the
-//! output are written in parallel. Segments depend only on the row length, so results are
+//! output are written in parallel. Cross-entropy folds and differentiates its segments with
+//! the tile kernels of the fused linear cross-entropy ([`crate::kernels::linear`]). Segments depend only on the row length, so results are
 //! the same for any thread count; they can differ from the unsplit path in the last bits,
 //! since the exp-sum is grouped differently.
 
 use rayon::prelude::*;
 
 use crate::float::Float;
+use crate::kernels::cross_entropy::CeOptions;
+use crate::kernels::linear::{fold_tile, grad_tile, RowStats, TileOpts};
 use crate::kernels::softmax::{exp_scaled, segment_sums};
-use crate::ops::RowMap;
+use crate::ops::{RowMap, Upstream};
 use crate::pool::{in_pool, should_stop};
 use crate::strided::View;
 
@@ -104,4 +108,82 @@ pub fn row_map<T: Float>(map: RowMap, x: &View, out: &View) {
             }
         }
     }
+}
+
+/// Cross-entropy on class indices (already validated) for rows that [`applies`] says to
+/// split: per-row losses into `losses`, `scale`-d gradients into `grad`; returns the sum of the
+/// row losses, in row order. `uniform` is the gradient scale under a scalar upstream.
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy<T: Float>(
+    x: &View,
+    targets: &View,
+    ignore_index: i64,
+    o: &CeOptions<T>,
+    upstream: Upstream<'_>,
+    uniform: f64,
+    losses: Option<&View>,
+    grad: Option<&View>,
+) -> f64 {
+    let k = x.k();
+    let opts = |c0: usize, len: usize| TileOpts {
+        weight: o.weight.as_deref().map(|w| &w[c0..c0 + len]),
+        softcap: o.softcap,
+        smoothing: o.label_smoothing > 0.0,
+    };
+    let (mut sx, mut si, mut su, mut sl, mut sg) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut total = 0.0;
+    for r in 0..x.rows() {
+        if should_stop() {
+            return f64::NAN;
+        }
+        // SAFETY: as in `row_map`; `grad` may be `x` itself only with `x` set to copy_on_read,
+        // so `xs` never aliases the gradient written below.
+        unsafe {
+            let t = targets.load_index(r, r + 1, &mut si)[0];
+            let target = (t != ignore_index).then_some(t as usize);
+            let xs = x.load::<T>(r, r + 1, &mut sx);
+            let segment = |i: usize| (i * SEGMENT, &xs[i * SEGMENT..((i + 1) * SEGMENT).min(k)]);
+            let parts = per_segment(k, |i| {
+                let (c0, seg) = segment(i);
+                let mut st = [RowStats::new(target)];
+                fold_tile(
+                    seg,
+                    seg.len(),
+                    c0,
+                    &mut st,
+                    opts(c0, seg.len()),
+                    &mut Vec::new(),
+                );
+                st[0]
+            });
+            let mut stats = RowStats::new(target);
+            for p in &parts {
+                stats.absorb(p);
+            }
+            let scale = match upstream {
+                Upstream::PerRow(u) => u.load::<f64>(r, r + 1, &mut su)[0],
+                Upstream::Scalar(_) => uniform,
+            };
+            let (loss, rg) = stats.finish(o, k, scale);
+            total += loss;
+            if let Some(lv) = losses {
+                lv.store::<f64, _>(r, r + 1, &mut sl, |l| l[0] = loss);
+            }
+            if let Some(gv) = grad {
+                gv.store::<T, _>(r, r + 1, &mut sg, |g| {
+                    let g_addr = g.as_mut_ptr() as usize;
+                    per_segment(k, |i| {
+                        let (c0, seg) = segment(i);
+                        // SAFETY: segments are disjoint ranges of `g`, which this call owns.
+                        let gi =
+                            std::slice::from_raw_parts_mut((g_addr as *mut T).add(c0), seg.len());
+                        gi.copy_from_slice(seg);
+                        grad_tile(gi, seg.len(), c0, &[rg], opts(c0, seg.len()));
+                    });
+                });
+            }
+        }
+    }
+    total
 }

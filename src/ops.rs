@@ -222,6 +222,27 @@ pub fn multiclass_loss<T: Float>(
     };
     let denominator = mean_denominator(&targets, k, n, weight)?;
     let uniform = reduction.uniform_scale(upstream, denominator);
+    if let (
+        Loss::CrossEntropy(o),
+        Targets::Index {
+            view, ignore_index, ..
+        },
+    ) = (loss, targets)
+    {
+        if crate::long_rows::applies(n, k) {
+            let total = crate::long_rows::cross_entropy::<T>(
+                x,
+                view,
+                ignore_index,
+                o,
+                upstream,
+                uniform,
+                losses,
+                grad,
+            );
+            return Ok(reduction.finish(total, denominator));
+        }
+    }
     let parts = for_blocks(n, k, |r| {
         let (mut sx, mut st, mut si, mut su, mut sg, mut sl) = (
             Vec::new(),

@@ -129,3 +129,42 @@ def test_few_long_rows_are_split_within_the_row(threads, dtype):
     inplace = x.copy()
     sce_rs.softmax(inplace, out=inplace)
     assert inplace.tobytes() == got[0].tobytes()
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"label_smoothing": 0.2, "weight": "random"},
+        {"z_loss": 1e-3, "softcap": 5.0, "reduction": "sum"},
+        {"reduction": "none", "grad_output": "random"},
+    ],
+    ids=lambda kw: ",".join(kw) or "defaults",
+)
+def test_cross_entropy_of_few_long_rows_is_split_within_the_row(threads, kw):
+    from conftest import assert_close
+    from sce_rs import reference as ref
+
+    rng = np.random.default_rng(12)
+    k = 200_003
+    x = (rng.normal(size=(3, k)) * 3).astype(np.float32)
+    t = np.array([5, -100, k - 1])
+    kw = dict(kw)
+    if kw.get("weight") == "random":
+        kw["weight"] = rng.uniform(0.5, 2.0, size=k)
+    if kw.get("grad_output") == "random":
+        kw["grad_output"] = np.array([0.5, 2.0, -1.0])
+    results = {}
+    for n in (1, 2, 3):
+        sce_rs.set_num_threads(n)
+        loss, grad = sce_rs.cross_entropy_and_grad(x, t, **kw)
+        results[n] = (np.asarray(loss).tobytes(), grad.tobytes())
+    assert results[1] == results[2] == results[3]
+    want_loss, want_grad = ref.cross_entropy_and_grad(x, t, **kw)
+    assert_close(loss, want_loss, dtype_like=x)
+    assert_close(grad, want_grad)
+    fwd = {k: v for k, v in kw.items() if k != "grad_output"}
+    assert np.asarray(sce_rs.cross_entropy(x, t, **fwd)).tobytes() == np.asarray(loss).tobytes()
+    inplace = x.copy()
+    sce_rs.cross_entropy_and_grad(inplace, t, out=inplace, **kw)
+    assert inplace.tobytes() == grad.tobytes()

@@ -5,7 +5,8 @@
 //! grows, as in [`super::max_exp_sum`]) and picks up the target's logit; once a row's sums are
 //! final, the backward sweep turns each recomputed tile into the gradient of the logits in place.
 
-use super::{max_exp_sum, rows_mut, sum};
+use super::cross_entropy::CeOptions;
+use super::{rows_mut, segment_max_exp_sum, sum};
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
 
@@ -35,10 +36,20 @@ impl RowStats {
         }
     }
 
+    /// Adds the sums of the row's next block of classes, seen by another `RowStats`.
+    pub fn absorb(&mut self, next: &RowStats) {
+        self.merge(next.m, next.s);
+        self.wz += next.wz;
+        if !next.zt.is_nan() {
+            self.zt = next.zt; // only the target's block sets it
+        }
+    }
+
     /// Adds a block whose maximum is `m` and whose `Σ exp(z - m)` is `s`.
     fn merge(&mut self, m: f64, s: f64) {
-        if s == 0.0 {
-            return; // an all -inf block adds nothing (and -inf - -inf would be NaN)
+        if m == f64::NEG_INFINITY {
+            self.s += s; // 0, or NaN for a NaN in the block; exp(-inf - -inf) would be NaN
+            return;
         }
         if m > self.m {
             self.s = self.s * (self.m - m).exp() + s;
@@ -46,6 +57,44 @@ impl RowStats {
         } else {
             self.s += s * (m - self.m).exp();
         }
+    }
+}
+
+impl RowStats {
+    /// The row's loss (the formula of [`super::cross_entropy`]) from its final sums over `k`
+    /// classes, and what its gradient needs, multiplied by the row's gradient `scale`.
+    pub fn finish<T: Float>(&self, o: &CeOptions<T>, k: usize, scale: f64) -> (f64, RowGrad<T>) {
+        let Some(t) = self.target else {
+            return (0.0, RowGrad::IGNORED);
+        };
+        let (eps, kf) = (o.label_smoothing, k as f64);
+        let ln_s = self.s.ln();
+        let lse = self.m + ln_s;
+        let wt = o.weight.as_ref().map_or(1.0, |w| w[t].to_f64());
+        let nll = wt * (ln_s - (self.zt - self.m));
+        let (mut loss, mut coef, corr) = if eps > 0.0 {
+            let smooth = lse * o.weight_total - self.wz;
+            (
+                (1.0 - eps) * nll + eps / kf * smooth,
+                (1.0 - eps) * wt + eps / kf * o.weight_total,
+                (1.0 - eps) * wt,
+            )
+        } else {
+            (nll, wt, wt)
+        };
+        if o.z_loss != 0.0 {
+            loss += o.z_loss * lse * lse;
+            coef += 2.0 * o.z_loss * lse;
+        }
+        let grad = RowGrad {
+            m: T::from_f64(self.m),
+            inv_s: T::from_f64(1.0 / self.s),
+            ca: T::from_f64(scale * coef),
+            cb: T::from_f64(scale * eps / kf),
+            corr: T::from_f64(scale * corr),
+            target: Some(t),
+        };
+        (loss, grad)
     }
 }
 
@@ -62,6 +111,18 @@ pub struct RowGrad<T> {
     pub target: Option<usize>,
 }
 
+impl<T: Float> RowGrad<T> {
+    /// An ignored row: its gradient is 0.
+    pub const IGNORED: RowGrad<T> = RowGrad {
+        m: T::ZERO,
+        inv_s: T::ZERO,
+        ca: T::ZERO,
+        cb: T::ZERO,
+        corr: T::ZERO,
+        target: None,
+    };
+}
+
 /// Options shared by every row of a tile.
 #[derive(Clone, Copy, Debug)]
 pub struct TileOpts<'a, T> {
@@ -72,38 +133,38 @@ pub struct TileOpts<'a, T> {
     pub smoothing: bool,
 }
 
-#[inline(always)]
-fn cap_in_place<T: Float>(row: &mut [T], cap: Option<f64>) {
-    if let Some(c) = cap {
-        let ct = T::from_f64(c);
-        for v in row.iter_mut() {
-            *v = ct * (*v / ct).tanh();
-        }
-    }
-}
-
-/// Folds a tile into its rows' sums (ignored rows are skipped). Soft-caps the tile in place.
+/// Folds a tile into its rows' sums (ignored rows are skipped). With a soft cap, each row is
+/// capped into `capped` first; the tile itself is only read.
 #[inline(always)]
 fn fold_rows<T: Float, A: Arith>(
-    tile: &mut [T],
+    tile: &[T],
     kb: usize,
     c0: usize,
     stats: &mut [RowStats],
     o: TileOpts<'_, T>,
+    capped: &mut Vec<T>,
     a: A,
 ) {
-    for (row, st) in rows_mut(tile, kb).zip(stats.iter_mut()) {
+    for (row, st) in super::rows(tile, kb).zip(stats.iter_mut()) {
         let Some(t) = st.target else { continue };
-        cap_in_place(row, o.softcap);
+        let z: &[T] = match o.softcap {
+            Some(c) => {
+                let ct = T::from_f64(c);
+                capped.clear();
+                capped.extend(row.iter().map(|&v| ct * (v / ct).tanh()));
+                capped
+            }
+            None => row,
+        };
         if (c0..c0 + kb).contains(&t) {
-            st.zt = row[t - c0].to_f64();
+            st.zt = z[t - c0].to_f64();
         }
-        let (m, s) = max_exp_sum(row, a);
+        let (m, s) = segment_max_exp_sum(z, a);
         st.merge(m.to_f64(), s);
         if o.smoothing {
             st.wz += match o.weight {
-                Some(w) => super::dot(w, row),
-                None => sum(row),
+                Some(w) => super::dot(w, z),
+                None => sum(z),
             };
         }
     }
@@ -162,11 +223,12 @@ fn grad_rows<T: Float, A: Arith>(
 isa_dispatch! {
     /// Folds a tile into its rows' sums (see `fold_rows`).
     pub fn fold_tile['w, T: Float](
-        tile: &mut [T],
+        tile: &[T],
         kb: usize,
         c0: usize,
         stats: &mut [RowStats],
         o: TileOpts<'w, T>,
+        capped: &mut Vec<T>,
     ) = fold_rows;
     /// Turns a tile of logits into the scaled gradient with respect to them (see `grad_rows`).
     pub fn grad_tile['w, T: Float](

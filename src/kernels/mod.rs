@@ -158,6 +158,24 @@ pub fn max_exp_sum<T: Float, A: Arith>(x: &[T], a: A) -> (T, f64) {
     (m, s)
 }
 
+/// [`max_exp_sum`] of one piece of a longer row: a piece of only `-inf` sums to 0 (NaN if it
+/// holds a NaN), never `exp(-inf - -inf)`, since the row's maximum may lie in another piece.
+#[inline(always)]
+pub fn segment_max_exp_sum<T: Float, A: Arith>(x: &[T], a: A) -> (T, f64) {
+    let (m, s) = max_exp_sum(x, a);
+    if m == T::NEG_INFINITY {
+        return (
+            m,
+            if x.iter().any(|v| v.is_nan()) {
+                f64::NAN
+            } else {
+                0.0
+            },
+        );
+    }
+    (m, s)
+}
+
 /// For `shift >= max(x)`, writes `exp(x - shift)` into `out` and returns its sum, added in
 /// the order of [`exp_sum`]. The exps are mapped first and summed from L1 afterwards: fusing
 /// the two left the accumulators on the stack (float32 128 x 128256 `softmax(out=)`, one

@@ -8,7 +8,7 @@
 //! `-inf` gives `-inf` and a row holding `+inf` gives `+inf` (softmax of such rows is NaN,
 //! as in PyTorch).
 
-use super::{dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, sum};
+use super::{dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, sum};
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
 
@@ -135,25 +135,6 @@ fn softmax_jacobian_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a
     }
 }
 
-/// `(max, Σ exp(x - max))` of a segment of a row (see [`max_exp_sum`]). A segment of only
-/// `-inf` sums to 0 (NaN if it holds a NaN), never `exp(-inf - -inf)`: the row's maximum
-/// may lie in another segment.
-#[inline(always)]
-fn segment_max_sum<T: Float, A: Arith>(x: &[T], a: A) -> (T, f64) {
-    let (m, s) = max_exp_sum(x, a);
-    if m == T::NEG_INFINITY {
-        return (
-            m,
-            if x.iter().any(|v| v.is_nan()) {
-                f64::NAN
-            } else {
-                0.0
-            },
-        );
-    }
-    (m, s)
-}
-
 /// `out = exp(x - shift) * scale` for `shift >= max(x)`: a segment of a softmax row whose
 /// maximum and sum come from the whole row.
 #[inline(always)]
@@ -166,7 +147,7 @@ fn segment_exp_scaled<T: Float, A: Arith>(x: &[T], shift: T, scale: T, out: &mut
 isa_dispatch! {
     pub fn softmax[T: Float](x: &[T], k: usize, out: &mut [T]) = softmax_rows;
     /// `(max, Σ exp(x - max))` of one segment of a long row.
-    pub fn segment_sums[T: Float](x: &[T]) -> (T, f64) = segment_max_sum;
+    pub fn segment_sums[T: Float](x: &[T]) -> (T, f64) = segment_max_exp_sum;
     /// `out = exp(x - shift) * scale`: one segment of a long softmax row.
     pub fn exp_scaled[T: Float](x: &[T], shift: T, scale: T, out: &mut [T]) = segment_exp_scaled;
     pub fn log_softmax[T: Float](x: &[T], k: usize, out: &mut [T]) = log_softmax_rows;
