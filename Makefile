@@ -56,7 +56,7 @@ lint: venv
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --features python -- -D warnings
-	$(VENV)/bin/ruff check python tests
+	$(VENV)/bin/ruff check python tests benchmarks
 
 clean:
 	rm -rf $(VENV) target
