@@ -175,6 +175,29 @@ fn for_tile_rows<T: Float, I: Send>(
     });
 }
 
+/// Visits the class blocks of one row block (`nb` rows) in order: each block's logits are
+/// computed into `tile`, which is handed to `f` with the block's first class, width and tile
+/// options. False when interrupted (see [`crate::pool::interruptible`]).
+fn sweep<'o, T: Float>(
+    tile: &mut [T],
+    nb: usize,
+    v: usize,
+    logits: &impl Fn(&mut [T], usize, usize),
+    opts: &impl Fn(usize, usize) -> TileOpts<'o, T>,
+    mut f: impl FnMut(&mut [T], usize, usize, TileOpts<'o, T>),
+) -> bool {
+    for c0 in (0..v).step_by(VOCAB_BLOCK) {
+        if should_stop() {
+            return false;
+        }
+        let kb = VOCAB_BLOCK.min(v - c0);
+        let t = &mut tile[..nb * kb];
+        logits(t, c0, kb);
+        f(t, c0, kb, opts(c0, kb));
+    }
+    true
+}
+
 fn check<T>(what: &str, s: &[T], want: usize) -> Result<()> {
     if s.len() != want {
         return Err(Error::Shape(format!(
@@ -291,17 +314,13 @@ pub fn linear_cross_entropy<T: Float>(
             smoothing: eps > 0.0,
         };
 
-        for c0 in (0..v).step_by(VOCAB_BLOCK) {
-            if should_stop() {
-                return Ok(f64::NAN);
-            }
-            let kb = VOCAB_BLOCK.min(v - c0);
-            let t = &mut tile[..nb * kb];
-            logits(t, c0, kb);
-            let o = tile_opts(c0, kb);
+        let forward = sweep(&mut tile, nb, v, &logits, &tile_opts, |t, c0, kb, o| {
             for_tile_rows(t, kb, &mut stats, |rows, st| {
                 fold_tile(rows, kb, c0, st, o, &mut Vec::new())
-            });
+            })
+        });
+        if !forward {
+            return Ok(f64::NAN);
         }
 
         let mut row_grads = Vec::with_capacity(nb);
@@ -319,14 +338,7 @@ pub fn linear_cross_entropy<T: Float>(
         }
 
         let Some(g) = grads.as_mut() else { continue };
-        for c0 in (0..v).step_by(VOCAB_BLOCK) {
-            if should_stop() {
-                return Ok(f64::NAN);
-            }
-            let kb = VOCAB_BLOCK.min(v - c0);
-            let t = &mut tile[..nb * kb];
-            logits(t, c0, kb);
-            let o = tile_opts(c0, kb);
+        let backward = sweep(&mut tile, nb, v, &logits, &tile_opts, |t, c0, kb, o| {
             for_tile_rows(t, kb, &mut row_grads, |rows, rg| {
                 grad_tile(rows, kb, c0, rg, o)
             });
@@ -356,6 +368,9 @@ pub fn linear_cross_entropy<T: Float>(
                 rhs: (hidden_block, d as isize, 1),
             }
             .run(&mut g.d_weight[c0 * d..(c0 + kb) * d], d as isize, r0 > 0);
+        });
+        if !backward {
+            return Ok(f64::NAN);
         }
     }
     if let (Some(g), Some(db)) = (grads.as_mut(), d_bias) {
