@@ -149,10 +149,19 @@ impl View {
         }
     }
 
+    /// Whether [`View::load`] of rows `r0..r1` as `dtype` borrows them in place (no scratch).
+    pub fn loads_in_place(&self, dtype: DType, r0: usize, r1: usize) -> bool {
+        !self.copy_on_read && self.contiguous_as(dtype, r0, r1).is_some()
+    }
+
     /// Pointer to rows `r0..r1` if they form one contiguous, aligned run of `T`.
     fn contiguous<T: Float>(&self, r0: usize, r1: usize) -> Option<*mut T> {
-        let size = std::mem::size_of::<T>() as isize;
-        if self.dtype != T::DTYPE || self.k_stride != size {
+        self.contiguous_as(T::DTYPE, r0, r1).map(|p| p as *mut T)
+    }
+
+    fn contiguous_as(&self, dtype: DType, r0: usize, r1: usize) -> Option<*mut u8> {
+        let size = dtype.size() as isize;
+        if self.dtype != dtype || self.k_stride != size {
             return None;
         }
         let rows_step_evenly = r1 - r0 <= 1
@@ -165,8 +174,8 @@ impl View {
             return None;
         }
         // SAFETY: row r0 exists (r0 < n_rows) so the offset stays inside the array.
-        let p = unsafe { self.ptr.offset(self.row_offset(r0)) } as *mut T;
-        (p as usize % std::mem::align_of::<T>() == 0).then_some(p)
+        let p = unsafe { self.ptr.offset(self.row_offset(r0)) };
+        (p as usize % dtype.size() == 0).then_some(p)
     }
 
     /// Rows `r0..r1` as a contiguous slice of the compute type: borrowed in place when

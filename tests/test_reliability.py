@@ -327,3 +327,35 @@ def test_100000_calls_of_each_function_leak_nothing(tmp_path):
         assert r["refs_same"], f"{name}: reference counts changed"
         assert r["rss_growth"] < 1_000_000, f"{name}: RSS grew {r['rss_growth']} bytes"
     assert got["softmax"]["calls"] == 100_000
+
+
+def test_impossible_scratch_is_a_memory_error_not_an_abort():
+    """A zero-stride view can describe a row of 2^40 elements in a few bytes; gathering it
+    needs terabytes. Rust aborts the process on a failed allocation, so the binding checks
+    first and raises NumPy's MemoryError."""
+    got = run_child(
+        """
+        import json, numpy as np, sce_rs
+        big = np.broadcast_to(np.float32(0), (1, 2**40))
+        ones = np.broadcast_to(1.0, (2**40,))
+        hidden = np.zeros((1, 2**16), np.float32)
+        weight = np.broadcast_to(np.zeros(2**16, np.float32), (2**24, 2**16))
+        calls = {
+            "logsumexp": lambda: sce_rs.logsumexp(big),
+            "cross_entropy": lambda: sce_rs.cross_entropy(big, [0]),
+            "class weights": lambda: sce_rs.nll_loss(big, [0], weight=ones),
+            "binary": lambda: sce_rs.binary_cross_entropy_with_logits(big, big),
+            "linear": lambda: sce_rs.linear_cross_entropy(hidden, weight, [0]),
+        }
+        out = {}
+        for name, call in calls.items():
+            try:
+                call()
+                out[name] = "no error"
+            except MemoryError as e:
+                out[name] = "MemoryError" if "bytes of scratch" in str(e) else str(e)
+        print(json.dumps(out))
+        """,
+        timeout=120,
+    )
+    assert got == dict.fromkeys(got, "MemoryError") and len(got) == 5, got

@@ -8,8 +8,8 @@ use pyo3::types::PyTuple;
 
 use super::scalars::{Int, Real};
 use super::{
-    arg, check_options, class_weights, loss_scalar, parse_reduction, promote, run, to_py, upstream,
-    Arr, MultiOpts,
+    arg, check_options, class_weights, ensure_allocatable, loss_scalar, parse_reduction, promote,
+    run, to_py, upstream, Arr, MultiOpts,
 };
 use crate::dtype::DType;
 use crate::error::fmt_index;
@@ -155,8 +155,17 @@ fn linear<'py>(
         )
     });
     let lv = losses.as_ref().map(|l| l.view(None));
+    // Operands not already contiguous in the compute type are converted into one copy each.
+    let compute = dt.compute();
+    let copies: usize = [(&hv, n * d), (&wv, v * d)]
+        .into_iter()
+        .chain(bv.as_ref().map(|b| (b, v)))
+        .filter(|(view, rows)| !view.loads_in_place(compute, 0, *rows / view.k().max(1)))
+        .map(|(_, elems)| elems * compute.size())
+        .sum();
+    ensure_allocatable(f, copies)?;
     let work = n.saturating_mul(v).saturating_mul(d.max(1));
-    let total = run(py, work, || {
+    let total = run(py, f, work, 0, || {
         with_compute!(dt, T => {
             let (mut sh, mut sw, mut sb, mut si, mut su) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             // SAFETY: every view reads or writes an array this call keeps referenced; the

@@ -5,7 +5,7 @@
 mod array;
 mod scalars;
 
-use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -37,10 +37,45 @@ fn signal_raised() -> bool {
     })
 }
 
-/// Runs `f` with the GIL released when the work is large enough to be worth it. A long run
+/// Raises NumPy's `MemoryError` when `bytes` of scratch cannot be had, instead of letting
+/// Rust abort the interpreter on a failed allocation (a zero-stride view can describe a row
+/// of 2^40 elements in a few bytes, and gathering it would need terabytes).
+fn ensure_allocatable(f: &str, bytes: usize) -> PyResult<()> {
+    // Small amounts always succeed in practice; probing them would only cost time.
+    if bytes < 1 << 26 {
+        return Ok(());
+    }
+    Vec::<u8>::new().try_reserve_exact(bytes).map_err(|_| {
+        PyMemoryError::new_err(format!(
+            "{f}: cannot allocate the {bytes} bytes of scratch this input needs (a row is gathered whole when it is not contiguous)"
+        ))
+    })
+}
+
+/// The row length whose scratch a call may need: 0 when every view reads and writes its rows
+/// in place, their row length when any of them gathers (blocks of long rows are one row).
+fn gathered_row(views: &[&crate::strided::View], compute: DType) -> usize {
+    let in_place = |v: &&crate::strided::View| v.rows() == 0 || v.loads_in_place(compute, 0, 1);
+    if views.iter().all(in_place) {
+        0
+    } else {
+        views.iter().map(|v| v.k()).max().unwrap_or(0)
+    }
+}
+
+/// Runs `f` with the GIL released when the work is large enough to be worth it, after
+/// checking that scratch for a few rows of `row` elements can be allocated. A long run
 /// checks for signals between waves of blocks (see [`crate::pool::interruptible`]); if a
 /// handler raised, the partial result is dropped and its exception returned.
-fn run<R: Send>(py: Python<'_>, elems: usize, f: impl FnOnce() -> R + Send) -> PyResult<R> {
+fn run<R: Send>(
+    py: Python<'_>,
+    f_name: &str,
+    elems: usize,
+    row: usize,
+    f: impl FnOnce() -> R + Send,
+) -> PyResult<R> {
+    // Up to four gathered rows of 8-byte values per block (input, target, upstream, output).
+    ensure_allocatable(f_name, row.saturating_mul(32))?;
     if elems < GIL_RELEASE_MIN {
         return Ok(f());
     }
@@ -159,7 +194,9 @@ fn row_map_py<'py>(
     let ov = out.view(Some(a));
     run(
         py,
+        f,
         x.size(),
+        gathered_row(&[&xv, &ov], dt.compute()),
         || with_compute!(dt, T => ops::row_map::<T>(map, &xv, &ov)),
     )?;
     if given {
@@ -216,7 +253,9 @@ fn logsumexp<'py>(
     let (xv, ov) = (x.view(Some(a)), out.view(None));
     run(
         py,
+        f,
         x.size(),
+        gathered_row(&[&xv], dt.compute()),
         || with_compute!(dt, T => ops::row_map::<T>(RowMap::LogSumExp, &xv, &ov)),
     )?;
     out.into_result()
@@ -244,7 +283,9 @@ fn softmax_jacobian<'py>(
     let ov = out.reshaped_rows(n, k * k);
     run(
         py,
+        f,
         n * k * k.max(1),
+        gathered_row(&[&xv], dt.compute()),
         || with_compute!(dt, T => ops::row_map::<T>(RowMap::SoftmaxJacobian, &xv, &ov)),
     )?;
     out.into_result()
@@ -274,7 +315,9 @@ fn backward_py<'py>(
     let (gv, yv, ov) = (g.view(Some(a)), y.view(Some(a)), out.view(Some(a)));
     run(
         py,
+        f,
         g.size(),
+        gathered_row(&[&gv, &yv, &ov], dt.compute()),
         || with_compute!(dt, T => ops::softmax_backward::<T>(log, &gv, &yv, &ov)),
     )?;
     out.into_result()
@@ -359,6 +402,7 @@ fn class_weights(py: Python<'_>, f: &str, w: &Bound<'_, PyAny>, k: usize) -> PyR
             fmt_index(&w.shape)
         )));
     }
+    ensure_allocatable(f, k.saturating_mul(16))?; // the f64 weights and their compute-type copy
     let mut buf = Vec::new();
     // SAFETY: the view reads `w`, alive for this whole call.
     Ok(unsafe { w.view(None).load::<f64>(0, k, &mut buf) }.to_vec())
@@ -517,7 +561,12 @@ fn multiclass<'py>(
         Some(v) => Upstream::PerRow(v),
         None => Upstream::Scalar(scalar_up),
     };
-    let total = run(py, x.size(), || {
+    let mut row_views = vec![&xv];
+    row_views.extend(gv.as_ref());
+    if probs {
+        row_views.push(&tv);
+    }
+    let total = run(py, f, x.size(), gathered_row(&row_views, dt.compute()), || {
         with_compute!(dt, T => {
             let w: Option<Vec<T>> = weight.as_ref().map(|w| w.iter().map(|&v| T::from_f64(v)).collect());
             match kind {
@@ -730,7 +779,9 @@ fn binary<'py>(
         Some(v) => Upstream::PerRow(v),
         None => Upstream::Scalar(scalar_up),
     };
-    let total = run(py, x.size(), || {
+    // Always a row's worth: the kernel keeps each block's losses in f64.
+    let row = shape.last().copied().unwrap_or(1);
+    let total = run(py, f, x.size(), row, || {
         with_compute!(dt, T => ops::binary_loss::<T>(logits, args, reduction, up, lv.as_ref(), gv.as_ref()))
     })
 ?
