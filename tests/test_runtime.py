@@ -168,3 +168,16 @@ def test_cross_entropy_of_few_long_rows_is_split_within_the_row(threads, kw):
     inplace = x.copy()
     sce_rs.cross_entropy_and_grad(inplace, t, out=inplace, **kw)
     assert inplace.tobytes() == grad.tobytes()
+
+
+def test_python_dash_m_sce_rs_reports_the_installation():
+    env = dict(os.environ, SCE_RS_NUM_THREADS="3")
+    out = subprocess.run(
+        [sys.executable, "-m", "sce_rs"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert f"sce_rs {sce_rs.__version__}" in text
+    assert f"SIMD backend: {sce_rs.simd_backend()}" in text
+    assert "threads:      3 (SCE_RS_NUM_THREADS" in text
+    assert "numpy:" in text and "torch" in text and "scipy" in text
