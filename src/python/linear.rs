@@ -198,16 +198,14 @@ fn linear<'py>(
                     None => crate::linear::linear_cross_entropy(&args, reduction, up, row_losses.as_deref_mut(), None),
                     Some((dhv, dwv, dbv)) => {
                         let (mut s1, mut s2, mut s3) = (Vec::new(), Vec::new(), Vec::new());
+                        let mut with_grads = |d_hidden: &mut [T], d_weight: &mut [T], d_bias: Option<&mut [T]>| {
+                            let g = LinearGrads { d_hidden, d_weight, d_bias };
+                            crate::linear::linear_cross_entropy(&args, reduction, up, row_losses.as_deref_mut(), Some(g))
+                        };
                         dhv.store::<T, _>(0, n, &mut s1, |dh| {
                             dwv.store::<T, _>(0, v, &mut s2, |dw| match dbv {
-                                Some(dbv) => dbv.store::<T, _>(0, v, &mut s3, |db| {
-                                    let g = LinearGrads { d_hidden: dh, d_weight: dw, d_bias: Some(db) };
-                                    crate::linear::linear_cross_entropy(&args, reduction, up, row_losses.as_deref_mut(), Some(g))
-                                }),
-                                None => {
-                                    let g = LinearGrads { d_hidden: dh, d_weight: dw, d_bias: None };
-                                    crate::linear::linear_cross_entropy(&args, reduction, up, row_losses.as_deref_mut(), Some(g))
-                                }
+                                Some(dbv) => dbv.store::<T, _>(0, v, &mut s3, |db| with_grads(dh, dw, Some(db))),
+                                None => with_grads(dh, dw, None),
                             })
                         })
                     }
