@@ -9,10 +9,10 @@ ENV    := VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: venv dev bench test test-rust test-python conformance valgrind fuzz lint clean
 
-$(VENV)/.installed: requirements-dev.txt
+$(VENV)/.installed: requirements-dev.txt requirements-extras.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt -r requirements-extras.txt
 	touch $@
 
 venv: $(VENV)/.installed
@@ -33,7 +33,7 @@ test-rust:
 	cargo test --release --quiet
 
 test-python: dev
-	$(ENV) SCE_RS_SHARED=$(abspath $(SHARED)) $(PY) -m pytest -q
+	$(ENV) SCE_RS_SHARED=$(abspath $(SHARED)) SCE_RS_REQUIRE_EXTRAS=1 $(PY) -m pytest -q
 
 ## valgrind: the Rust tests under memcheck; any invalid access or definite leak fails. math's
 ## exhaustive exp sweeps are skipped (hours under valgrind; they touch no heap).

@@ -58,3 +58,13 @@ def assert_close(got, want, dtype_like=None):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def optional_import(name: str):
+    """An optional integration's module (torch, dask): skipped where it is not installed,
+    unless SCE_RS_REQUIRE_EXTRAS is set (as `make test` and CI do), where a missing one fails."""
+    if os.environ.get("SCE_RS_REQUIRE_EXTRAS"):
+        import importlib
+
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
