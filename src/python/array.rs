@@ -24,6 +24,31 @@ struct NumpyRefs {
 
 static NUMPY: PyOnceLock<NumpyRefs> = PyOnceLock::new();
 
+/// `sce_rs._interop.from_dlpack`, imported on the first argument that needs it.
+static FROM_DLPACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// A NumPy array of `obj`: itself, a zero-copy DLPack view (PyTorch, JAX, ... tensors), or
+/// whatever `numpy.asarray` makes of it (lists, scalars, `__array__`).
+fn as_ndarray<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyUntypedArray>> {
+    if let Ok(a) = obj.cast::<PyUntypedArray>() {
+        return Ok(a.clone());
+    }
+    let py = obj.py();
+    let converted = if obj.hasattr(pyo3::intern!(py, "__dlpack__"))? {
+        let f = FROM_DLPACK.get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("sce_rs._interop")?
+                    .getattr("from_dlpack")?
+                    .unbind(),
+            )
+        })?;
+        f.bind(py).call1((obj, what))?
+    } else {
+        numpy_refs(py)?.asarray.bind(py).call1((obj,))?
+    };
+    converted.cast_into::<PyUntypedArray>().map_err(PyErr::from)
+}
+
 fn numpy_refs(py: Python<'_>) -> PyResult<&NumpyRefs> {
     NUMPY.get_or_try_init(py, || {
         let np = py.import("numpy")?;
@@ -108,16 +133,7 @@ impl<'py> Arr<'py> {
     /// Converts `obj` (an array or anything `numpy.asarray` takes). Unsupported dtypes are a
     /// `TypeError` naming the dtype and the argument.
     pub fn new(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
-        let py = obj.py();
-        let mut arr = match obj.cast::<PyUntypedArray>() {
-            Ok(a) => a.clone(),
-            Err(_) => numpy_refs(py)?
-                .asarray
-                .bind(py)
-                .call1((obj,))?
-                .cast_into::<PyUntypedArray>()
-                .map_err(PyErr::from)?,
-        };
+        let mut arr = as_ndarray(obj, what)?;
         let descr = arr.dtype();
         let Some(dtype) = classify(&descr) else {
             return Err(PyTypeError::new_err(format!(
