@@ -9,14 +9,26 @@ import pytest
 
 import sce_rs
 import sce_rs.reference
-from conftest import ROOT
+from conftest import ROOT, optional_import
+
+MODULES = ["sce_rs", "sce_rs._sce_rs", "sce_rs.reference", "sce_rs.torch", "sce_rs.dask"]
+# Functions whose whole story is one line (no options, nothing to show).
+ONE_LINERS = {"get_num_threads", "set_num_threads", "simd_backend"}
 
 
-@pytest.mark.parametrize("module", [sce_rs, sce_rs.reference], ids=lambda m: m.__name__)
-def test_docstring_examples(module):
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = optional_import(name)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+@pytest.mark.parametrize("name", sorted(set(sce_rs.__all__) - ONE_LINERS - {"__version__"}))
+def test_public_functions_have_numpy_style_docstrings(name):
+    doc = getattr(sce_rs, name).__doc__
+    for section in ("Parameters\n----------", "Returns\n-------", "Examples\n--------\n>>> "):
+        assert section in doc, (name, section)
 
 
 def test_readme_examples():

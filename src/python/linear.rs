@@ -247,7 +247,36 @@ fn rename_weight(py: Python<'_>, e: PyErr) -> PyErr {
     }
 }
 
-/// The loss of `hidden @ weight.T (+ bias)` against class indices, without the logits.
+/// The cross-entropy of `hidden @ weight.T (+ bias)` against class indices, without ever
+/// holding the N x V logits: they are made block by block and folded into the loss.
+///
+/// Parameters
+/// ----------
+/// hidden : array_like
+///     `(N, D)` activations.
+/// weight : array_like
+///     `(V, D)` output projection, as in `nn.Linear`.
+/// target : array_like
+///     `(N,)` class indices (probability targets are not supported).
+/// bias : array_like, optional
+///     `(V,)`.
+/// class_weight : array_like, optional
+///     A weight per class, shape `(V,)` (`cross_entropy`'s `weight`).
+/// ignore_index, reduction, label_smoothing, z_loss, softcap
+///     As in `cross_entropy`.
+///
+/// Returns
+/// -------
+/// numpy scalar or ndarray
+///     As `cross_entropy` returns it on the materialized logits.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> h = np.array([[1.0, 0.0], [0.0, 1.0]])
+/// >>> w = np.array([[2.0, 1.0], [1.0, 2.5], [0.1, 0.3]])
+/// >>> sce_rs.linear_cross_entropy(h, w, np.array([0, 1])).round(4)
+/// np.float64(0.3526)
 #[pyfunction]
 #[pyo3(signature = (hidden, weight, target, bias=None, *, class_weight=None, ignore_index=Int(-100), reduction="mean", label_smoothing=Real(0.0), z_loss=Real(0.0), softcap=None), text_signature = "(hidden, weight, target, bias=None, *, class_weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None)")]
 #[allow(clippy::too_many_arguments)]
@@ -278,6 +307,29 @@ pub fn linear_cross_entropy<'py>(
 }
 
 /// `(loss, d_hidden, d_weight[, d_bias])` of `linear_cross_entropy`, without the logits.
+///
+/// Parameters
+/// ----------
+/// hidden, weight, target, bias, class_weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+///     As in `linear_cross_entropy`.
+/// grad_output : array_like, optional
+///     The upstream gradient: a scalar for a reduced loss, `(N,)` for `"none"`.
+///
+/// Returns
+/// -------
+/// tuple
+///     The loss, then the gradients of `hidden`, `weight` and (when given) `bias`, each in its
+///     operand's shape and dtype.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> h = np.array([[1.0, 0.0], [0.0, 1.0]])
+/// >>> w = np.array([[2.0, 1.0], [1.0, 2.5], [0.1, 0.3]])
+/// >>> loss, d_h, d_w = sce_rs.linear_cross_entropy_and_grad(h, w, np.array([0, 1]))
+/// >>> d_h.round(4)
+/// array([[-0.2149,  0.1473],
+///        [ 0.0463, -0.2168]])
 #[pyfunction]
 #[pyo3(signature = (hidden, weight, target, bias=None, *, class_weight=None, ignore_index=Int(-100), reduction="mean", label_smoothing=Real(0.0), z_loss=Real(0.0), softcap=None, grad_output=None), text_signature = "(hidden, weight, target, bias=None, *, class_weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=None)")]
 #[allow(clippy::too_many_arguments)]

@@ -207,6 +207,30 @@ fn row_map_py<'py>(
 }
 
 /// Softmax along `axis`: `exp(x - max) / sum(exp(x - max))`.
+///
+/// Parameters
+/// ----------
+/// x : array_like
+///     Logits: float16, bfloat16, float32 or float64 (integers and bools are computed as
+///     float64), any shape and strides; DLPack producers (PyTorch, JAX) are read in place.
+/// axis : int, default -1
+///     The class axis.
+/// out : ndarray, optional
+///     A writable array of the result's shape and dtype to write into; may be `x` itself.
+///
+/// Returns
+/// -------
+/// ndarray
+///     Probabilities of `x`'s shape and dtype. A row holding NaN, or only `-inf`, gives NaN.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> x = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+/// >>> sce_rs.softmax(x).round(4)
+/// array([[0.659 , 0.2424, 0.0986],
+///        [0.1086, 0.8025, 0.0889]])
+/// >>> _ = sce_rs.softmax(x, out=x)  # in place
 #[pyfunction]
 #[pyo3(signature = (x, axis=Axis(-1), *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
 fn softmax<'py>(
@@ -218,7 +242,28 @@ fn softmax<'py>(
     row_map_py(py, "softmax", RowMap::Softmax, x, axis.0, out)
 }
 
-/// Log-softmax along `axis`: `x - logsumexp(x)`.
+/// Log-softmax along `axis`: `x - logsumexp(x)`, without forming `softmax(x)`.
+///
+/// Parameters
+/// ----------
+/// x : array_like
+///     Logits (the dtypes, shapes and sources `softmax` takes).
+/// axis : int, default -1
+///     The class axis.
+/// out : ndarray, optional
+///     A writable array of the result's shape and dtype to write into; may be `x` itself.
+///
+/// Returns
+/// -------
+/// ndarray
+///     Log-probabilities of `x`'s shape and dtype.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> sce_rs.log_softmax(np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])).round(4)
+/// array([[-0.417, -1.417, -2.317],
+///        [-2.22 , -0.22 , -2.42 ]])
 #[pyfunction]
 #[pyo3(signature = (x, axis=Axis(-1), *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
 fn log_softmax<'py>(
@@ -231,6 +276,32 @@ fn log_softmax<'py>(
 }
 
 /// Stable `log(sum(exp(x)))` along `axis`.
+///
+/// Parameters
+/// ----------
+/// x : array_like
+///     Logits (the dtypes, shapes and sources `softmax` takes).
+/// axis : int, default -1
+///     The axis summed over.
+/// keepdims : bool, default False
+///     Keep `axis` with length 1, as NumPy's reductions do.
+///
+/// Returns
+/// -------
+/// ndarray or numpy scalar
+///     `x`'s shape without `axis` (a NumPy scalar for a 1-d `x`), in `x`'s dtype. An empty
+///     axis gives `-inf`.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> x = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+/// >>> sce_rs.logsumexp(x).round(4)
+/// array([2.417, 2.72 ])
+/// >>> sce_rs.logsumexp(x, keepdims=True).shape
+/// (2, 1)
+/// >>> float(sce_rs.logsumexp([1000.0, 1000.0]))  # no overflow
+/// 1000.6931471805599
 #[pyfunction]
 #[pyo3(signature = (x, axis=Axis(-1), *, keepdims=false), text_signature = "(x, axis=-1, *, keepdims=False)")]
 fn logsumexp<'py>(
@@ -261,7 +332,27 @@ fn logsumexp<'py>(
     out.into_result()
 }
 
-/// The full softmax Jacobian, shape `x.shape + (K,)` with the class axis moved last.
+/// The full softmax Jacobian `diag(s) - s s^T` of every row.
+///
+/// Parameters
+/// ----------
+/// x : array_like
+///     Logits (the dtypes, shapes and sources `softmax` takes).
+/// axis : int, default -1
+///     The class axis.
+///
+/// Returns
+/// -------
+/// ndarray
+///     Shape `x.shape + (K,)` with the class axis moved last: `J[..., i, j] = d s_i / d z_j`.
+///     It holds K times the input's elements; prefer `softmax_backward` for gradients.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> sce_rs.softmax_jacobian(np.array([0.0, np.log(3.0)])).round(4)
+/// array([[ 0.1875, -0.1875],
+///        [-0.1875,  0.1875]])
 #[pyfunction]
 #[pyo3(signature = (x, axis=Axis(-1)), text_signature = "(x, axis=-1)")]
 fn softmax_jacobian<'py>(
@@ -323,7 +414,29 @@ fn backward_py<'py>(
     out.into_result()
 }
 
-/// Vector-Jacobian product of softmax: `s * (g - sum(g * s))` with `s` the softmax output.
+/// Vector-Jacobian product of softmax: `s * (g - sum(g * s))`, from its output `s`.
+///
+/// Parameters
+/// ----------
+/// grad_output : array_like
+///     The upstream gradient `g`, of `output`'s shape.
+/// output : array_like
+///     What `softmax` returned.
+/// axis : int, default -1
+///     The class axis used by `softmax`.
+///
+/// Returns
+/// -------
+/// ndarray
+///     The gradient with respect to the logits, of `output`'s shape.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> s = sce_rs.softmax(np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]]))
+/// >>> sce_rs.softmax_backward(np.array([[1.0, 0, 0], [0, 0, 1.0]]), s).round(4)
+/// array([[ 0.2247, -0.1598, -0.065 ],
+///        [-0.0097, -0.0714,  0.081 ]])
 #[pyfunction]
 #[pyo3(signature = (grad_output, output, axis=Axis(-1)), text_signature = "(grad_output, output, axis=-1)")]
 fn softmax_backward<'py>(
@@ -335,7 +448,29 @@ fn softmax_backward<'py>(
     backward_py(py, "softmax_backward", false, grad_output, output, axis)
 }
 
-/// Vector-Jacobian product of log-softmax: `g - exp(output) * sum(g)`.
+/// Vector-Jacobian product of log-softmax: `g - exp(output) * sum(g)`, from its output.
+///
+/// Parameters
+/// ----------
+/// grad_output : array_like
+///     The upstream gradient `g`, of `output`'s shape.
+/// output : array_like
+///     What `log_softmax` returned.
+/// axis : int, default -1
+///     The class axis used by `log_softmax`.
+///
+/// Returns
+/// -------
+/// ndarray
+///     The gradient with respect to the logits, of `output`'s shape.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> logp = sce_rs.log_softmax(np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]]))
+/// >>> sce_rs.log_softmax_backward(np.array([[1.0, 0, 0], [0, 0, 1.0]]), logp).round(4)
+/// array([[ 0.341 , -0.2424, -0.0986],
+///        [-0.1086, -0.8025,  0.9111]])
 #[pyfunction]
 #[pyo3(signature = (grad_output, output, axis=Axis(-1)), text_signature = "(grad_output, output, axis=-1)")]
 fn log_softmax_backward<'py>(
@@ -591,6 +726,52 @@ fn multiclass<'py>(
 }
 
 /// PyTorch's `F.cross_entropy` on logits, with the class axis chosen by `axis`.
+///
+/// Parameters
+/// ----------
+/// input : array_like
+///     Logits (the dtypes, shapes and sources `softmax` takes).
+/// target : array_like
+///     Class indices (any integer dtype, `input`'s shape without `axis`) or probabilities
+///     (a real array of `input`'s shape).
+/// axis : int, default -1
+///     The class axis (`axis=1` is PyTorch's layout).
+/// weight : array_like, optional
+///     A weight per class, shape `(K,)`.
+/// ignore_index : int, default -100
+///     Rows whose class index equals it count for nothing (class-index targets only).
+/// reduction : {"mean", "sum", "none"}, default "mean"
+///     `"mean"` divides by the summed weights of the counted rows (PyTorch's rule).
+/// label_smoothing : float, default 0.0
+///     Mixes the target with the uniform distribution, in `[0, 1]`.
+/// z_loss : float, default 0.0
+///     Adds `z_loss * logsumexp(row)**2` per counted row (PaLM's auxiliary loss).
+/// softcap : float, optional
+///     Replaces the logits by `softcap * tanh(x / softcap)` first (Gemma 2).
+///
+/// Returns
+/// -------
+/// numpy scalar or ndarray
+///     A reduced loss is a NumPy scalar (float32 for float32 and half inputs, else float64);
+///     `"none"` gives the per-row losses.
+///
+/// Raises
+/// ------
+/// IndexError
+///     A class index outside `[0, K)` that is not `ignore_index`, named with its position.
+/// ValueError
+///     Shapes that do not fit, an unknown reduction, an option out of range.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> x = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+/// >>> sce_rs.cross_entropy(x, np.array([0, 1])).round(4)
+/// np.float64(0.3185)
+/// >>> sce_rs.cross_entropy(x, np.array([0, 1]), reduction="none").round(4)
+/// array([0.417, 0.22 ])
+/// >>> sce_rs.cross_entropy(x, np.array([[1.0, 0, 0], [0, 1.0, 0]])).round(4)  # probabilities
+/// np.float64(0.3185)
 #[pyfunction]
 #[pyo3(signature = (input, target, *, axis=Axis(-1), weight=None, ignore_index=Int(-100), reduction="mean", label_smoothing=Real(0.0), z_loss=Real(0.0), softcap=None), text_signature = "(input, target, *, axis=-1, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None)")]
 #[allow(clippy::too_many_arguments)]
@@ -621,6 +802,34 @@ fn cross_entropy<'py>(
 }
 
 /// `(loss, grad)`: the cross-entropy and its gradient with respect to `input`, in one pass.
+///
+/// Parameters
+/// ----------
+/// input, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+///     As in `cross_entropy`.
+/// grad_output : array_like, optional
+///     The upstream gradient: a scalar for a reduced loss, the per-row shape for `"none"`.
+///     Default 1.
+/// out : ndarray, optional
+///     Where to write the gradient (`input`'s shape and dtype). `out=input` overwrites the
+///     logits with their gradient: no second N x K buffer.
+///
+/// Returns
+/// -------
+/// loss : numpy scalar or ndarray
+///     As `cross_entropy` returns it.
+/// grad : ndarray
+///     `d loss / d input`, of `input`'s shape and dtype.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> x = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+/// >>> loss, grad = sce_rs.cross_entropy_and_grad(x, np.array([0, 1]))
+/// >>> grad.round(4)
+/// array([[-0.1705,  0.1212,  0.0493],
+///        [ 0.0543, -0.0988,  0.0445]])
+/// >>> _, _ = sce_rs.cross_entropy_and_grad(x, np.array([0, 1]), out=x)  # x now holds grad
 #[pyfunction]
 #[pyo3(signature = (input, target, *, axis=Axis(-1), weight=None, ignore_index=Int(-100), reduction="mean", label_smoothing=Real(0.0), z_loss=Real(0.0), softcap=None, grad_output=None, out=None), text_signature = "(input, target, *, axis=-1, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=None, out=None)")]
 #[allow(clippy::too_many_arguments)]
@@ -659,7 +868,26 @@ fn cross_entropy_and_grad<'py>(
     )
 }
 
-/// PyTorch's `F.nll_loss` on log-probabilities.
+/// PyTorch's `F.nll_loss` on log-probabilities: minus the target's entry, weighted.
+///
+/// Parameters
+/// ----------
+/// input : array_like
+///     Log-probabilities, such as `log_softmax` returns.
+/// target, axis, weight, ignore_index, reduction
+///     As in `cross_entropy` (class indices only).
+///
+/// Returns
+/// -------
+/// numpy scalar or ndarray
+///     As `cross_entropy` returns it.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> logp = sce_rs.log_softmax(np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]]))
+/// >>> sce_rs.nll_loss(logp, np.array([0, 1])).round(4)
+/// np.float64(0.3185)
 #[pyfunction]
 #[pyo3(signature = (input, target, *, axis=Axis(-1), weight=None, ignore_index=Int(-100), reduction="mean"), text_signature = "(input, target, *, axis=-1, weight=None, ignore_index=-100, reduction='mean')")]
 fn nll_loss<'py>(
@@ -789,7 +1017,30 @@ fn binary<'py>(
     loss_result(py, losses, total, x.dtype, grad)
 }
 
-/// PyTorch's `F.binary_cross_entropy` on probabilities (each log clamped at -100).
+/// PyTorch's `F.binary_cross_entropy` on probabilities, each log clamped at -100.
+///
+/// Parameters
+/// ----------
+/// input : array_like
+///     Probabilities in `[0, 1]` (anything outside is a `ValueError`), any shape.
+/// target : array_like
+///     Targets of `input`'s shape.
+/// weight : array_like, optional
+///     Broadcasts against `input` as in NumPy.
+/// reduction : {"mean", "sum", "none"}, default "mean"
+///     `"mean"` divides by the number of elements.
+///
+/// Returns
+/// -------
+/// numpy scalar or ndarray
+///     A reduced loss is a NumPy scalar; `"none"` gives `input`'s shape.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> p, y = np.array([0.9, 0.2, 0.6]), np.array([1.0, 0.0, 1.0])
+/// >>> sce_rs.binary_cross_entropy(p, y).round(4)
+/// np.float64(0.2798)
 #[pyfunction]
 #[pyo3(signature = (input, target, *, weight=None, reduction="mean"))]
 fn binary_cross_entropy<'py>(
@@ -814,7 +1065,34 @@ fn binary_cross_entropy<'py>(
     )
 }
 
-/// PyTorch's `F.binary_cross_entropy_with_logits` (stable form).
+/// PyTorch's `F.binary_cross_entropy_with_logits`, in the stable form.
+///
+/// Parameters
+/// ----------
+/// input : array_like
+///     Logits, any shape.
+/// target : array_like
+///     Targets of `input`'s shape.
+/// weight : array_like, optional
+///     Broadcasts against `input` as in NumPy.
+/// pos_weight : array_like, optional
+///     The weight of positive targets, broadcast along the last axis (one per class).
+/// reduction : {"mean", "sum", "none"}, default "mean"
+///     `"mean"` divides by the number of elements.
+///
+/// Returns
+/// -------
+/// numpy scalar or ndarray
+///     A reduced loss is a NumPy scalar; `"none"` gives `input`'s shape.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> z, y = np.array([2.0, -1.0, 0.5]), np.array([1.0, 0.0, 1.0])
+/// >>> sce_rs.binary_cross_entropy_with_logits(z, y).round(4)
+/// np.float64(0.3048)
+/// >>> sce_rs.binary_cross_entropy_with_logits(z, y, pos_weight=[2.0]).round(4)
+/// np.float64(0.5051)
 #[pyfunction]
 #[pyo3(signature = (input, target, *, weight=None, pos_weight=None, reduction="mean"))]
 fn binary_cross_entropy_with_logits<'py>(
@@ -840,7 +1118,29 @@ fn binary_cross_entropy_with_logits<'py>(
     )
 }
 
-/// `(loss, grad)` of `binary_cross_entropy_with_logits`.
+/// `(loss, grad)` of `binary_cross_entropy_with_logits`, in one pass.
+///
+/// Parameters
+/// ----------
+/// input, target, weight, pos_weight, reduction
+///     As in `binary_cross_entropy_with_logits`.
+/// grad_output : array_like, optional
+///     The upstream gradient: a scalar for a reduced loss, `input`'s shape for `"none"`.
+/// out : ndarray, optional
+///     Where to write the gradient; may be `input` itself.
+///
+/// Returns
+/// -------
+/// loss : numpy scalar or ndarray
+/// grad : ndarray
+///     `d loss / d input`, of `input`'s shape and dtype.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> z, y = np.array([2.0, -1.0, 0.5]), np.array([1.0, 0.0, 1.0])
+/// >>> sce_rs.binary_cross_entropy_with_logits_and_grad(z, y)[1].round(4)
+/// array([-0.0397,  0.0896, -0.1258])
 #[pyfunction]
 #[pyo3(signature = (input, target, *, weight=None, pos_weight=None, reduction="mean", grad_output=None, out=None))]
 #[allow(clippy::too_many_arguments)]
