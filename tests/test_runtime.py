@@ -100,7 +100,8 @@ def test_introspection():
 
 
 def test_importing_does_not_import_heavy_peers():
-    code = "import sys, sce_rs; print(any(m in sys.modules for m in ('torch', 'jax', 'scipy')))"
+    heavy = ("torch", "jax", "scipy", "dask")
+    code = f"import sys, sce_rs; print(any(m in sys.modules for m in {heavy!r}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False"
 
@@ -181,3 +182,4 @@ def test_python_dash_m_sce_rs_reports_the_installation():
     assert f"SIMD backend: {sce_rs.simd_backend()}" in text
     assert "threads:      3 (SCE_RS_NUM_THREADS" in text
     assert "numpy:" in text and "torch" in text and "scipy" in text
+    assert "sce_rs.torch" in text and "sce_rs.dask" in text

@@ -1,8 +1,8 @@
 """``python -m sce_rs``: what this installation is and runs on, like ``numpy.show_config()``.
 
 Prints the version, the instruction set the kernels dispatch to, the thread count (and where
-it came from), and which optional peers of the benchmark are installed, without importing
-them.
+it came from), and which integrations and optional peers of the benchmark are installed,
+without importing them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,17 @@ import numpy as np
 import sce_rs
 
 PEERS = ("scipy", "torch", "jax", "onnxruntime", "matplotlib", "tqdm")
+# The optional libraries sce_rs integrates with: the module that needs each.
+INTEGRATIONS = {"torch": "sce_rs.torch", "dask": "sce_rs.dask"}
+
+
+def _version(name: str) -> str | None:
+    if importlib.util.find_spec(name) is None:
+        return None
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
 
 
 def report() -> str:
@@ -30,17 +41,15 @@ def report() -> str:
         f"  threads:      {threads} ({source}; set_num_threads() changes it)",
         f"  python:       {platform.python_version()} on {platform.machine()} {sys.platform}",
         f"  numpy:        {np.__version__}",
-        "  optional peers (python -m sce_rs.bench):",
+        "  integrations:",
     ]
+    for name, module in INTEGRATIONS.items():
+        version = _version(name)
+        state = f"with {name} {version}" if version else f"needs {name}, not installed"
+        lines.append(f"    {module:<12} {state}")
+    lines.append("  optional peers (python -m sce_rs.bench):")
     for name in PEERS:
-        found = importlib.util.find_spec(name) is not None
-        version = ""
-        if found:
-            try:
-                version = importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                version = "?"
-        lines.append(f"    {name:<12} {version if found else 'not installed'}")
+        lines.append(f"    {name:<12} {_version(name) or 'not installed'}")
     return "\n".join(lines)
 
 
