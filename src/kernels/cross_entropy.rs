@@ -21,7 +21,7 @@
 //! loss itself is accumulated in `f64`. Terms whose coefficient is zero (`ε = 0`, `ζ = 0`) are
 //! skipped, as PyTorch skips them, so an infinite logit elsewhere cannot turn them into NaN.
 
-use super::{max_exp_sum, rows, rows_mut};
+use super::{max_exp_sum, rows, rows_mut, small_row_sum, small_rows_exp, SMALL_K, SMALL_ROWS};
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
 
@@ -95,6 +95,21 @@ pub fn ce_row<T: Float, A: Arith>(
     capped: &mut Vec<T>,
     ar: A,
 ) -> f64 {
+    ce_row_with(x, target, o, grad, capped, ar, None)
+}
+
+/// [`ce_row`], optionally with the row's `(max, exp-sum)` already known (`pre`, the small-row
+/// path without a soft cap); then `grad`, when given, already holds `exp(x - max)`.
+#[inline(always)]
+fn ce_row_with<T: Float, A: Arith>(
+    x: &[T],
+    target: RowTarget<'_, T>,
+    o: &CeOptions<T>,
+    grad: Option<(&mut [T], f64)>,
+    capped: &mut Vec<T>,
+    ar: A,
+    pre: Option<(T, f64)>,
+) -> f64 {
     let k = x.len();
     if matches!(target, RowTarget::Ignored) || k == 0 {
         if let Some((g, _)) = grad {
@@ -111,7 +126,9 @@ pub fn ce_row<T: Float, A: Arith>(
         }
         None => x,
     };
-    let (m, s) = max_exp_sum(z, ar);
+    let (m, s) = pre.unwrap_or_else(|| max_exp_sum(z, ar));
+    // exp(z - m) of the gradient loops: read back from `grad` when the caller put it there.
+    let held = pre.is_some();
     let (mf, ln_s) = (m.to_f64(), s.ln());
     let lse = mf + ln_s;
     let eps = o.label_smoothing;
@@ -161,22 +178,33 @@ pub fn ce_row<T: Float, A: Arith>(
             RowTarget::Class(_) => {
                 // PERF: plain loops in T (no per-element f64 or Option) so they vectorize.
                 let cb = T::from_f64(scale * eps / kf);
-                match &o.weight {
-                    Some(w) => {
+                match (&o.weight, held) {
+                    (Some(w), false) => {
                         for ((gj, &zj), &wj) in g.iter_mut().zip(z).zip(w) {
                             *gj = ca * (ar.exp_nonpos(zj - m) * inv_s) - cb * wj;
                         }
                     }
-                    None => {
+                    (None, false) => {
                         for (gj, &zj) in g.iter_mut().zip(z) {
                             *gj = ca * (ar.exp_nonpos(zj - m) * inv_s) - cb;
+                        }
+                    }
+                    (Some(w), true) => {
+                        for (gj, &wj) in g.iter_mut().zip(w) {
+                            *gj = ca * (*gj * inv_s) - cb * wj;
+                        }
+                    }
+                    (None, true) => {
+                        for gj in g.iter_mut() {
+                            *gj = ca * (*gj * inv_s) - cb;
                         }
                     }
                 }
             }
             RowTarget::Probs(q) => {
                 for (j, ((gj, &zj), &qj)) in g.iter_mut().zip(z).zip(q).enumerate() {
-                    let p = ar.exp_nonpos(zj - m) * inv_s;
+                    let e = if held { *gj } else { ar.exp_nonpos(zj - m) };
+                    let p = e * inv_s;
                     let wq = o.w(j) * ((1.0 - eps) * qj.to_f64() + eps / kf);
                     *gj = ca * p - T::from_f64(scale * wq);
                 }
@@ -210,6 +238,9 @@ fn cross_entropy_rows<'t, T: Float, A: Arith>(
     a: A,
 ) {
     let mut capped = Vec::new();
+    if k > 0 && k < SMALL_K && o.softcap.is_none() {
+        return small_cross_entropy_rows(x, k, targets, o, grad, losses, a);
+    }
     match grad {
         Some((g, scale)) if k > 0 => {
             for (i, ((xr, gr), l)) in rows(x, k)
@@ -225,6 +256,42 @@ fn cross_entropy_rows<'t, T: Float, A: Arith>(
             for (i, (xr, l)) in rows(x, k).zip(losses.iter_mut()).enumerate() {
                 *l = ce_row(xr, targets(i), o, None, &mut capped, a);
             }
+        }
+    }
+}
+
+/// [`cross_entropy_rows`] for rows shorter than [`SMALL_K`] without a soft cap: groups of
+/// rows get their exps from one flat map ([`small_rows_exp`]), written into the gradient
+/// buffer when there is one (the gradient loops then read them back) or into scratch.
+#[inline(always)]
+fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
+    x: &[T],
+    k: usize,
+    targets: impl Fn(usize) -> RowTarget<'t, T>,
+    o: &CeOptions<T>,
+    mut grad: Option<(&mut [T], Scale<'_, T>)>,
+    losses: &mut [f64],
+    a: A,
+) {
+    let mut capped = Vec::new();
+    let mut ms = [T::ZERO; SMALL_ROWS];
+    let mut scratch = [T::ZERO; SMALL_ROWS * SMALL_K];
+    let group = SMALL_ROWS * k;
+    for (gi, (xg, lg)) in x
+        .chunks(group)
+        .zip(losses.chunks_mut(SMALL_ROWS))
+        .enumerate()
+    {
+        let first = gi * SMALL_ROWS;
+        let (eg, scale) = match grad.as_mut() {
+            Some((g, scale)) => (&mut g[first * k..first * k + xg.len()], Some(*scale)),
+            None => (&mut scratch[..xg.len()], None),
+        };
+        small_rows_exp(xg, k, &mut ms, eg, a);
+        for (r, ((xr, er), l)) in rows(xg, k).zip(rows_mut(eg, k)).zip(lg).enumerate() {
+            let pre = Some((ms[r], small_row_sum(er)));
+            let g = scale.map(|sc| (er, sc.at(first + r)));
+            *l = ce_row_with(xr, targets(first + r), o, g, &mut capped, a, pre);
         }
     }
 }
@@ -273,6 +340,56 @@ pub fn nll<'t, T: Float>(
 mod tests {
     use super::*;
     use crate::isa::Unfused;
+    use crate::kernels::softmax::tests::small_rows_cases;
+
+    /// The grouped small-row path gives bitwise the losses and gradients of `ce_row`, for
+    /// class indices (some ignored) and probabilities, with every option but the soft cap
+    /// (which keeps the per-row path).
+    #[test]
+    fn small_rows_match_the_row_path() {
+        for (k, x) in small_rows_cases() {
+            let n = x.len() / k;
+            let q: Vec<f32> = (0..x.len()).map(|i| ((i * 7) % 11) as f32 / 55.0).collect();
+            let weight: Vec<f32> = (0..k).map(|c| 0.5 + (c % 3) as f32).collect();
+            let o = CeOptions {
+                weight_total: weight.iter().map(|&w| w as f64).sum(),
+                weight: Some(weight),
+                label_smoothing: 0.1,
+                z_loss: 1e-3,
+                softcap: None,
+            };
+            let per_row = [0.5f32; 64];
+            for opts in [CeOptions::plain(k), o] {
+                for soft in [false, true] {
+                    let target = |i: usize| match (soft, i % 5) {
+                        (true, _) => RowTarget::Probs(&q[i * k..(i + 1) * k]),
+                        (false, 3) => RowTarget::Ignored,
+                        (false, _) => RowTarget::Class((i * 3) % k),
+                    };
+                    let scales = [Scale::Uniform(0.25), Scale::PerRow(&per_row[..])];
+                    for scale in scales {
+                        let (mut gl, mut wl) = (vec![0.0; n], vec![0.0; n]);
+                        let (mut gg, mut wg) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+                        let grad = Some((&mut gg[..], scale));
+                        cross_entropy_rows(&x, k, target, &opts, grad, &mut gl, Unfused);
+                        let mut cap = Vec::new();
+                        for (i, (xr, gr)) in rows(&x, k).zip(rows_mut(&mut wg, k)).enumerate() {
+                            let g = Some((gr, scale.at(i)));
+                            wl[i] = ce_row(xr, target(i), &opts, g, &mut cap, Unfused);
+                        }
+                        let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+                        let fbits = |v: &[f64]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+                        // NaN rows (from the special rows) compare by bits too: both paths
+                        // make them the same way.
+                        assert_eq!(bits(&gg), bits(&wg), "grad k={k} soft={soft}");
+                        assert_eq!(fbits(&gl), fbits(&wl), "loss k={k} soft={soft}");
+                        cross_entropy_rows(&x, k, target, &opts, None, &mut gl, Unfused);
+                        assert_eq!(fbits(&gl), fbits(&wl), "loss only k={k} soft={soft}");
+                    }
+                }
+            }
+        }
+    }
 
     /// Central differences of the loss against the analytic gradient, every option at once.
     #[test]

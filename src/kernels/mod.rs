@@ -30,6 +30,12 @@ const CHUNK: usize = 256;
 // dispatch that landed with it.
 const ONLINE_STEP: usize = 2048;
 
+/// Rows shorter than this take the grouped path of [`small_rows_exp`].
+pub(crate) const SMALL_K: usize = 64;
+/// Rows per group of that path: a group's exps (at most `SMALL_ROWS * SMALL_K` values, 16 KiB
+/// in f64) stay in L1 between the map and the per-row sums.
+pub(crate) const SMALL_ROWS: usize = 32;
+
 /// The instruction set the kernels run with now (see [`crate::isa`]).
 pub fn simd_backend() -> &'static str {
     crate::isa::active().name()
@@ -188,6 +194,51 @@ pub fn exp_store_sum<T: Float, A: Arith>(x: &[T], shift: T, out: &mut [T], a: A)
         total += chunk_sum(ochunk);
     }
     total
+}
+
+/// For a group of rows shorter than [`SMALL_K`]: each row's maximum into `ms` and
+/// `out = exp(x - max)` row by row, the `exp` taken as one flat map over the whole group. Per
+/// row, a map of a few elements runs mostly in the scalar remainder of its vector loop; over
+/// the group it runs at full width (float32 65536 x 10 softmax: see BENCHMARKS.md). The values
+/// and, summed with [`chunk_sum`], the sums are bitwise those of the per-row path.
+#[inline(always)]
+pub(crate) fn small_rows_exp<T: Float, A: Arith>(
+    x: &[T],
+    k: usize,
+    ms: &mut [T],
+    out: &mut [T],
+    a: A,
+) {
+    for ((xr, or), m) in rows(x, k).zip(rows_mut(out, k)).zip(ms.iter_mut()) {
+        // row_max's value (a maximum does not depend on the order), without its 16 lanes.
+        *m = T::NEG_INFINITY;
+        for &v in xr {
+            if v > *m {
+                *m = v;
+            }
+        }
+        for (o, &v) in or.iter_mut().zip(xr) {
+            *o = v - *m;
+        }
+    }
+    for o in out.iter_mut() {
+        *o = a.exp_nonpos(*o);
+    }
+}
+
+/// The sum of one row of exps from [`small_rows_exp`], in the order of [`exp_sum`].
+#[inline(always)]
+pub(crate) fn small_row_sum<T: Float>(exps: &[T]) -> f64 {
+    debug_assert!(exps.len() <= CHUNK);
+    if exps.len() < LANES {
+        // chunk_sum's value: no full lane, so its lanes add zeros to the tail's sum.
+        let mut tail = T::ZERO;
+        for &v in exps {
+            tail += v;
+        }
+        return tail.to_f64();
+    }
+    chunk_sum(exps)
 }
 
 /// `sum(a * b)` in `f64`.

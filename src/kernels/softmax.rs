@@ -8,7 +8,10 @@
 //! `-inf` gives `-inf` and a row holding `+inf` gives `+inf` (softmax of such rows is NaN,
 //! as in PyTorch).
 
-use super::{dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, sum};
+use super::{
+    dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, small_row_sum,
+    small_rows_exp, sum, SMALL_K, SMALL_ROWS,
+};
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
 
@@ -88,13 +91,48 @@ pub fn softmax_jacobian_row<T: Float, A: Arith>(x: &[T], s: &mut [T], out: &mut 
 /// Row-block forms: `x` and `out` hold whole rows of length `k`.
 #[inline(always)]
 fn softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
+    if k < SMALL_K {
+        let mut ms = [T::ZERO; SMALL_ROWS];
+        for (xg, og) in groups(x, k).zip(groups_mut(out, k)) {
+            small_rows_exp(xg, k, &mut ms, og, a);
+            for or in rows_mut(og, k) {
+                let inv = T::from_f64(1.0 / small_row_sum(or));
+                for o in or.iter_mut() {
+                    *o *= inv;
+                }
+            }
+        }
+        return;
+    }
     for (xr, or) in rows(x, k).zip(rows_mut(out, k)) {
         softmax_row(xr, or, a);
     }
 }
 
+/// Groups of [`SMALL_ROWS`] rows (the last may be shorter) for the small-row path.
+fn groups<T>(x: &[T], k: usize) -> std::slice::Chunks<'_, T> {
+    x.chunks((SMALL_ROWS * k).max(1))
+}
+
+fn groups_mut<T>(x: &mut [T], k: usize) -> std::slice::ChunksMut<'_, T> {
+    x.chunks_mut((SMALL_ROWS * k).max(1))
+}
+
 #[inline(always)]
 fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
+    if k < SMALL_K {
+        let mut ms = [T::ZERO; SMALL_ROWS];
+        for (xg, og) in groups(x, k).zip(groups_mut(out, k)) {
+            small_rows_exp(xg, k, &mut ms, og, a);
+            for ((xr, or), &m) in rows(xg, k).zip(rows_mut(og, k)).zip(&ms) {
+                let ln_s = T::from_f64(small_row_sum(or).ln());
+                for (o, &v) in or.iter_mut().zip(xr) {
+                    *o = (v - m) - ln_s;
+                }
+            }
+        }
+        return;
+    }
     for (xr, or) in rows(x, k).zip(rows_mut(out, k)) {
         log_softmax_row(xr, or, a);
     }
@@ -105,6 +143,22 @@ fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) 
 fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     if k == 0 {
         out.fill(T::NEG_INFINITY);
+        return;
+    }
+    if k < SMALL_K {
+        let mut ms = [T::ZERO; SMALL_ROWS];
+        let mut exps = [T::ZERO; SMALL_ROWS * SMALL_K];
+        for (xg, og) in groups(x, k).zip(out.chunks_mut(SMALL_ROWS)) {
+            let eg = &mut exps[..xg.len()];
+            small_rows_exp(xg, k, &mut ms, eg, a);
+            for (((xr, er), &m), o) in rows(xg, k).zip(rows(eg, k)).zip(&ms).zip(og) {
+                *o = T::from_f64(if m.to_f64().is_infinite() {
+                    logsumexp_row(xr, a) // the rare infinite maximum, as logsumexp_row has it
+                } else {
+                    m.to_f64() + small_row_sum(er).ln()
+                });
+            }
+        }
         return;
     }
     for (xr, o) in rows(x, k).zip(out.iter_mut()) {
@@ -161,8 +215,69 @@ isa_dispatch! {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::isa::Unfused;
+
+    /// Rows of every length below SMALL_K, over more than one group, with the special rows
+    /// (all -inf, +inf, NaN, one huge value) mixed in.
+    pub(crate) fn small_rows_cases() -> Vec<(usize, Vec<f32>)> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 40.0
+        };
+        (1..SMALL_K)
+            .map(|k| {
+                let n = SMALL_ROWS + 7;
+                let mut x: Vec<f32> = (0..n * k).map(|_| next()).collect();
+                x[..k].fill(f32::NEG_INFINITY);
+                x[k] = f32::INFINITY;
+                x[2 * k + k / 2] = f32::NAN;
+                x[3 * k] = 3e38;
+                (k, x)
+            })
+            .collect()
+    }
+
+    fn same(a: f32, b: f32) -> bool {
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    /// The grouped small-row path gives bitwise what the per-row functions give.
+    #[test]
+    fn small_rows_match_the_row_path() {
+        for (k, x) in small_rows_cases() {
+            let n = x.len() / k;
+            let (mut got, mut want) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            softmax_rows(&x, k, &mut got, Unfused);
+            for (xr, wr) in rows(&x, k).zip(rows_mut(&mut want, k)) {
+                softmax_row(xr, wr, Unfused);
+            }
+            assert!(
+                got.iter().zip(&want).all(|(&a, &b)| same(a, b)),
+                "softmax k={k}"
+            );
+            log_softmax_rows(&x, k, &mut got, Unfused);
+            for (xr, wr) in rows(&x, k).zip(rows_mut(&mut want, k)) {
+                log_softmax_row(xr, wr, Unfused);
+            }
+            assert!(
+                got.iter().zip(&want).all(|(&a, &b)| same(a, b)),
+                "log_softmax k={k}"
+            );
+            let mut lse = vec![0f32; n];
+            logsumexp_rows(&x, k, &mut lse, Unfused);
+            for (xr, &l) in rows(&x, k).zip(&lse) {
+                assert!(
+                    same(l, logsumexp_row(xr, Unfused) as f32),
+                    "logsumexp k={k}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn seed_example() {
