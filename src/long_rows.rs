@@ -81,13 +81,13 @@ pub fn row_map<T: Float>(map: RowMap, x: &View, out: &View) {
                             m
                         }
                     } else {
-                        T::from_f64(m.to_f64() + s.ln())
+                        T::from_f64(m.to_f64() + crate::math::ln_f64(s))
                     }
                 }),
                 RowMap::Softmax | RowMap::LogSoftmax => out.store::<T, _>(r, r + 1, &mut so, |o| {
                     let o_addr = o.as_mut_ptr() as usize;
                     let inv_s = T::from_f64(1.0 / s);
-                    let ln_s = T::from_f64(s.ln());
+                    let ln_s = T::from_f64(crate::math::ln_f64(s));
                     per_segment(k, |i| {
                         let xi = segment(i);
                         // SAFETY: segments are disjoint ranges of `o`, which this call owns.

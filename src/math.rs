@@ -1,4 +1,4 @@
-//! Our own exponential, written so that LLVM vectorizes the loops that call it.
+//! Our own exponential and logarithm, written so that LLVM vectorizes the loops that call them.
 //!
 //! `std`'s `exp` is a call into libm, which stops auto-vectorization dead; these versions are
 //! branch-free straight-line code (compare-and-select, integer bit tricks, Horner polynomials),
@@ -15,6 +15,14 @@
 //! truncation 5e-9 relative) and at most 2 ULP for `f64` (degree 13; truncation 4e-18), in the
 //! normal range; subnormal results may be off by one unit of the smallest subnormal.
 //! NaN propagates, `exp(-inf) = 0`, `exp(+inf) = +inf`.
+//!
+//! [`ln_f64`] is the logarithm of the row sums (`ln s` in every `lse = m + ln s`): there is one
+//! per row, and for rows of a few classes libm's `log` took a quarter of the time of a
+//! cross-entropy (float32 65536 x 10). `x = 2^e f` with `f` in `[sqrt(1/2), sqrt(2))`, then
+//! `ln f = 2 atanh(u)` with `u = (f - 1) / (f + 1)`, `|u| <= 0.1716`, from its odd series to
+//! `u^21` (truncation below 1e-18 relative), and `e ln 2` added with a two-part `ln 2`. Plain
+//! multiplies and adds, no FMA: every instruction set gives the same bits. Measured by the
+//! tests against `std`'s `ln`: at most 2 ULP apart over sweeps of the whole positive range.
 
 /// `a * b + c`, fused into one rounding when `FMA` (only where the instruction set has it:
 /// elsewhere `mul_add` is a slow library call).
@@ -174,9 +182,93 @@ pub fn exp_nonpos_f64<const FMA: bool>(x: f64) -> f64 {
     poly_f64::<FMA>(r) * scale * (1.0 / 18_014_398_509_481_984.0)
 }
 
+/// Natural logarithm of an `f64`, branch-free; see the module docs for the method and the
+/// error bound. `ln(0) = -inf`, `ln(+inf) = +inf`, NaN and negative inputs give NaN, and
+/// subnormal inputs are scaled into the normal range first.
+#[inline(always)]
+pub fn ln_f64(x: f64) -> f64 {
+    // ln 2 = LN2_HI + LN2_LO with LN2_HI's low 32 bits zero, so e * LN2_HI is exact.
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    const TWO_54: f64 = 18_014_398_509_481_984.0;
+    let sub = x < f64::MIN_POSITIVE;
+    let bits = (if sub { x * TWO_54 } else { x }).to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32 - if sub { 1023 + 54 } else { 1023 };
+    let m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
+    let high = m > std::f64::consts::SQRT_2;
+    let f = if high { m * 0.5 } else { m };
+    let e = f64::from(biased + i32::from(high));
+    // f - 1 is exact (Sterbenz); the quotient carries the one rounding of note.
+    let u = (f - 1.0) / (f + 1.0);
+    let u2 = u * u;
+    let mut p = 1.0 / 21.0;
+    for c in [
+        1.0 / 19.0,
+        1.0 / 17.0,
+        1.0 / 15.0,
+        1.0 / 13.0,
+        1.0 / 11.0,
+        1.0 / 9.0,
+        1.0 / 7.0,
+        1.0 / 5.0,
+        1.0 / 3.0,
+    ] {
+        p = p * u2 + c;
+    }
+    let two_u = u + u;
+    let ln = e * LN2_HI + (two_u + (two_u * u2 * p + e * LN2_LO));
+    // Outside the positive finite numbers the bit arithmetic means nothing: +inf gives +inf,
+    // zero -inf, NaN and negatives NaN, as `ln` does.
+    if x > 0.0 && x < f64::INFINITY {
+        ln
+    } else if x == 0.0 {
+        f64::NEG_INFINITY
+    } else if x == f64::INFINITY {
+        x
+    } else {
+        f64::NAN
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ln_f64 against std's ln: dense sweeps of [0.5, 2] (where ln is smallest relative to x),
+    /// of the sums a row can have ([1, 2^40]), log-spaced over the whole positive range with
+    /// subnormals, and the special values.
+    #[test]
+    fn ln_max_ulp_and_special_values() {
+        let mut worst = 0;
+        let n = 2_000_000;
+        let lin = |lo: f64, hi: f64| (0..=n).map(move |i| lo + (hi - lo) * (i as f64) / (n as f64));
+        let log_spaced = (0..=n).map(|i| 2f64.powf(-1074.0 + 2098.0 * i as f64 / n as f64));
+        let near_one = (1..=100_000).flat_map(|i| {
+            let d = i as f64 * f64::EPSILON;
+            [1.0 + d, 1.0 - d / 2.0]
+        });
+        for x in lin(0.5, 2.0)
+            .chain(lin(1.0, 64.0))
+            .chain(lin(1.0, 2f64.powi(40)))
+            .chain(log_spaced)
+            .chain(near_one)
+        {
+            let (got, want) = (ln_f64(x), x.ln());
+            if want == 0.0 {
+                assert_eq!(got, 0.0, "x={x}");
+                continue;
+            }
+            worst = worst.max(ulp_f64(got, want));
+        }
+        assert!(worst <= 2, "ln_f64 is {worst} ULP from std");
+        assert_eq!(ln_f64(0.0), f64::NEG_INFINITY);
+        assert_eq!(ln_f64(-0.0), f64::NEG_INFINITY);
+        assert_eq!(ln_f64(f64::INFINITY), f64::INFINITY);
+        assert!(ln_f64(f64::NAN).is_nan() && ln_f64(-1.0).is_nan());
+        assert!(ln_f64(f64::NEG_INFINITY).is_nan());
+        assert_eq!(ln_f64(f64::from_bits(1)), f64::from_bits(1).ln());
+        assert_eq!(ln_f64(f64::MAX), f64::MAX.ln());
+    }
 
     fn ulp_f32(a: f32, b: f32) -> u32 {
         ((a.to_bits() as i64) - (b.to_bits() as i64)).unsigned_abs() as u32

@@ -68,7 +68,7 @@ impl RowStats {
             return (0.0, RowGrad::IGNORED);
         };
         let (eps, kf) = (o.label_smoothing, k as f64);
-        let ln_s = self.s.ln();
+        let ln_s = crate::math::ln_f64(self.s);
         let lse = self.m + ln_s;
         let wt = o.weight.as_ref().map_or(1.0, |w| w[t].to_f64());
         let nll = wt * (ln_s - (self.zt - self.m));

@@ -15,6 +15,7 @@ pub mod softmax;
 
 use crate::float::Float;
 use crate::isa::Arith;
+pub(crate) use crate::math::ln_f64;
 
 /// Independent accumulators per loop: a fixed count, not the vector width, so that every
 /// instruction set sums in the same order (16 = one AVX-512 register of f32, two of AVX2).
@@ -239,6 +240,18 @@ pub(crate) fn small_row_sum<T: Float>(exps: &[T]) -> f64 {
         return tail.to_f64();
     }
     chunk_sum(exps)
+}
+
+/// The sums of a group's rows of exps (from [`small_rows_exp`]) into `ss` and their logarithms
+/// into `ls`, the logarithms in one loop that vectorizes ([`ln_f64`]).
+#[inline(always)]
+pub(crate) fn small_rows_sums<T: Float>(exps: &[T], k: usize, ss: &mut [f64], ls: &mut [f64]) {
+    for (er, s) in rows(exps, k).zip(ss.iter_mut()) {
+        *s = small_row_sum(er);
+    }
+    for (&s, l) in ss.iter().zip(ls.iter_mut()) {
+        *l = ln_f64(s);
+    }
 }
 
 /// `sum(a * b)` in `f64`.

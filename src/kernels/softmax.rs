@@ -9,8 +9,8 @@
 //! as in PyTorch).
 
 use super::{
-    dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, small_row_sum,
-    small_rows_exp, sum, SMALL_K, SMALL_ROWS,
+    dot, exp_store_sum, ln_f64, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum,
+    small_row_sum, small_rows_exp, small_rows_sums, sum, SMALL_K, SMALL_ROWS,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -33,7 +33,7 @@ pub fn softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
 #[inline(always)]
 pub fn log_softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
     let (m, s) = max_exp_sum(x, a);
-    let ln_s = T::from_f64(s.ln());
+    let ln_s = T::from_f64(ln_f64(s));
     for (o, &v) in out.iter_mut().zip(x) {
         *o = (v - m) - ln_s;
     }
@@ -52,7 +52,7 @@ pub fn logsumexp_row<T: Float, A: Arith>(x: &[T], a: A) -> f64 {
             m.to_f64()
         };
     }
-    m.to_f64() + s.ln()
+    m.to_f64() + ln_f64(s)
 }
 
 /// Vector-Jacobian product of softmax: `out = s * (g - sum(g * s))`.
@@ -122,10 +122,12 @@ fn groups_mut<T>(x: &mut [T], k: usize) -> std::slice::ChunksMut<'_, T> {
 fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
+        let (mut ss, mut ls) = ([0.0; SMALL_ROWS], [0.0; SMALL_ROWS]);
         for (xg, og) in groups(x, k).zip(groups_mut(out, k)) {
             small_rows_exp(xg, k, &mut ms, og, a);
-            for ((xr, or), &m) in rows(xg, k).zip(rows_mut(og, k)).zip(&ms) {
-                let ln_s = T::from_f64(small_row_sum(or).ln());
+            small_rows_sums(og, k, &mut ss, &mut ls);
+            for (((xr, or), &m), &l) in rows(xg, k).zip(rows_mut(og, k)).zip(&ms).zip(&ls) {
+                let ln_s = T::from_f64(l);
                 for (o, &v) in or.iter_mut().zip(xr) {
                     *o = (v - m) - ln_s;
                 }
@@ -147,15 +149,17 @@ fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     }
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
+        let (mut ss, mut ls) = ([0.0; SMALL_ROWS], [0.0; SMALL_ROWS]);
         let mut exps = [T::ZERO; SMALL_ROWS * SMALL_K];
         for (xg, og) in groups(x, k).zip(out.chunks_mut(SMALL_ROWS)) {
             let eg = &mut exps[..xg.len()];
             small_rows_exp(xg, k, &mut ms, eg, a);
-            for (((xr, er), &m), o) in rows(xg, k).zip(rows(eg, k)).zip(&ms).zip(og) {
+            small_rows_sums(eg, k, &mut ss, &mut ls);
+            for (((xr, &m), &l), o) in rows(xg, k).zip(&ms).zip(&ls).zip(og) {
                 *o = T::from_f64(if m.to_f64().is_infinite() {
                     logsumexp_row(xr, a) // the rare infinite maximum, as logsumexp_row has it
                 } else {
-                    m.to_f64() + small_row_sum(er).ln()
+                    m.to_f64() + l
                 });
             }
         }
