@@ -176,7 +176,8 @@ fn mean_denominator<T: Float>(
     else {
         return Ok(n as f64);
     };
-    let mut total = 0.0;
+    // Counted rows as an integer (the same value as summing ones, without a float chain).
+    let (mut total, mut count) = (0.0, 0usize);
     let mut idx = Vec::new();
     let step = crate::pool::BLOCK_ELEMS;
     for r0 in (0..n).step_by(step) {
@@ -194,10 +195,17 @@ fn mean_denominator<T: Float>(
                     classes: k,
                 });
             }
-            total += weight.map_or(1.0, |w| w[t as usize].to_f64());
+            match weight {
+                Some(w) => total += w[t as usize].to_f64(),
+                None => count += 1,
+            }
         }
     }
-    Ok(total)
+    Ok(if weight.is_some() {
+        total
+    } else {
+        count as f64
+    })
 }
 
 /// A multi-class loss over the rows of `x`.

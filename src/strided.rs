@@ -228,6 +228,12 @@ impl View {
         r1: usize,
         scratch: &'a mut Vec<i64>,
     ) -> &'a [i64] {
+        if self.k == 1 {
+            if let Some(p) = self.contiguous_as(DType::I64, r0, r1) {
+                // SAFETY: as in `load`: int64 targets in one contiguous run are read in place.
+                return unsafe { std::slice::from_raw_parts(p as *const i64, r1 - r0) };
+            }
+        }
         scratch.clear();
         scratch.reserve(r1 - r0);
         dispatch!(self.dtype, S => {

@@ -279,6 +279,7 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
     a: A,
 ) {
     let mut capped = Vec::new();
+    let plain = o.weight.is_none() && o.label_smoothing == 0.0 && o.z_loss == 0.0;
     let mut ms = [T::ZERO; SMALL_ROWS];
     let (mut ss, mut ls) = ([0.0; SMALL_ROWS], [0.0; SMALL_ROWS]);
     let mut scratch = [T::ZERO; SMALL_ROWS * SMALL_K];
@@ -296,9 +297,27 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
         small_rows_exp(xg, k, &mut ms, eg, a);
         small_rows_sums(eg, k, &mut ss, &mut ls);
         for (r, ((xr, er), l)) in rows(xg, k).zip(rows_mut(eg, k)).zip(lg).enumerate() {
-            let pre = Some((ms[r], ss[r], ls[r]));
-            let g = scale.map(|sc| (er, sc.at(first + r)));
-            *l = ce_row_with(xr, targets(first + r), o, g, &mut capped, a, pre);
+            let (target, sc) = (targets(first + r), scale.map(|sc| sc.at(first + r)));
+            *l = match target {
+                // The plain loss (no weight, smoothing or z-loss) on a class index: ce_row_with's
+                // arithmetic with its options' neutral terms left out, so the same bits, without
+                // its per-row branching (float32 65536 x 10: see BENCHMARKS.md).
+                RowTarget::Class(t) if plain => {
+                    if let Some(sc) = sc {
+                        let (ca, inv_s) = (T::from_f64(sc), T::from_f64(1.0 / ss[r]));
+                        for gj in er.iter_mut() {
+                            *gj = ca * (*gj * inv_s);
+                        }
+                        er[t] -= T::from_f64(sc);
+                    }
+                    -((xr[t].to_f64() - ms[r].to_f64()) - ls[r])
+                }
+                _ => {
+                    let pre = Some((ms[r], ss[r], ls[r]));
+                    let g = sc.map(|sc| (er, sc));
+                    ce_row_with(xr, target, o, g, &mut capped, a, pre)
+                }
+            };
         }
     }
 }
