@@ -282,8 +282,9 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
     let plain = o.weight.is_none() && o.label_smoothing == 0.0 && o.z_loss == 0.0;
     let mut ms = [T::ZERO; SMALL_ROWS];
     let (mut ss, mut ls) = ([0.0; SMALL_ROWS], [0.0; SMALL_ROWS]);
-    let mut scratch = [T::ZERO; SMALL_ROWS * SMALL_K];
     let group = SMALL_ROWS * k;
+    // Exps go into the gradient when there is one; otherwise into scratch sized to the input.
+    let mut scratch = vec![T::ZERO; if grad.is_some() { 0 } else { x.len().min(group) }];
     for (gi, (xg, lg)) in x
         .chunks(group)
         .zip(losses.chunks_mut(SMALL_ROWS))

@@ -150,7 +150,8 @@ fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
         let (mut ss, mut ls) = ([0.0; SMALL_ROWS], [0.0; SMALL_ROWS]);
-        let mut exps = [T::ZERO; SMALL_ROWS * SMALL_K];
+        // Sized to the input (a call of a few rows should not clear a whole group's worth).
+        let mut exps = vec![T::ZERO; x.len().min(SMALL_ROWS * k)];
         for (xg, og) in groups(x, k).zip(out.chunks_mut(SMALL_ROWS)) {
             let eg = &mut exps[..xg.len()];
             small_rows_exp(xg, k, &mut ms, eg, a);
