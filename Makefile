@@ -7,7 +7,7 @@ SHARED ?= ../shared
 PY     := $(VENV)/bin/python
 ENV    := VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv dev bench test test-rust test-python conformance valgrind fuzz lint clean
+.PHONY: venv dev bench bench-rust test test-rust test-python conformance valgrind fuzz lint clean
 
 $(VENV)/.installed: requirements-dev.txt requirements-extras.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ dev: venv
 ## bench: the benchmark's quick table (sce_rs against every peer installed; see BENCHMARKS.md)
 bench: dev
 	$(PY) -m sce_rs.bench --quick
+
+## bench-rust: criterion timings of the Rust kernels alone on the same shapes (no Python)
+bench-rust:
+	cargo bench --bench kernels
 
 ## test: the Rust core's tests (no Python, then again under valgrind), then the Python suite
 ## (conformance included)
