@@ -284,7 +284,12 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
     let (mut ss, mut ls) = ([0.0; SMALL_ROWS], [0.0; SMALL_ROWS]);
     let group = SMALL_ROWS * k;
     // Exps go into the gradient when there is one; otherwise into scratch sized to the input.
-    let mut scratch = vec![T::ZERO; if grad.is_some() { 0 } else { x.len().min(group) }];
+    let scratch_len = if grad.is_some() {
+        0
+    } else {
+        x.len().min(group)
+    };
+    let mut scratch = vec![T::ZERO; scratch_len];
     for (gi, (xg, lg)) in x
         .chunks(group)
         .zip(losses.chunks_mut(SMALL_ROWS))
