@@ -137,13 +137,31 @@ pub fn cross_entropy<T: Float>(
         if should_stop() {
             return f64::NAN;
         }
-        // SAFETY: as in `row_map`; `grad` may be `x` itself only with `x` set to copy_on_read,
-        // so `xs` never aliases the gradient written below.
+        // The gradient written over the logits themselves (`out=x`, one contiguous row): each
+        // segment is read, then overwritten by its own thread, instead of the row being copied
+        // first on one thread (what `x`'s copy-on-read would do).
+        let over_x = grad.and_then(|g| {
+            let p = g.row_in_place::<T>(r)?;
+            (x.row_in_place::<T>(r) == Some(p)).then_some(p as usize)
+        });
+        // SAFETY: as in `row_map`. Segments are made from `xs` on demand; with `over_x` none is
+        // made once the gradient pass starts, which reaches that memory only through `g`.
         unsafe {
             let t = targets.load_index(r, r + 1, &mut si)[0];
             let target = (t != ignore_index).then_some(t as usize);
-            let xs = x.load::<T>(r, r + 1, &mut sx);
-            let segment = |i: usize| (i * SEGMENT, &xs[i * SEGMENT..((i + 1) * SEGMENT).min(k)]);
+            // Addresses, not pointers, so that the segment closures can go to other threads.
+            let xs = match over_x {
+                Some(p) => p,
+                None => x.load::<T>(r, r + 1, &mut sx).as_ptr() as usize,
+            };
+            let segment = |i: usize| {
+                let c0 = i * SEGMENT;
+                let len = SEGMENT.min(k - c0);
+                (
+                    c0,
+                    std::slice::from_raw_parts((xs as *const T).add(c0), len),
+                )
+            };
             let parts = per_segment(k, |i| {
                 let (c0, seg) = segment(i);
                 let mut st = [RowStats::new(target)];
@@ -174,12 +192,13 @@ pub fn cross_entropy<T: Float>(
                 gv.store::<T, _>(r, r + 1, &mut sg, |g| {
                     let g_addr = g.as_mut_ptr() as usize;
                     per_segment(k, |i| {
-                        let (c0, seg) = segment(i);
+                        let (c0, len) = (i * SEGMENT, SEGMENT.min(k - i * SEGMENT));
                         // SAFETY: segments are disjoint ranges of `g`, which this call owns.
-                        let gi =
-                            std::slice::from_raw_parts_mut((g_addr as *mut T).add(c0), seg.len());
-                        gi.copy_from_slice(seg);
-                        grad_tile(gi, seg.len(), c0, &[rg], opts(c0, seg.len()));
+                        let gi = std::slice::from_raw_parts_mut((g_addr as *mut T).add(c0), len);
+                        if over_x.is_none() {
+                            gi.copy_from_slice(segment(i).1);
+                        }
+                        grad_tile(gi, len, c0, &[rg], opts(c0, len));
                     });
                 });
             }

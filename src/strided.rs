@@ -154,6 +154,13 @@ impl View {
         !self.copy_on_read && self.contiguous_as(dtype, r0, r1).is_some()
     }
 
+    /// Pointer to row `r` if it is one contiguous, aligned run of `T`, whether or not the view
+    /// copies on read: for a caller that has found an output to be this very memory and
+    /// works on it in place itself.
+    pub fn row_in_place<T: Float>(&self, r: usize) -> Option<*mut T> {
+        self.contiguous::<T>(r, r + 1)
+    }
+
     /// Pointer to rows `r0..r1` if they form one contiguous, aligned run of `T`.
     fn contiguous<T: Float>(&self, r0: usize, r1: usize) -> Option<*mut T> {
         self.contiguous_as(T::DTYPE, r0, r1).map(|p| p as *mut T)
