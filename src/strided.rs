@@ -198,12 +198,18 @@ impl View {
         scratch: &'a mut Vec<T>,
     ) -> &'a [T] {
         let len = (r1 - r0) * self.k;
-        if !self.copy_on_read {
-            if let Some(p) = self.contiguous::<T>(r0, r1) {
-                // SAFETY: `contiguous` checked dtype, stride and alignment; rows r0..r1 are
-                // valid elements per the caller's contract.
-                return unsafe { std::slice::from_raw_parts(p, len) };
+        if let Some(p) = self.contiguous::<T>(r0, r1) {
+            // SAFETY: `contiguous` checked dtype, stride and alignment; rows r0..r1 are
+            // valid elements per the caller's contract.
+            let rows = unsafe { std::slice::from_raw_parts(p, len) };
+            if !self.copy_on_read {
+                return rows;
             }
+            // Written over after this read (`out=x`): one memcpy, not the element-wise gather
+            // (float32 512 x 128256 `cross_entropy_and_grad(x, t, out=x)`: see BENCHMARKS.md).
+            scratch.clear();
+            scratch.extend_from_slice(rows);
+            return scratch;
         }
         scratch.clear();
         scratch.reserve(len);
