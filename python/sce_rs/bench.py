@@ -380,6 +380,9 @@ def peak_extra_bytes(fn, exclude_result=False):
 
 def time_it(fn, repeat, per_call):
     """Median seconds of one call; tiny calls are looped so that the timer's cost vanishes."""
+    # The previous peer's worker threads (ONNX Runtime's and OpenMP's spin after a call) go
+    # idle first, so that they do not take cores from this one.
+    time.sleep(0.2)
     fn()  # warm-up: compilation (JAX), caches, first touch of reused buffers
     inner = 1
     if per_call:
