@@ -539,7 +539,7 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     keys = list(dict.fromkeys((r.case, r.op) for r in results))
-    peers = [p for p in PEERS[1:] if any(r.peer == p for r in results)]
+    peers = [p for p in PEERS[1:] + LINEAR_PEERS if any(r.peer == p for r in results)]
     fig, ax = plt.subplots(figsize=(max(8, len(keys) * 1.2), 5))
     width = 0.8 / max(1, len(peers))
     for i, peer in enumerate(peers):
@@ -553,7 +553,9 @@ def plot(results, path):
     ax.set_yscale("log")
     ax.set_ylabel("speedup of sce_rs (peer time / sce_rs time)")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
-    ax.set_xticklabels([f"{c}\n{o}" for c, o in keys], fontsize=7)
+    # A linear case's label ("float32 N=.. D=.. V=..") on two lines, so neighbours do not overlap.
+    labels = [f"{c.replace(' D=', chr(10) + 'D=')}\n{o}" for c, o in keys]
+    ax.set_xticklabels(labels, fontsize=7)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
