@@ -3,12 +3,13 @@
 //! logits (a language model's 4096 x 128256 float32 logits are 2.1 GB, their gradient as much).
 //!
 //! Rows are cut into blocks of `ROW_BLOCK` and classes into blocks of `VOCAB_BLOCK`; one tile of
-//! logits (one row block against one class block, 4 MiB in float32) is all the scratch there is.
-//! For each row block:
+//! logits per thread (one row block against one class block, 4 MiB in float32) is all the
+//! scratch there is. For each row block:
 //!
-//! 1. Forward sweep: each tile comes from one GEMM (the `gemm` crate) and is folded into every
-//!    row's running max and exp-sum, the target's logit picked up on the way
-//!    ([`crate::kernels::linear`]). After the last class block each row's loss is final.
+//! 1. Forward sweep: the class blocks are spread over the threads; each thread computes a
+//!    block's tile with one GEMM (the `gemm` crate) and folds it into per-row max, exp-sum and
+//!    target logit of that block ([`crate::kernels::linear`]), and the blocks' row statistics
+//!    are then combined in class order. After the last class block each row's loss is final.
 //! 2. Backward sweep (the `_and_grad` form only): each tile is recomputed, turned into the
 //!    gradient of the logits in place, and two more GEMMs add `G @ W_j` into `d_hidden` and
 //!    `G^T @ H_i` into `d_weight`'s rows of class block `j`; its column sums go into `d_bias`.
@@ -17,10 +18,13 @@
 //! `d_hidden`, `d_weight`) against the materialized path's three, in exchange for memory that
 //! does not grow with `N` or `V`.
 //!
-//! Determinism: tiles are visited in a fixed order, every accumulation (`d_hidden` over class
-//! blocks, `d_weight` and `d_bias` over row blocks, the loss over rows) runs in that order, and
-//! each product is split into pieces of output that depend only on its shape, so the results
-//! are bitwise identical for any thread count (tested).
+//! Determinism: every accumulation (the forward's row statistics over class blocks, `d_hidden`
+//! over class blocks, `d_weight` and `d_bias` over row blocks, the loss over rows) runs in a
+//! fixed order, and each product is split into pieces of output that depend only on its shape
+//! (run in parallel, or one after another by one thread), so the results are bitwise identical
+//! for any thread count (tested).
+
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -34,6 +38,9 @@ use crate::pool::{in_pool, should_stop};
 const ROW_BLOCK: usize = 512;
 /// Classes per block: with `ROW_BLOCK`, a float32 tile of 4 MiB.
 const VOCAB_BLOCK: usize = 2048;
+/// Class blocks per wave of the forward sweep: the caller checks for an interrupt between
+/// waves (a block is tens of milliseconds of GEMM).
+const WAVE_BLOCKS: usize = 8;
 
 /// The operands, as contiguous row-major slices in the compute type.
 #[derive(Clone, Copy, Debug)]
@@ -89,6 +96,15 @@ impl<T: Float> Product<'_, T> {
     /// thread's gemm scratch has the same size call after call, so the allocator reuses it
     /// (gemm's own multi-threaded mode grew the resident set by tens of MiB).
     fn run(&self, dst: &mut [T], dst_rs: isize, accumulate: bool) {
+        self.run_pieces(dst, dst_rs, accumulate, true)
+    }
+
+    /// [`Product::run`]'s pieces one after another on this thread: the same bits.
+    fn run_here(&self, dst: &mut [T], dst_rs: isize, accumulate: bool) {
+        self.run_pieces(dst, dst_rs, accumulate, false)
+    }
+
+    fn run_pieces(&self, dst: &mut [T], dst_rs: isize, accumulate: bool, parallel: bool) {
         if self.k == 0 {
             if !accumulate {
                 dst.fill(T::ZERO); // gemm leaves dst alone for an empty inner dimension
@@ -145,6 +161,9 @@ impl<T: Float> Product<'_, T> {
                 )
             }
         };
+        if !parallel {
+            return (0..pieces).for_each(piece);
+        }
         in_pool(|threads| {
             if threads == 1 || pieces == 1 {
                 (0..pieces).for_each(piece);
@@ -280,7 +299,10 @@ pub fn linear_cross_entropy<T: Float>(
         }
     }
 
-    let mut tile = vec![T::ZERO; ROW_BLOCK.min(n) * VOCAB_BLOCK.min(v)];
+    // One tile of scratch per thread (the backward sweep uses the first).
+    let tiles: Vec<Mutex<Vec<T>>> = (0..in_pool(|threads| threads))
+        .map(|_| Mutex::new(vec![T::ZERO; ROW_BLOCK.min(n) * VOCAB_BLOCK.min(v)]))
+        .collect();
     let mut total = 0.0;
     for r0 in (0..n).step_by(ROW_BLOCK) {
         let nb = ROW_BLOCK.min(n - r0);
@@ -289,8 +311,9 @@ pub fn linear_cross_entropy<T: Float>(
             .iter()
             .map(|&t| RowStats::new((t != a.ignore_index).then_some(t as usize)))
             .collect();
-        // The logits of this row block against classes c0..c0+kb, into the tile.
-        let logits = |tile: &mut [T], c0: usize, kb: usize| {
+        // The logits of this row block against classes c0..c0+kb, into the tile, the GEMM's
+        // pieces in parallel or (`here`) on this thread.
+        let block_logits = |tile: &mut [T], c0: usize, kb: usize, here: bool| {
             let product = Product {
                 m: nb,
                 n: kb,
@@ -299,7 +322,11 @@ pub fn linear_cross_entropy<T: Float>(
                 // weight.T: row kk, column jj is weight[c0 + jj][kk]
                 rhs: (&a.weight[c0 * d..(c0 + kb) * d], 1, d as isize),
             };
-            product.run(tile, kb as isize, false);
+            if here {
+                product.run_here(tile, kb as isize, false);
+            } else {
+                product.run(tile, kb as isize, false);
+            }
             if let Some(b) = a.bias {
                 for row in tile.chunks_exact_mut(kb) {
                     for (z, &bj) in row.iter_mut().zip(&b[c0..c0 + kb]) {
@@ -308,19 +335,46 @@ pub fn linear_cross_entropy<T: Float>(
                 }
             }
         };
+        let logits = |tile: &mut [T], c0: usize, kb: usize| block_logits(tile, c0, kb, false);
+        let logits_here = |tile: &mut [T], c0: usize, kb: usize| block_logits(tile, c0, kb, true);
         let tile_opts = |c0: usize, kb: usize| TileOpts {
             weight: a.opts.weight.as_deref().map(|w| &w[c0..c0 + kb]),
             softcap: a.opts.softcap,
             smoothing: eps > 0.0,
         };
 
-        let forward = sweep(&mut tile, nb, v, &logits, &tile_opts, |t, c0, kb, o| {
-            for_tile_rows(t, kb, &mut stats, |rows, st| {
-                fold_tile(rows, kb, c0, st, o, &mut Vec::new())
-            })
-        });
-        if !forward {
-            return Ok(f64::NAN);
+        // Forward: whole class blocks in parallel, each computed and folded by one thread into
+        // stats of its own, combined in class-block order (so any thread count gives the
+        // same bits); no barrier inside a block, and each GEMM keeps its packed `hidden` block.
+        let blocks = v.div_ceil(VOCAB_BLOCK);
+        let row_targets: Vec<Option<usize>> = stats.iter().map(|s| s.target).collect();
+        let fold_block = |j: usize| {
+            let (c0, kb) = (j * VOCAB_BLOCK, VOCAB_BLOCK.min(v - j * VOCAB_BLOCK));
+            let slot = rayon::current_thread_index().unwrap_or(0) % tiles.len();
+            // Uncontended: a thread runs one block at a time and only ever takes its own slot.
+            let mut buf = tiles[slot].lock().unwrap_or_else(|e| e.into_inner());
+            let t = &mut buf[..nb * kb];
+            logits_here(t, c0, kb);
+            let mut st: Vec<RowStats> = row_targets.iter().map(|&t| RowStats::new(t)).collect();
+            fold_tile(t, kb, c0, &mut st, tile_opts(c0, kb), &mut Vec::new());
+            st
+        };
+        for wave in (0..blocks).collect::<Vec<_>>().chunks(WAVE_BLOCKS) {
+            if should_stop() {
+                return Ok(f64::NAN);
+            }
+            let parts: Vec<Vec<RowStats>> = in_pool(|threads| {
+                if threads == 1 {
+                    wave.iter().map(|&j| fold_block(j)).collect()
+                } else {
+                    wave.par_iter().map(|&j| fold_block(j)).collect()
+                }
+            });
+            for part in &parts {
+                for (s, p) in stats.iter_mut().zip(part) {
+                    s.absorb(p);
+                }
+            }
         }
 
         let mut row_grads = Vec::with_capacity(nb);
@@ -338,6 +392,7 @@ pub fn linear_cross_entropy<T: Float>(
         }
 
         let Some(g) = grads.as_mut() else { continue };
+        let mut tile = tiles[0].lock().unwrap_or_else(|e| e.into_inner());
         let backward = sweep(&mut tile, nb, v, &logits, &tile_opts, |t, c0, kb, o| {
             for_tile_rows(t, kb, &mut row_grads, |rows, rg| {
                 grad_tile(rows, kb, c0, rg, o)
