@@ -2,9 +2,9 @@
 //! gradients with respect to `hidden`, `weight` and `bias`, without ever holding the `N x V`
 //! logits (a language model's 4096 x 128256 float32 logits are 2.1 GB, their gradient as much).
 //!
-//! Rows are cut into blocks of `ROW_BLOCK` and classes into blocks of `VOCAB_BLOCK`; one tile of
-//! logits per thread (one row block against one class block, 4 MiB in float32) is all the
-//! scratch there is. For each row block:
+//! Rows are cut into blocks of `ROW_BLOCK` and classes into blocks of `VOCAB_BLOCK` (half that
+//! in the forward sweep); a tile of logits per thread (one row block against one class block,
+//! 2 or 4 MiB in float32) is all the scratch there is. For each row block:
 //!
 //! 1. Forward sweep: the class blocks are spread over the threads; each thread computes a
 //!    block's tile with one GEMM (the `gemm` crate) and folds it into per-row max, exp-sum and
@@ -38,6 +38,9 @@ use crate::pool::{in_pool, should_stop};
 const ROW_BLOCK: usize = 512;
 /// Classes per block: with `ROW_BLOCK`, a float32 tile of 4 MiB.
 const VOCAB_BLOCK: usize = 2048;
+/// Classes per block of the forward sweep, which has one tile per thread: half the backward's,
+/// so that two threads' tiles hold what one backward tile holds.
+const FORWARD_BLOCK: usize = VOCAB_BLOCK / 2;
 /// Class blocks per wave of the forward sweep: the caller checks for an interrupt between
 /// waves (a block is tens of milliseconds of GEMM).
 const WAVE_BLOCKS: usize = 8;
@@ -299,9 +302,17 @@ pub fn linear_cross_entropy<T: Float>(
         }
     }
 
-    // One tile of scratch per thread (the backward sweep uses the first).
+    // One forward tile per thread; the first is also the backward sweep's, wider.
+    let rows = ROW_BLOCK.min(n);
     let tiles: Vec<Mutex<Vec<T>>> = (0..in_pool(|threads| threads))
-        .map(|_| Mutex::new(vec![T::ZERO; ROW_BLOCK.min(n) * VOCAB_BLOCK.min(v)]))
+        .map(|i| {
+            let width = if i == 0 && grads.is_some() {
+                VOCAB_BLOCK
+            } else {
+                FORWARD_BLOCK
+            };
+            Mutex::new(vec![T::ZERO; rows * width.min(v)])
+        })
         .collect();
     let mut total = 0.0;
     for r0 in (0..n).step_by(ROW_BLOCK) {
@@ -346,10 +357,10 @@ pub fn linear_cross_entropy<T: Float>(
         // Forward: whole class blocks in parallel, each computed and folded by one thread into
         // stats of its own, combined in class-block order (so any thread count gives the
         // same bits); no barrier inside a block, and each GEMM keeps its packed `hidden` block.
-        let blocks = v.div_ceil(VOCAB_BLOCK);
+        let blocks = v.div_ceil(FORWARD_BLOCK);
         let row_targets: Vec<Option<usize>> = stats.iter().map(|s| s.target).collect();
         let fold_block = |j: usize| {
-            let (c0, kb) = (j * VOCAB_BLOCK, VOCAB_BLOCK.min(v - j * VOCAB_BLOCK));
+            let (c0, kb) = (j * FORWARD_BLOCK, FORWARD_BLOCK.min(v - j * FORWARD_BLOCK));
             let slot = rayon::current_thread_index().unwrap_or(0) % tiles.len();
             // Uncontended: a thread runs one block at a time and only ever takes its own slot.
             let mut buf = tiles[slot].lock().unwrap_or_else(|e| e.into_inner());
