@@ -356,7 +356,8 @@ pub fn linear_cross_entropy<T: Float>(
 
         // Forward: whole class blocks in parallel, each computed and folded by one thread into
         // stats of its own, combined in class-block order (so any thread count gives the
-        // same bits); no barrier inside a block, and each GEMM keeps its packed `hidden` block.
+        // same bits), with no barrier inside a block (splitting each block's GEMM over the
+        // threads, as the backward sweep does, scaled worse: see BENCHMARKS.md).
         let blocks = v.div_ceil(FORWARD_BLOCK);
         let row_targets: Vec<Option<usize>> = stats.iter().map(|s| s.target).collect();
         let fold_block = |j: usize| {
