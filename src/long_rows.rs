@@ -57,6 +57,42 @@ fn combine<T: Float>(parts: &[(T, f64)]) -> (T, f64) {
     (m, s)
 }
 
+/// The address of row `r` when `out` is written over `x` itself (`out=x`, one contiguous row
+/// of `T`): each segment is then read and overwritten in place by its own thread, instead of
+/// the row being copied first on one thread (what `x`'s copy-on-read would do).
+fn written_over<T: Float>(x: &View, out: Option<&View>, r: usize) -> Option<usize> {
+    let p = out?.row_in_place::<T>(r)?;
+    (x.row_in_place::<T>(r) == Some(p)).then_some(p as usize)
+}
+
+/// Row `r` of `x` as an address (not a pointer, so that segment closures can go to other
+/// threads): `over` itself, or the row loaded into `scratch` when it must be.
+///
+/// # Safety
+/// As for [`View::load`].
+unsafe fn row_addr<T: Float>(
+    x: &View,
+    r: usize,
+    over: Option<usize>,
+    scratch: &mut Vec<T>,
+) -> usize {
+    match over {
+        Some(p) => p,
+        None => unsafe { x.load::<T>(r, r + 1, scratch) }.as_ptr() as usize,
+    }
+}
+
+/// Segment `i` of the row of `k` elements at `addr`: its first column and its elements.
+///
+/// # Safety
+/// `addr` must hold `k` valid `T` that nothing writes while the slice lives.
+unsafe fn segment<'a, T>(addr: usize, k: usize, i: usize) -> (usize, &'a [T]) {
+    let c0 = i * SEGMENT;
+    (c0, unsafe {
+        std::slice::from_raw_parts((addr as *const T).add(c0), SEGMENT.min(k - c0))
+    })
+}
+
 /// `row_map` for the softmax family on rows that [`applies`] says to split.
 pub fn row_map<T: Float>(map: RowMap, x: &View, out: &View) {
     let k = x.k();
@@ -65,17 +101,19 @@ pub fn row_map<T: Float>(map: RowMap, x: &View, out: &View) {
         if should_stop() {
             return;
         }
-        // SAFETY: as in `ops::row_map`: the views' memory is valid, one row at a time.
+        let over_x = written_over::<T>(x, Some(out), r);
+        // SAFETY: as in `ops::row_map`: the views' memory is valid, one row at a time. With
+        // `over_x` no segment of `xs` is made once the output is being written.
         unsafe {
-            let xs = x.load::<T>(r, r + 1, &mut sx);
-            let segment = |i: usize| &xs[i * SEGMENT..((i + 1) * SEGMENT).min(k)];
-            let parts = per_segment(k, |i| segment_sums(segment(i)));
+            let xs = row_addr::<T>(x, r, over_x, &mut sx);
+            let parts = per_segment(k, |i| segment_sums(segment::<T>(xs, k, i).1));
             let (m, s) = combine(&parts);
             match map {
                 RowMap::LogSumExp => out.store::<T, _>(r, r + 1, &mut so, |o| {
                     // PyTorch's answer for an infinite maximum, as in `logsumexp_row`.
                     o[0] = if m.to_f64().is_infinite() {
-                        if xs.iter().any(|v| v.is_nan()) {
+                        let row = std::slice::from_raw_parts(xs as *const T, k);
+                        if row.iter().any(|v| v.is_nan()) {
                             T::from_f64(f64::NAN)
                         } else {
                             m
@@ -89,12 +127,18 @@ pub fn row_map<T: Float>(map: RowMap, x: &View, out: &View) {
                     let inv_s = T::from_f64(1.0 / s);
                     let ln_s = T::from_f64(crate::math::ln_f64(s));
                     per_segment(k, |i| {
-                        let xi = segment(i);
+                        let (c0, len) = (i * SEGMENT, SEGMENT.min(k - i * SEGMENT));
                         // SAFETY: segments are disjoint ranges of `o`, which this call owns.
-                        let oi = std::slice::from_raw_parts_mut(
-                            (o_addr as *mut T).add(i * SEGMENT),
-                            xi.len(),
-                        );
+                        let oi = std::slice::from_raw_parts_mut((o_addr as *mut T).add(c0), len);
+                        // Over `x`: the segment's logits are `oi` itself (128 KiB, copied in L2).
+                        let held;
+                        let xi = match over_x {
+                            Some(_) => {
+                                held = oi.to_vec();
+                                &held[..]
+                            }
+                            None => segment::<T>(xs, k, i).1,
+                        };
                         if map == RowMap::Softmax {
                             exp_scaled(xi, m, inv_s, oi);
                         } else {
@@ -137,33 +181,15 @@ pub fn cross_entropy<T: Float>(
         if should_stop() {
             return f64::NAN;
         }
-        // The gradient written over the logits themselves (`out=x`, one contiguous row): each
-        // segment is read, then overwritten by its own thread, instead of the row being copied
-        // first on one thread (what `x`'s copy-on-read would do).
-        let over_x = grad.and_then(|g| {
-            let p = g.row_in_place::<T>(r)?;
-            (x.row_in_place::<T>(r) == Some(p)).then_some(p as usize)
-        });
-        // SAFETY: as in `row_map`. Segments are made from `xs` on demand; with `over_x` none is
-        // made once the gradient pass starts, which reaches that memory only through `g`.
+        let over_x = written_over::<T>(x, grad, r);
+        // SAFETY: as in `row_map`. With `over_x` no segment of `xs` is made once the gradient
+        // pass starts, which reaches that memory only through `g`.
         unsafe {
             let t = targets.load_index(r, r + 1, &mut si)[0];
             let target = (t != ignore_index).then_some(t as usize);
-            // Addresses, not pointers, so that the segment closures can go to other threads.
-            let xs = match over_x {
-                Some(p) => p,
-                None => x.load::<T>(r, r + 1, &mut sx).as_ptr() as usize,
-            };
-            let segment = |i: usize| {
-                let c0 = i * SEGMENT;
-                let len = SEGMENT.min(k - c0);
-                (
-                    c0,
-                    std::slice::from_raw_parts((xs as *const T).add(c0), len),
-                )
-            };
+            let xs = row_addr::<T>(x, r, over_x, &mut sx);
             let parts = per_segment(k, |i| {
-                let (c0, seg) = segment(i);
+                let (c0, seg) = segment::<T>(xs, k, i);
                 let mut st = [RowStats::new(target)];
                 fold_tile(
                     seg,
@@ -196,7 +222,7 @@ pub fn cross_entropy<T: Float>(
                         // SAFETY: segments are disjoint ranges of `g`, which this call owns.
                         let gi = std::slice::from_raw_parts_mut((g_addr as *mut T).add(c0), len);
                         if over_x.is_none() {
-                            gi.copy_from_slice(segment(i).1);
+                            gi.copy_from_slice(segment::<T>(xs, k, i).1);
                         }
                         grad_tile(gi, len, c0, &[rg], opts(c0, len));
                     });
