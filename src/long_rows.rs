@@ -4,7 +4,9 @@
 //! `SEGMENT` elements; the segments' maxima and exp-sums are computed in parallel and combined
 //! in segment order (rescaled to the row's maximum, in `f64`), then the segments of the
 //! output are written in parallel. Cross-entropy folds and differentiates its segments with
-//! the tile kernels of the fused linear cross-entropy ([`crate::kernels::linear`]). Segments depend only on the row length, so results are
+//! the tile kernels of the fused linear cross-entropy ([`crate::kernels::linear`]). An output
+//! written over its input (`out=x`) is read and overwritten segment by segment, each by its own
+//! thread, with no copy of the row. Segments depend only on the row length, so results are
 //! the same for any thread count; they can differ from the unsplit path in the last bits,
 //! since the exp-sum is grouped differently.
 
