@@ -318,10 +318,11 @@ pub fn linear_cross_entropy<T: Float>(
     for r0 in (0..n).step_by(ROW_BLOCK) {
         let nb = ROW_BLOCK.min(n - r0);
         let hidden_block = &a.hidden[r0 * d..(r0 + nb) * d];
-        let mut stats: Vec<RowStats> = a.targets[r0..r0 + nb]
+        let row_targets: Vec<Option<usize>> = a.targets[r0..r0 + nb]
             .iter()
-            .map(|&t| RowStats::new((t != a.ignore_index).then_some(t as usize)))
+            .map(|&t| (t != a.ignore_index).then_some(t as usize))
             .collect();
+        let mut stats: Vec<RowStats> = row_targets.iter().map(|&t| RowStats::new(t)).collect();
         // The logits of this row block against classes c0..c0+kb, into the tile, the GEMM's
         // pieces in parallel or (`here`) on this thread.
         let block_logits = |tile: &mut [T], c0: usize, kb: usize, here: bool| {
@@ -359,7 +360,6 @@ pub fn linear_cross_entropy<T: Float>(
         // same bits), with no barrier inside a block (splitting each block's GEMM over the
         // threads, as the backward sweep does, scaled worse: see BENCHMARKS.md).
         let blocks = v.div_ceil(FORWARD_BLOCK);
-        let row_targets: Vec<Option<usize>> = stats.iter().map(|s| s.target).collect();
         let fold_block = |j: usize| {
             let (c0, kb) = (j * FORWARD_BLOCK, FORWARD_BLOCK.min(v - j * FORWARD_BLOCK));
             let slot = rayon::current_thread_index().unwrap_or(0) % tiles.len();
