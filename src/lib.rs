@@ -44,8 +44,8 @@ pub use float::Float;
 pub use ops::{CeOptions, Reduction};
 pub use pool::{num_threads, set_num_threads};
 
-use ops::{RowMap, Targets, Upstream};
-use strided::View;
+use ops::{RowMap, Src, Targets, Upstream};
+use strided::{View, ViewMut};
 
 fn check_rows(what: &str, len: usize, k: usize) -> Result<usize> {
     if k == 0 {
@@ -76,9 +76,8 @@ fn map_slice<T: Float>(map: RowMap, x: &[T], k: usize, out: &mut [T], out_k: usi
     let n = check_rows("x", x.len(), k)?;
     check_len("out", out.len(), n * out_k)?;
     let xv = View::of_slice(x, k);
-    let ov = View::of_slice(out, out_k);
-    ops::row_map::<T>(map, &xv, &ov);
-    Ok(())
+    let mut ov = ViewMut::of_slice(out, out_k);
+    ops::row_map::<T>(map, Src::View(&xv), &mut ov)
 }
 
 /// Softmax of each row of `k` elements of `x` into `out` (same length).
@@ -133,21 +132,12 @@ fn ce_slices<T: Float>(
     let n = check_rows("x", x.len(), k)?;
     check_len("target", target.len(), n)?;
     let xv = View::of_slice(x, k);
-    // SAFETY: the slice describes `n` valid i64 elements and outlives the view.
-    let tv = unsafe {
-        View::new(
-            target.as_ptr() as *mut u8,
-            dtype::DType::I64,
-            &[n],
-            &[8],
-            None,
-        )
-    };
-    let gv = grad
-        .map(|g| check_len("grad", g.len(), x.len()).map(|_| View::of_slice(g, k)))
+    let tv = View::of_indices(target);
+    let mut gv = grad
+        .map(|g| check_len("grad", g.len(), x.len()).map(|_| ViewMut::of_slice(g, k)))
         .transpose()?;
-    let lv = losses
-        .map(|l| check_len("losses", l.len(), n).map(|_| View::of_slice(l, 1)))
+    let mut lv = losses
+        .map(|l| check_len("losses", l.len(), n).map(|_| ViewMut::of_slice(l, 1)))
         .transpose()?;
     let targets = Targets::Index {
         view: &tv,
@@ -156,11 +146,11 @@ fn ce_slices<T: Float>(
     };
     ops::multiclass_loss(
         ops::Loss::CrossEntropy(options),
-        &xv,
+        Src::View(&xv),
         targets,
         reduction,
         Upstream::Scalar(1.0),
-        lv.as_ref(),
-        gv.as_ref(),
+        lv.as_mut(),
+        gv.as_mut(),
     )
 }

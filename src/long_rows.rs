@@ -16,9 +16,9 @@ use crate::float::Float;
 use crate::kernels::cross_entropy::CeOptions;
 use crate::kernels::linear::{fold_tile, grad_tile, RowStats, TileOpts};
 use crate::kernels::softmax::{exp_scaled, segment_sums};
-use crate::ops::{RowMap, Upstream};
+use crate::ops::{RowMap, Src, Upstream};
 use crate::pool::{in_pool, should_stop};
-use crate::strided::View;
+use crate::strided::{View, ViewMut};
 
 /// Elements per segment: 128 KiB of float32, which stays in L2 between the two sweeps.
 const SEGMENT: usize = 1 << 15;
@@ -31,16 +31,55 @@ pub fn applies(n: usize, k: usize) -> bool {
     n < MAX_ROWS && k >= 2 * SEGMENT
 }
 
-/// Runs `f` on each segment (with its index) in parallel on the pool, results in order.
-fn per_segment<R: Send>(len: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
-    let count = len.div_ceil(SEGMENT);
+/// `f(i, segment i of row)` for every segment, in parallel on the pool; results in order.
+fn per_segment<T: Float, R: Send>(row: &[T], f: impl Fn(usize, &[T]) -> R + Sync + Send) -> Vec<R> {
     in_pool(|threads| {
         if threads == 1 {
-            (0..count).map(&f).collect()
+            row.chunks(SEGMENT)
+                .enumerate()
+                .map(|(i, s)| f(i, s))
+                .collect()
         } else {
-            (0..count).into_par_iter().map(&f).collect()
+            row.par_chunks(SEGMENT)
+                .enumerate()
+                .map(|(i, s)| f(i, s))
+                .collect()
         }
     })
+}
+
+/// `f(i, segment i of row)` for every segment, each written by one thread.
+fn per_segment_mut<T: Float>(row: &mut [T], f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    in_pool(|threads| {
+        if threads == 1 {
+            row.chunks_mut(SEGMENT)
+                .enumerate()
+                .for_each(|(i, s)| f(i, s));
+        } else {
+            row.par_chunks_mut(SEGMENT)
+                .enumerate()
+                .for_each(|(i, s)| f(i, s));
+        }
+    })
+}
+
+/// The input's segment `i` of `len` elements: from `xs` when the input is a separate row,
+/// otherwise the output segment's own values, copied into `held` (128 KiB, in L2) before the
+/// segment is overwritten.
+fn input_segment<'s, T: Float>(
+    xs: Option<&'s [T]>,
+    i: usize,
+    out: &[T],
+    held: &'s mut Vec<T>,
+) -> &'s [T] {
+    match xs {
+        Some(xs) => &xs[i * SEGMENT..i * SEGMENT + out.len()],
+        None => {
+            held.clear();
+            held.extend_from_slice(out);
+            held
+        }
+    }
 }
 
 /// The row's maximum and its `Σ exp(x - max)` from its segments', combined in order.
@@ -59,101 +98,114 @@ fn combine<T: Float>(parts: &[(T, f64)]) -> (T, f64) {
     (m, s)
 }
 
-/// The address of row `r` when `out` is written over `x` itself (`out=x`, one contiguous row
-/// of `T`): each segment is then read and overwritten in place by its own thread, instead of
-/// the row being copied first on one thread (what `x`'s copy-on-read would do).
-fn written_over<T: Float>(x: &View, out: Option<&View>, r: usize) -> Option<usize> {
-    let p = out?.row_in_place::<T>(r)?;
-    (x.row_in_place::<T>(r) == Some(p)).then_some(p as usize)
-}
-
-/// Row `r` of `x` as an address (not a pointer, so that segment closures can go to other
-/// threads): `over` itself, or the row loaded into `scratch` when it must be.
-///
-/// # Safety
-/// As for [`View::load`].
-unsafe fn row_addr<T: Float>(
-    x: &View,
-    r: usize,
-    over: Option<usize>,
-    scratch: &mut Vec<T>,
-) -> usize {
-    match over {
-        Some(p) => p,
-        None => unsafe { x.load::<T>(r, r + 1, scratch) }.as_ptr() as usize,
+/// The softmax family on one row: reads `xs` (or `o` itself when `xs` is `None`: in place)
+/// and writes `o` (one element for logsumexp, `k` otherwise).
+fn map_row<T: Float>(map: RowMap, xs: Option<&[T]>, o: &mut [T]) {
+    let (m, s) = combine(&per_segment(xs.unwrap_or(o), |_, seg| segment_sums(seg)));
+    match map {
+        RowMap::LogSumExp => {
+            let row = xs.unwrap_or(o);
+            // PyTorch's answer for an infinite maximum, as in `logsumexp_row`.
+            let lse = if m.to_f64().is_infinite() {
+                if row.iter().any(|v| v.is_nan()) {
+                    T::from_f64(f64::NAN)
+                } else {
+                    m
+                }
+            } else {
+                T::from_f64(m.to_f64() + crate::math::ln_f64(s))
+            };
+            o[0] = lse;
+        }
+        RowMap::Softmax | RowMap::LogSoftmax => {
+            let inv_s = T::from_f64(1.0 / s);
+            let ln_s = T::from_f64(crate::math::ln_f64(s));
+            per_segment_mut(o, |i, oi| {
+                let mut held = Vec::new();
+                let xi = input_segment(xs, i, oi, &mut held);
+                if map == RowMap::Softmax {
+                    exp_scaled(xi, m, inv_s, oi);
+                } else {
+                    for (ov, &v) in oi.iter_mut().zip(xi) {
+                        *ov = (v - m) - ln_s;
+                    }
+                }
+            });
+        }
+        RowMap::SoftmaxJacobian => unreachable!("k x k outputs are never this long"),
     }
-}
-
-/// Segment `i` of the row of `k` elements at `addr`: its first column and its elements.
-///
-/// # Safety
-/// `addr` must hold `k` valid `T` that nothing writes while the slice lives.
-unsafe fn segment<'a, T>(addr: usize, k: usize, i: usize) -> (usize, &'a [T]) {
-    let c0 = i * SEGMENT;
-    (c0, unsafe {
-        std::slice::from_raw_parts((addr as *const T).add(c0), SEGMENT.min(k - c0))
-    })
 }
 
 /// `row_map` for the softmax family on rows that [`applies`] says to split.
-pub fn row_map<T: Float>(map: RowMap, x: &View, out: &View) {
-    let k = x.k();
+pub fn row_map<T: Float>(map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) {
     let (mut sx, mut so) = (Vec::new(), Vec::new());
-    for r in 0..x.rows() {
+    let n = out.rows();
+    let mut all = out.all();
+    for r in 0..n {
         if should_stop() {
             return;
         }
-        let over_x = written_over::<T>(x, Some(out), r);
-        // SAFETY: as in `ops::row_map`: the views' memory is valid, one row at a time. With
-        // `over_x` no segment of `xs` is made once the output is being written.
-        unsafe {
-            let xs = row_addr::<T>(x, r, over_x, &mut sx);
-            let parts = per_segment(k, |i| segment_sums(segment::<T>(xs, k, i).1));
-            let (m, s) = combine(&parts);
-            match map {
-                RowMap::LogSumExp => out.store::<T, _>(r, r + 1, &mut so, |o| {
-                    // PyTorch's answer for an infinite maximum, as in `logsumexp_row`.
-                    o[0] = if m.to_f64().is_infinite() {
-                        let row = std::slice::from_raw_parts(xs as *const T, k);
-                        if row.iter().any(|v| v.is_nan()) {
-                            T::from_f64(f64::NAN)
-                        } else {
-                            m
-                        }
-                    } else {
-                        T::from_f64(m.to_f64() + crate::math::ln_f64(s))
-                    }
-                }),
-                RowMap::Softmax | RowMap::LogSoftmax => out.store::<T, _>(r, r + 1, &mut so, |o| {
-                    let o_addr = o.as_mut_ptr() as usize;
-                    let inv_s = T::from_f64(1.0 / s);
-                    let ln_s = T::from_f64(crate::math::ln_f64(s));
-                    per_segment(k, |i| {
-                        let (c0, len) = (i * SEGMENT, SEGMENT.min(k - i * SEGMENT));
-                        // SAFETY: segments are disjoint ranges of `o`, which this call owns.
-                        let oi = std::slice::from_raw_parts_mut((o_addr as *mut T).add(c0), len);
-                        // Over `x`: the segment's logits are `oi` itself (128 KiB, copied in L2).
-                        let held;
-                        let xi = match over_x {
-                            Some(_) => {
-                                held = oi.to_vec();
-                                &held[..]
-                            }
-                            None => segment::<T>(xs, k, i).1,
-                        };
-                        if map == RowMap::Softmax {
-                            exp_scaled(xi, m, inv_s, oi);
-                        } else {
-                            for (ov, &v) in oi.iter_mut().zip(xi) {
-                                *ov = (v - m) - ln_s;
-                            }
-                        }
-                    });
-                }),
-                RowMap::SoftmaxJacobian => unreachable!("k x k outputs are never this long"),
+        let mut row = all.sub(r..r + 1);
+        match x {
+            Src::View(v) => {
+                let xs = v.load::<T>(r, r + 1, &mut sx);
+                row.store::<T, _>(&mut so, |o| map_row(map, Some(xs), o));
             }
+            // Written over its input: each segment is read and overwritten in place by its own
+            // thread, instead of the row being copied first on one thread.
+            Src::Out => row.update::<T, _>(&mut so, |o| map_row(map, None, o)),
         }
     }
+}
+
+/// The loss of one row (read from `xs`, or from `g` itself when `xs` is `None`) and, when `g`
+/// is given, `scale * d loss / d x` written into it.
+fn ce_row<T: Float>(
+    xs: Option<&[T]>,
+    g: Option<&mut [T]>,
+    target: Option<usize>,
+    o: &CeOptions<T>,
+    scale: f64,
+) -> f64 {
+    let opts = |c0: usize, len: usize| TileOpts {
+        weight: o.weight.as_deref().map(|w| &w[c0..c0 + len]),
+        softcap: o.softcap,
+        smoothing: o.label_smoothing > 0.0,
+    };
+    let row = match (xs, &g) {
+        (Some(xs), _) => xs,
+        (None, Some(g)) => &g[..],
+        (None, None) => unreachable!("an in-place row has its gradient"),
+    };
+    let k = row.len();
+    let parts = per_segment(row, |i, seg| {
+        let c0 = i * SEGMENT;
+        let mut st = [RowStats::new(target)];
+        fold_tile(
+            seg,
+            seg.len(),
+            c0,
+            &mut st,
+            opts(c0, seg.len()),
+            &mut Vec::new(),
+        );
+        st[0]
+    });
+    let mut stats = RowStats::new(target);
+    for p in &parts {
+        stats.absorb(p);
+    }
+    let (loss, rg) = stats.finish(o, k, scale);
+    if let Some(g) = g {
+        per_segment_mut(g, |i, gi| {
+            let c0 = i * SEGMENT;
+            if let Some(xs) = xs {
+                gi.copy_from_slice(&xs[c0..c0 + gi.len()]);
+            }
+            grad_tile(gi, gi.len(), c0, &[rg], opts(c0, gi.len()));
+        });
+    }
+    loss
 }
 
 /// Cross-entropy on class indices (already validated) for rows that [`applies`] says to
@@ -161,75 +213,50 @@ pub fn row_map<T: Float>(map: RowMap, x: &View, out: &View) {
 /// row losses, in row order. `uniform` is the gradient scale under a scalar upstream.
 #[allow(clippy::too_many_arguments)]
 pub fn cross_entropy<T: Float>(
-    x: &View,
-    targets: &View,
+    x: Src<'_>,
+    targets: &View<'_>,
     ignore_index: i64,
     o: &CeOptions<T>,
     upstream: Upstream<'_>,
     uniform: f64,
-    losses: Option<&View>,
-    grad: Option<&View>,
+    losses: Option<&mut ViewMut<'_>>,
+    grad: Option<&mut ViewMut<'_>>,
 ) -> f64 {
-    let k = x.k();
-    let opts = |c0: usize, len: usize| TileOpts {
-        weight: o.weight.as_deref().map(|w| &w[c0..c0 + len]),
-        softcap: o.softcap,
-        smoothing: o.label_smoothing > 0.0,
-    };
     let (mut sx, mut si, mut su, mut sl, mut sg) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let n = targets.rows();
+    let mut grad = grad.map(|g| g.all());
+    let mut losses = losses.map(|l| l.all());
     let mut total = 0.0;
-    for r in 0..x.rows() {
+    for r in 0..n {
         if should_stop() {
             return f64::NAN;
         }
-        let over_x = written_over::<T>(x, grad, r);
-        // SAFETY: as in `row_map`. With `over_x` no segment of `xs` is made once the gradient
-        // pass starts, which reaches that memory only through `g`.
-        unsafe {
-            let t = targets.load_index(r, r + 1, &mut si)[0];
-            let target = (t != ignore_index).then_some(t as usize);
-            let xs = row_addr::<T>(x, r, over_x, &mut sx);
-            let parts = per_segment(k, |i| {
-                let (c0, seg) = segment::<T>(xs, k, i);
-                let mut st = [RowStats::new(target)];
-                fold_tile(
-                    seg,
-                    seg.len(),
-                    c0,
-                    &mut st,
-                    opts(c0, seg.len()),
-                    &mut Vec::new(),
-                );
-                st[0]
-            });
-            let mut stats = RowStats::new(target);
-            for p in &parts {
-                stats.absorb(p);
+        let t = targets.load_index(r, r + 1, &mut si)[0];
+        let target = (t != ignore_index).then_some(t as usize);
+        let scale = match upstream {
+            Upstream::PerRow(u) => u.load::<f64>(r, r + 1, &mut su)[0],
+            Upstream::Scalar(_) => uniform,
+        };
+        let mut g_row = grad.as_mut().map(|g| g.sub(r..r + 1));
+        let loss = match (x, g_row.as_mut()) {
+            (Src::View(v), Some(gr)) => {
+                let xs = v.load::<T>(r, r + 1, &mut sx);
+                gr.store::<T, _>(&mut sg, |g| ce_row(Some(xs), Some(g), target, o, scale))
             }
-            let scale = match upstream {
-                Upstream::PerRow(u) => u.load::<f64>(r, r + 1, &mut su)[0],
-                Upstream::Scalar(_) => uniform,
-            };
-            let (loss, rg) = stats.finish(o, k, scale);
-            total += loss;
-            if let Some(lv) = losses {
-                lv.store::<f64, _>(r, r + 1, &mut sl, |l| l[0] = loss);
+            (Src::View(v), None) => {
+                ce_row(Some(v.load::<T>(r, r + 1, &mut sx)), None, target, o, scale)
             }
-            if let Some(gv) = grad {
-                gv.store::<T, _>(r, r + 1, &mut sg, |g| {
-                    let g_addr = g.as_mut_ptr() as usize;
-                    per_segment(k, |i| {
-                        let (c0, len) = (i * SEGMENT, SEGMENT.min(k - i * SEGMENT));
-                        // SAFETY: segments are disjoint ranges of `g`, which this call owns.
-                        let gi = std::slice::from_raw_parts_mut((g_addr as *mut T).add(c0), len);
-                        if over_x.is_none() {
-                            gi.copy_from_slice(segment::<T>(xs, k, i).1);
-                        }
-                        grad_tile(gi, len, c0, &[rg], opts(c0, len));
-                    });
-                });
+            // Written over its logits: each segment is folded, then overwritten by its
+            // gradient, in place on its own thread (no copy of the row).
+            (Src::Out, Some(gr)) => {
+                gr.update::<T, _>(&mut sg, |g| ce_row(None, Some(g), target, o, scale))
             }
+            (Src::Out, None) => unreachable!("ops::Src::check gives an in-place input its output"),
+        };
+        total += loss;
+        if let Some(l) = losses.as_mut() {
+            l.sub(r..r + 1).store::<f64, _>(&mut sl, |l| l[0] = loss);
         }
     }
     total

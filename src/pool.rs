@@ -174,31 +174,53 @@ pub fn rows_per_block(k: usize) -> usize {
     (BLOCK_ELEMS / k.max(1)).max(1)
 }
 
-/// Runs `f` on consecutive blocks of rows covering `0..n_rows` and returns the results in
-/// block order. Blocks depend only on `(n_rows, k)`; they run in parallel when the work is
-/// large enough and more than one thread is configured. Under [`interruptible`] the result
-/// may stop short of the last block.
+/// The blocks of rows covering `0..n_rows` for rows of `k` elements: consecutive ranges that
+/// depend only on `(n_rows, k)`.
+pub fn block_ranges(n_rows: usize, k: usize) -> impl Iterator<Item = Range<usize>> {
+    let per = rows_per_block(k);
+    (0..n_rows.div_ceil(per)).map(move |b| b * per..((b + 1) * per).min(n_rows))
+}
+
+/// Runs `f` on consecutive blocks of rows covering `0..n_rows` (see [`block_ranges`]) and
+/// returns the results in block order. They run in parallel when the work is large enough
+/// and more than one thread is configured. Under [`interruptible`] the result may stop short
+/// of the last block.
 pub fn for_blocks<R, F>(n_rows: usize, k: usize, f: F) -> Vec<R>
 where
     R: Send,
     F: Fn(Range<usize>) -> R + Sync + Send,
 {
+    let units = vec![(); n_rows.div_ceil(rows_per_block(k))];
+    for_blocks_with(n_rows, k, units, |r, ()| f(r))
+}
+
+/// [`for_blocks`] with one payload per block moved into its call: the pieces of the outputs
+/// that block writes (`ViewMut::split` over [`block_ranges`]), so each thread owns what it
+/// writes. Panics unless there is exactly one payload per block.
+pub fn for_blocks_with<P, R, F>(n_rows: usize, k: usize, payloads: Vec<P>, f: F) -> Vec<R>
+where
+    P: Send,
+    R: Send,
+    F: Fn(Range<usize>, P) -> R + Sync + Send,
+{
     let per = rows_per_block(k);
     let n_blocks = n_rows.div_ceil(per);
-    let block = |b: usize| f(b * per..((b + 1) * per).min(n_rows));
+    assert_eq!(payloads.len(), n_blocks, "one payload per block");
     let big = n_rows.saturating_mul(k.max(1)) >= PARALLEL_MIN_ELEMS && n_blocks > 1;
     let pool = if big { pool() } else { None };
     let per_wave = (WAVE_ELEMS / per.saturating_mul(k.max(1))).max(1);
+    let mut blocks = block_ranges(n_rows, k).zip(payloads);
     let mut out = Vec::with_capacity(n_blocks);
-    let mut start = 0;
-    while start < n_blocks {
-        let wave = start..(start + per_wave).min(n_blocks);
-        start = wave.end;
+    let mut left = n_blocks;
+    while left > 0 {
+        let wave: Vec<_> = blocks.by_ref().take(per_wave).collect();
+        left -= wave.len();
+        let run = |(r, p): (Range<usize>, P)| f(r, p);
         match &pool {
-            Some(p) => p.install(|| out.par_extend(wave.into_par_iter().map(block))),
-            None => out.extend(wave.map(block)),
+            Some(p) => p.install(|| out.par_extend(wave.into_par_iter().map(run))),
+            None => out.extend(wave.into_iter().map(run)),
         }
-        if start < n_blocks && should_stop() {
+        if left > 0 && should_stop() {
             break;
         }
     }

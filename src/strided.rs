@@ -1,26 +1,40 @@
 //! Strided views of arrays as "rows": the layout layer between NumPy's arbitrary strides and
-//! kernels that only ever see contiguous `&[T]` rows.
+//! kernels that only ever see contiguous `&[T]` rows. It is the one module that turns raw
+//! pointers into slices; everything above it is safe code.
 //!
-//! A [`View`] describes an N-d array as `n_rows` rows of `k` elements: the class axis becomes
-//! the row (element stride `k_stride`), every other axis is an "outer" axis enumerated in C
-//! order. Blocks of consecutive rows are handed to kernels either in place (when the block is
+//! A view describes an N-d array as `n_rows` rows of `k` elements: the class axis becomes the
+//! row (element stride `k_stride`), every other axis is an "outer" axis enumerated in C order.
+//! Blocks of consecutive rows are handed to kernels either in place (when the block is
 //! contiguous, aligned and already of the compute type: the fast path every C-contiguous
 //! float32/float64 array with `axis=-1` takes) or through a scratch buffer of one block
 //! (gather with dtype widening on the way in, scatter with rounding on the way out). Scratch
 //! is bounded by the block size, so transposed, reversed, float16 or integer inputs never cost
 //! a whole-array copy.
 //!
-//! Views hold raw pointers; whoever builds one promises the memory stays valid and is not
-//! resized while the view is used (the binding keeps the NumPy arrays referenced).
+//! Borrowing is the compiler's to check, as with ndarray's `ArrayView`/`ArrayViewMut`:
+//! - [`View<'a>`] reads memory borrowed for `'a` (like `&'a [T]`), shared freely between
+//!   threads.
+//! - [`ViewMut<'a>`] owns the right to write its memory for `'a` (like `&'a mut [T]`). It is
+//!   cut into [`RowsMut`] pieces of disjoint row ranges ([`ViewMut::split`]); a piece is the
+//!   only way to write, so two threads can never write the same row, and an operation written
+//!   over its own input (`out=x`) reads each block from the very piece that writes it
+//!   ([`RowsMut::read`]).
+//!
+//! Views of NumPy memory are made by the binding through the `unsafe` constructors, whose
+//! contracts say what the binding checks (the array outlives the borrow; an output has no two
+//! elements at one address; inputs that overlap an output were copied first).
+
+use std::marker::PhantomData;
+use std::ops::Range;
 
 use crate::dtype::{dispatch, dispatch_float, DType, Elem, FloatElem};
 use crate::error::{Error, Result};
 use crate::float::Float;
 
-/// An array seen as rows along one axis. Strides are in bytes and may be zero or negative.
+/// Where an array's rows are, relative to its base pointer. Strides are in bytes and may be
+/// zero (inputs only) or negative.
 #[derive(Clone, Debug)]
-pub struct View {
-    ptr: *mut u8,
+struct Layout {
     dtype: DType,
     /// Outer axes after dropping length-1 axes and merging axes that step evenly: a C-contiguous
     /// array with `axis=-1` ends up with exactly one.
@@ -28,33 +42,12 @@ pub struct View {
     n_rows: usize,
     k: usize,
     k_stride: isize,
-    /// Read through scratch even when the block could be borrowed in place: set when an output
-    /// is written over this very view, so no `&[T]` and `&mut [T]` to the same memory coexist.
-    copy_on_read: bool,
 }
 
-// SAFETY: a View is a plain description of memory; the builder guarantees the memory outlives
-// every use (see the module docs), and rows handed to different threads never overlap for
-// outputs (outputs are checked to have no zero strides by the binding and are freshly
-// allocated or caller-owned distinct elements).
-unsafe impl Send for View {}
-unsafe impl Sync for View {}
-
-impl View {
-    /// A view of the array at `ptr` with `shape`/`strides` (bytes), rows along `axis`.
+impl Layout {
     /// `axis = None` makes every element its own row of length one.
-    ///
-    /// # Safety
-    /// `ptr`, `shape` and `strides` must describe valid memory of `dtype` elements that stays
-    /// valid (and is writable, if the view is written) for as long as the view is used.
-    pub unsafe fn new(
-        ptr: *mut u8,
-        dtype: DType,
-        shape: &[usize],
-        strides: &[isize],
-        axis: Option<usize>,
-    ) -> View {
-        debug_assert_eq!(shape.len(), strides.len());
+    fn new(dtype: DType, shape: &[usize], strides: &[isize], axis: Option<usize>) -> Layout {
+        assert_eq!(shape.len(), strides.len(), "one stride per axis");
         let (k, k_stride) = match axis {
             Some(a) => (shape[a], strides[a]),
             None => (1, dtype.size() as isize),
@@ -79,58 +72,20 @@ impl View {
         } else {
             k_stride
         };
-        View {
-            ptr,
+        Layout {
             dtype,
             outer,
             n_rows,
             k,
             k_stride,
-            copy_on_read: false,
         }
     }
 
-    /// A view of a contiguous slice as `data.len() / k` rows of `k` (for the slice API).
-    pub fn of_slice<T: Float>(data: &[T], k: usize) -> View {
-        let n = data.len().checked_div(k).unwrap_or(0);
+    /// C-contiguous rows of `k` elements of `T`.
+    fn rows_of<T: Float>(len: usize, k: usize) -> Layout {
+        let n = len.checked_div(k).unwrap_or(0);
         let size = std::mem::size_of::<T>() as isize;
-        // SAFETY: the slice describes exactly n*k valid elements of T.
-        unsafe {
-            View::new(
-                data.as_ptr() as *mut u8,
-                T::DTYPE,
-                &[n, k],
-                &[size * k as isize, size],
-                Some(1),
-            )
-        }
-    }
-
-    pub fn rows(&self) -> usize {
-        self.n_rows
-    }
-    pub fn k(&self) -> usize {
-        self.k
-    }
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-    pub fn set_copy_on_read(&mut self, on: bool) {
-        self.copy_on_read = on;
-    }
-
-    /// Row `i` as a multi-index into `outer_shape` (C order), for error messages: the view's
-    /// own outer axes are merged, so the caller passes the shape the user sees.
-    pub fn position(i: usize, outer_shape: &[usize]) -> Vec<usize> {
-        let mut pos = vec![0; outer_shape.len()];
-        let mut rest = i;
-        for (p, &len) in pos.iter_mut().zip(outer_shape).rev() {
-            if len > 0 {
-                *p = rest % len;
-                rest /= len;
-            }
-        }
-        pos
+        Layout::new(T::DTYPE, &[n, k], &[size * k as isize, size], Some(1))
     }
 
     #[inline]
@@ -149,26 +104,11 @@ impl View {
         }
     }
 
-    /// Whether [`View::load`] of rows `r0..r1` as `dtype` borrows them in place (no scratch).
-    pub fn loads_in_place(&self, dtype: DType, r0: usize, r1: usize) -> bool {
-        !self.copy_on_read && self.contiguous_as(dtype, r0, r1).is_some()
-    }
-
-    /// Pointer to row `r` if it is one contiguous, aligned run of `T`, whether or not the view
-    /// copies on read: for a caller that has found an output to be this very memory and
-    /// works on it in place itself.
-    pub fn row_in_place<T: Float>(&self, r: usize) -> Option<*mut T> {
-        self.contiguous::<T>(r, r + 1)
-    }
-
-    /// Pointer to rows `r0..r1` if they form one contiguous, aligned run of `T`.
-    fn contiguous<T: Float>(&self, r0: usize, r1: usize) -> Option<*mut T> {
-        self.contiguous_as(T::DTYPE, r0, r1).map(|p| p as *mut T)
-    }
-
-    fn contiguous_as(&self, dtype: DType, r0: usize, r1: usize) -> Option<*mut u8> {
+    /// The byte offset of rows `r0..r1` (`r0 < n_rows`) if they form one contiguous run of
+    /// `dtype` that starts aligned at `base`.
+    fn contiguous(&self, base: *const u8, dtype: DType, r0: usize, r1: usize) -> Option<isize> {
         let size = dtype.size() as isize;
-        if self.dtype != dtype || self.k_stride != size {
+        if self.dtype != dtype || self.k_stride != size || r0 >= self.n_rows {
             return None;
         }
         let rows_step_evenly = r1 - r0 <= 1
@@ -177,125 +117,457 @@ impl View {
                 [(_, s)] => *s == size * self.k as isize,
                 _ => false,
             };
-        if !rows_step_evenly {
-            return None;
-        }
-        // SAFETY: row r0 exists (r0 < n_rows) so the offset stays inside the array.
-        let p = unsafe { self.ptr.offset(self.row_offset(r0)) };
-        (p as usize % dtype.size() == 0).then_some(p)
+        let off = self.row_offset(r0);
+        let aligned = (base as usize).wrapping_add(off as usize) % dtype.size() == 0;
+        (rows_step_evenly && aligned).then_some(off)
     }
 
-    /// Rows `r0..r1` as a contiguous slice of the compute type: borrowed in place when
-    /// possible, otherwise gathered (and widened) into `scratch`.
-    ///
-    /// # Safety
-    /// The view's memory must be valid for reads (see [`View::new`]) and not written through
-    /// another reference while the returned slice lives.
-    pub unsafe fn load<'a, T: Float>(
-        &self,
-        r0: usize,
-        r1: usize,
-        scratch: &'a mut Vec<T>,
-    ) -> &'a [T] {
-        let len = (r1 - r0) * self.k;
-        if let Some(p) = self.contiguous::<T>(r0, r1) {
-            // SAFETY: `contiguous` checked dtype, stride and alignment; rows r0..r1 are
-            // valid elements per the caller's contract.
-            let rows = unsafe { std::slice::from_raw_parts(p, len) };
-            if !self.copy_on_read {
-                return rows;
+    fn check_range(&self, r0: usize, r1: usize) {
+        assert!(
+            r0 <= r1 && r1 <= self.n_rows,
+            "rows {r0}..{r1} of a view of {} rows",
+            self.n_rows
+        );
+    }
+
+    /// Whether no two (row, element) positions share an address, so that rows cut apart
+    /// can be written by different threads. Sufficient test: with the axes sorted by stride,
+    /// each stride clears the whole extent of the axes below it. Layouts that interleave
+    /// without overlapping fail it too; they are rare enough to be refused.
+    fn distinct_elements(&self) -> bool {
+        let mut axes: Vec<(usize, usize)> = self
+            .outer
+            .iter()
+            .map(|&(len, st)| (len, st.unsigned_abs()))
+            .chain(std::iter::once((self.k, self.k_stride.unsigned_abs())))
+            .filter(|&(len, _)| len > 1)
+            .collect();
+        if axes.iter().any(|&(len, _)| len == 0) || self.n_rows == 0 || self.k == 0 {
+            return true;
+        }
+        axes.sort_by_key(|&(_, st)| st);
+        let mut extent = self.dtype.size();
+        for (len, st) in axes {
+            if st < extent {
+                return false;
             }
-            // Written over after this read (`out=x`): one memcpy, not the element-wise gather
-            // (float32 512 x 128256 `cross_entropy_and_grad(x, t, out=x)`: see BENCHMARKS.md).
-            scratch.clear();
-            scratch.extend_from_slice(rows);
-            return scratch;
+            extent = st.saturating_mul(len - 1).saturating_add(extent);
         }
-        scratch.clear();
-        scratch.reserve(len);
-        dispatch!(self.dtype, S => unsafe { self.gather::<S, T>(r0, r1, scratch) });
-        scratch
+        true
     }
+}
 
-    unsafe fn gather<S: Elem, T: Float>(&self, r0: usize, r1: usize, dst: &mut Vec<T>) {
-        for i in r0..r1 {
-            // SAFETY: every (row, j) with j < k addresses a valid element (View::new contract);
-            // unaligned reads because NumPy arrays may be unaligned.
-            let row = unsafe { self.ptr.offset(self.row_offset(i)) };
-            for j in 0..self.k {
-                let e = unsafe {
-                    (row.offset(j as isize * self.k_stride) as *const S).read_unaligned()
-                };
+/// Reads rows `r0..r1` of the array at `base` into `dst`, widened to `T`.
+///
+/// # Safety
+/// `base` and `layout` must describe memory valid for reads of every element of those rows.
+unsafe fn gather<S: Elem, T: Float>(
+    base: *const u8,
+    layout: &Layout,
+    r0: usize,
+    r1: usize,
+    dst: &mut Vec<T>,
+) {
+    for i in r0..r1 {
+        // SAFETY: every (row, j) with j < k addresses a valid element (the caller's contract);
+        // unaligned reads because NumPy arrays may be unaligned.
+        unsafe {
+            let row = base.offset(layout.row_offset(i));
+            for j in 0..layout.k {
+                let e = (row.offset(j as isize * layout.k_stride) as *const S).read_unaligned();
                 dst.push(T::load(e));
             }
         }
     }
+}
 
-    /// Rows `r0..r1` (a view with `k == 1`, e.g. class-index targets) as `i64` indices.
+/// Rows `r0..r1` as a contiguous slice of `T`: borrowed when they are one aligned run of `T`
+/// (and `copy` is false), otherwise gathered (and widened) into `scratch`.
+///
+/// # Safety
+/// `base`/`layout` must describe memory valid for reads of those rows for `'s`, not written
+/// by anyone while the returned slice lives.
+unsafe fn load<'s, T: Float>(
+    base: *const u8,
+    layout: &Layout,
+    r0: usize,
+    r1: usize,
+    copy: bool,
+    scratch: &'s mut Vec<T>,
+) -> &'s [T] {
+    layout.check_range(r0, r1);
+    let len = (r1 - r0) * layout.k;
+    if let Some(off) = layout.contiguous(base, T::DTYPE, r0, r1) {
+        // SAFETY: `contiguous` checked dtype, stride and alignment; the rows are valid and
+        // unwritten per the caller's contract.
+        let rows = unsafe { std::slice::from_raw_parts(base.offset(off) as *const T, len) };
+        if !copy {
+            return rows;
+        }
+        // PERF: one memcpy instead of the element-wise gather (float32 512 x 128256
+        // `cross_entropy_and_grad(x, t, out=x)`: see BENCHMARKS.md).
+        scratch.clear();
+        scratch.extend_from_slice(rows);
+        return scratch;
+    }
+    scratch.clear();
+    scratch.reserve(len);
+    // SAFETY: the caller's contract.
+    dispatch!(layout.dtype, S => unsafe { gather::<S, T>(base, layout, r0, r1, scratch) });
+    scratch
+}
+
+/// An array read as rows along one axis, borrowed for `'a`.
+#[derive(Clone, Debug)]
+pub struct View<'a> {
+    ptr: *const u8,
+    layout: Layout,
+    _borrow: PhantomData<&'a [u8]>,
+}
+
+// SAFETY: a View only ever reads, like `&'a [u8]`, which is Send and Sync; its constructors'
+// contracts exclude writers for `'a`.
+unsafe impl Send for View<'_> {}
+unsafe impl Sync for View<'_> {}
+
+impl<'a> View<'a> {
+    /// A view of the array at `ptr` with `shape`/`strides` (bytes), rows along `axis`
+    /// (`None`: every element its own row of length one).
     ///
     /// # Safety
-    /// As for [`View::load`].
-    pub unsafe fn load_index<'a>(
-        &self,
-        r0: usize,
-        r1: usize,
-        scratch: &'a mut Vec<i64>,
-    ) -> &'a [i64] {
-        if self.k == 1 {
-            if let Some(p) = self.contiguous_as(DType::I64, r0, r1) {
-                // SAFETY: as in `load`: int64 targets in one contiguous run are read in place.
-                return unsafe { std::slice::from_raw_parts(p as *const i64, r1 - r0) };
+    /// `ptr`, `shape` and `strides` must describe memory of `dtype` elements valid for reads
+    /// for all of `'a`, which nothing writes during `'a`.
+    pub unsafe fn from_raw(
+        ptr: *const u8,
+        dtype: DType,
+        shape: &[usize],
+        strides: &[isize],
+        axis: Option<usize>,
+    ) -> View<'a> {
+        View {
+            ptr,
+            layout: Layout::new(dtype, shape, strides, axis),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// A contiguous slice as `data.len() / k` rows of `k` (the slice API).
+    pub fn of_slice<T: Float>(data: &'a [T], k: usize) -> View<'a> {
+        View {
+            ptr: data.as_ptr() as *const u8,
+            layout: Layout::rows_of::<T>(data.len(), k),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Class indices, one per row.
+    pub fn of_indices(data: &'a [i64]) -> View<'a> {
+        View {
+            ptr: data.as_ptr() as *const u8,
+            layout: Layout::new(DType::I64, &[data.len()], &[8], None),
+            _borrow: PhantomData,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.layout.n_rows
+    }
+    pub fn k(&self) -> usize {
+        self.layout.k
+    }
+    pub fn dtype(&self) -> DType {
+        self.layout.dtype
+    }
+
+    /// Whether [`View::load`] of rows `r0..r1` as `dtype` borrows them in place (no scratch).
+    pub fn loads_in_place(&self, dtype: DType, r0: usize, r1: usize) -> bool {
+        self.layout.contiguous(self.ptr, dtype, r0, r1).is_some()
+    }
+
+    /// Rows `r0..r1` as a contiguous slice of the compute type: borrowed in place when
+    /// possible, otherwise gathered (and widened) into `scratch`. Panics if the rows are not
+    /// the view's.
+    pub fn load<'s, T: Float>(&'s self, r0: usize, r1: usize, scratch: &'s mut Vec<T>) -> &'s [T] {
+        // SAFETY: the constructors' contract: the memory is valid and unwritten for 'a.
+        unsafe { load(self.ptr, &self.layout, r0, r1, false, scratch) }
+    }
+
+    /// Rows `r0..r1` (a view with `k == 1`, e.g. class-index targets) as `i64` indices.
+    pub fn load_index<'s>(&'s self, r0: usize, r1: usize, scratch: &'s mut Vec<i64>) -> &'s [i64] {
+        let l = &self.layout;
+        l.check_range(r0, r1);
+        if l.k == 1 {
+            if let Some(off) = l.contiguous(self.ptr, DType::I64, r0, r1) {
+                // SAFETY: as in `load`: int64 targets in one aligned run are read in place.
+                return unsafe {
+                    std::slice::from_raw_parts(self.ptr.offset(off) as *const i64, r1 - r0)
+                };
             }
         }
         scratch.clear();
         scratch.reserve(r1 - r0);
-        dispatch!(self.dtype, S => {
+        dispatch!(l.dtype, S => {
             for i in r0..r1 {
-                // SAFETY: as in `gather`.
-                let e = unsafe { (self.ptr.offset(self.row_offset(i)) as *const S).read_unaligned() };
+                // SAFETY: as in `gather`: element 0 of row i is valid (checked range).
+                let e = unsafe { (self.ptr.offset(l.row_offset(i)) as *const S).read_unaligned() };
                 scratch.push(e.to_index());
             }
         });
         scratch
     }
 
-    /// Runs `f` on rows `r0..r1` of this (output) view as a contiguous `&mut [T]`: in place when
-    /// possible, otherwise in `scratch`, rounded and scattered into the view afterwards.
+    /// Row `i` as a multi-index into `outer_shape` (C order), for error messages: the view's
+    /// own outer axes are merged, so the caller passes the shape the user sees.
+    pub fn position(i: usize, outer_shape: &[usize]) -> Vec<usize> {
+        let mut pos = vec![0; outer_shape.len()];
+        let mut rest = i;
+        for (p, &len) in pos.iter_mut().zip(outer_shape).rev() {
+            if len > 0 {
+                *p = rest % len;
+                rest /= len;
+            }
+        }
+        pos
+    }
+}
+
+/// An array written as rows along one axis, exclusively borrowed for `'a`. Writing goes
+/// through the [`RowsMut`] pieces it is cut into.
+#[derive(Debug)]
+pub struct ViewMut<'a> {
+    ptr: *mut u8,
+    layout: Layout,
+    _borrow: PhantomData<&'a mut [u8]>,
+}
+
+// SAFETY: like `&'a mut [u8]`: whoever holds the ViewMut is the only one with access.
+unsafe impl Send for ViewMut<'_> {}
+
+impl<'a> ViewMut<'a> {
+    /// A view for writing the floating-point array at `ptr` (see [`View::from_raw`]).
+    /// Returns `Error::Value` when two of its elements share an address (a zero stride, or
+    /// rows that overlap), since its rows are written in parallel.
     ///
     /// # Safety
-    /// The view's memory must be valid for writes, rows `r0..r1` must not be accessed by anyone
-    /// else meanwhile, and the view must be of a floating dtype.
-    pub unsafe fn store<T: Float, R>(
-        &self,
-        r0: usize,
-        r1: usize,
+    /// `ptr`, `shape` and `strides` must describe memory of `dtype` elements valid for reads
+    /// and writes for all of `'a`, which nothing else reads or writes during `'a`.
+    pub unsafe fn from_raw(
+        ptr: *mut u8,
+        dtype: DType,
+        shape: &[usize],
+        strides: &[isize],
+        axis: Option<usize>,
+    ) -> Result<ViewMut<'a>> {
+        let layout = Layout::new(dtype, shape, strides, axis);
+        if !dtype.is_float() {
+            return Err(Error::Value(format!(
+                "an output must be of a floating dtype, got {}",
+                dtype.name()
+            )));
+        }
+        if !layout.distinct_elements() {
+            return Err(Error::Value(
+                "out has elements that share memory (overlapping strides); pass an array whose elements are all distinct".into(),
+            ));
+        }
+        Ok(ViewMut {
+            ptr,
+            layout,
+            _borrow: PhantomData,
+        })
+    }
+
+    /// A contiguous slice as `data.len() / k` rows of `k` (the slice API).
+    pub fn of_slice<T: Float>(data: &'a mut [T], k: usize) -> ViewMut<'a> {
+        ViewMut {
+            ptr: data.as_mut_ptr() as *mut u8,
+            layout: Layout::rows_of::<T>(data.len(), k),
+            _borrow: PhantomData,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.layout.n_rows
+    }
+    pub fn k(&self) -> usize {
+        self.layout.k
+    }
+
+    /// Whether rows `r0..r1` are written in place (no scratch) when computed as `dtype`.
+    pub fn stores_in_place(&self, dtype: DType, r0: usize, r1: usize) -> bool {
+        self.layout.contiguous(self.ptr, dtype, r0, r1).is_some()
+    }
+
+    /// Every row, as one piece.
+    pub fn all(&mut self) -> RowsMut<'_> {
+        self.piece(0..self.layout.n_rows)
+    }
+
+    /// The pieces of consecutive, disjoint row ranges `ranges` (ascending). Panics if a range
+    /// overlaps the one before or leaves the view.
+    pub fn split(&mut self, ranges: impl IntoIterator<Item = Range<usize>>) -> Vec<RowsMut<'_>> {
+        let mut next = 0;
+        let mut pieces = Vec::new();
+        for r in ranges {
+            assert!(r.start >= next, "row ranges must be disjoint and ascending");
+            self.layout.check_range(r.start, r.end);
+            next = r.end;
+            pieces.push(self.piece(r));
+        }
+        pieces
+    }
+
+    fn piece(&self, rows: Range<usize>) -> RowsMut<'_> {
+        RowsMut {
+            ptr: self.ptr,
+            layout: &self.layout,
+            rows,
+            _borrow: PhantomData,
+        }
+    }
+}
+
+/// The right to read and write rows `rows` of a [`ViewMut`], and nobody else's.
+#[derive(Debug)]
+pub struct RowsMut<'v> {
+    ptr: *mut u8,
+    layout: &'v Layout,
+    rows: Range<usize>,
+    _borrow: PhantomData<&'v mut [u8]>,
+}
+
+// SAFETY: pieces cover disjoint row ranges of a ViewMut whose elements are all distinct
+// (checked by its constructors), so a piece's memory is touched by no other piece: moving it
+// to another thread is like moving a `&mut [u8]`.
+unsafe impl Send for RowsMut<'_> {}
+
+impl RowsMut<'_> {
+    pub fn rows(&self) -> Range<usize> {
+        self.rows.clone()
+    }
+
+    /// The piece of rows `rows` (within this one's) for as long as it is borrowed.
+    pub fn sub(&mut self, rows: Range<usize>) -> RowsMut<'_> {
+        assert!(
+            self.rows.start <= rows.start && rows.start <= rows.end && rows.end <= self.rows.end,
+            "rows {rows:?} are not within {:?}",
+            self.rows
+        );
+        RowsMut {
+            ptr: self.ptr,
+            layout: self.layout,
+            rows,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// The piece's current values as `T`, copied into `scratch`: for an operation written
+    /// over its own input, which reads a block before overwriting it.
+    pub fn read<'s, T: Float>(&self, scratch: &'s mut Vec<T>) -> &'s [T] {
+        // SAFETY: this piece has its rows to itself (see `Send` above), and no `&mut` to them
+        // can be made while `self` is borrowed here; with `copy` the result is `scratch`,
+        // never the rows themselves, so it may outlive this borrow.
+        unsafe {
+            load(
+                self.ptr,
+                self.layout,
+                self.rows.start,
+                self.rows.end,
+                true,
+                scratch,
+            )
+        }
+    }
+
+    /// The rows as one contiguous `&mut [T]` if they are one aligned run of `T`.
+    pub fn in_place<T: Float>(&mut self) -> Option<&mut [T]> {
+        let len = self.rows.len() * self.layout.k;
+        let off = self
+            .layout
+            .contiguous(self.ptr, T::DTYPE, self.rows.start, self.rows.end)?;
+        // SAFETY: `contiguous` checked dtype, stride and alignment; the rows are this piece's
+        // alone and valid for writes (ViewMut's contract), and `&mut self` is held.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.offset(off) as *mut T, len) })
+    }
+
+    /// Runs `f` on the rows as a contiguous `&mut [T]`: in place when possible, otherwise in
+    /// `scratch` (holding zeros, or the current values when `keep`), rounded and scattered
+    /// into the array afterwards.
+    fn with_rows<T: Float, R>(
+        &mut self,
         scratch: &mut Vec<T>,
+        keep: bool,
         f: impl FnOnce(&mut [T]) -> R,
     ) -> R {
-        let len = (r1 - r0) * self.k;
-        if let Some(p) = self.contiguous::<T>(r0, r1) {
-            // SAFETY: see `load`; exclusive access is the caller's promise.
-            return f(unsafe { std::slice::from_raw_parts_mut(p, len) });
+        let (r0, r1) = (self.rows.start, self.rows.end);
+        if let Some(off) = self.layout.contiguous(self.ptr, T::DTYPE, r0, r1) {
+            // SAFETY: as in `in_place`.
+            let rows = unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.ptr.offset(off) as *mut T,
+                    (r1 - r0) * self.layout.k,
+                )
+            };
+            return f(rows);
         }
-        scratch.clear();
-        scratch.resize(len, T::ZERO);
+        if keep {
+            // SAFETY: as in `read`.
+            unsafe {
+                dispatch!(self.layout.dtype, S => {
+                    scratch.clear();
+                    gather::<S, T>(self.ptr, self.layout, r0, r1, scratch)
+                })
+            };
+        } else {
+            scratch.clear();
+            scratch.resize((r1 - r0) * self.layout.k, T::ZERO);
+        }
         let r = f(scratch);
-        dispatch_float!(self.dtype, S => unsafe { self.scatter::<S, T>(r0, r1, scratch) },
-            _ => unreachable!("outputs are floating arrays"));
+        dispatch_float!(self.layout.dtype, S => self.scatter::<S, T>(scratch),
+            _ => unreachable!("ViewMut checks that outputs are floating arrays"));
         r
     }
 
-    unsafe fn scatter<S: FloatElem, T: Float>(&self, r0: usize, r1: usize, src: &[T]) {
+    /// Runs `f` on the rows (contents unspecified: `f` writes every element).
+    pub fn store<T: Float, R>(&mut self, scratch: &mut Vec<T>, f: impl FnOnce(&mut [T]) -> R) -> R {
+        self.with_rows(scratch, false, f)
+    }
+
+    /// Runs `f` on the rows holding their current values (read, modified, written back).
+    pub fn update<T: Float, R>(
+        &mut self,
+        scratch: &mut Vec<T>,
+        f: impl FnOnce(&mut [T]) -> R,
+    ) -> R {
+        self.with_rows(scratch, true, f)
+    }
+
+    fn scatter<S: FloatElem, T: Float>(&mut self, src: &[T]) {
+        let l = self.layout;
         let mut it = src.iter();
-        for i in r0..r1 {
-            // SAFETY: as in `gather`, for writes.
-            let row = unsafe { self.ptr.offset(self.row_offset(i)) };
-            for j in 0..self.k {
-                let v: S = it.next().copied().unwrap_or(T::ZERO).store();
-                unsafe { (row.offset(j as isize * self.k_stride) as *mut S).write_unaligned(v) };
+        for i in self.rows.clone() {
+            // SAFETY: every (row, j) of this piece is a valid element that only this piece
+            // writes (ViewMut's contract); unaligned writes as in `gather`.
+            unsafe {
+                let row = self.ptr.offset(l.row_offset(i));
+                for j in 0..l.k {
+                    let v: S = it.next().copied().unwrap_or(T::ZERO).store();
+                    (row.offset(j as isize * l.k_stride) as *mut S).write_unaligned(v);
+                }
             }
         }
     }
+}
+
+/// C-order byte strides of `shape` for `size`-byte elements.
+pub fn c_strides(shape: &[usize], size: isize) -> Vec<isize> {
+    let mut strides = vec![0; shape.len()];
+    let mut s = size;
+    for d in (0..shape.len()).rev() {
+        strides[d] = s;
+        s *= shape[d].max(1) as isize;
+    }
+    strides
 }
 
 /// Checks that `shape` broadcasts to `to` (NumPy rules) and returns the strides that read an
@@ -337,9 +609,10 @@ mod tests {
     fn transposed_view_gathers_columns() {
         // 2x3 row-major data viewed with rows along axis 0 (i.e. the columns).
         let data: Vec<f64> = vec![0., 1., 2., 10., 11., 12.];
+        // SAFETY: `data` holds the 2x3 array and outlives the view; nothing writes it.
         let v = unsafe {
-            View::new(
-                data.as_ptr() as *mut u8,
+            View::from_raw(
+                data.as_ptr() as *const u8,
                 DType::F64,
                 &[2, 3],
                 &[24, 8],
@@ -348,7 +621,7 @@ mod tests {
         };
         assert_eq!((v.rows(), v.k()), (3, 2));
         let mut s = Vec::new();
-        let got = unsafe { v.load::<f64>(0, 3, &mut s) }.to_vec();
+        let got = v.load::<f64>(0, 3, &mut s).to_vec();
         assert_eq!(got, vec![0., 10., 1., 11., 2., 12.]);
     }
 
@@ -357,7 +630,7 @@ mod tests {
         let data: Vec<f32> = (0..12).map(|i| i as f32).collect();
         let v = View::of_slice(&data, 4);
         let mut s = Vec::new();
-        let got = unsafe { v.load::<f32>(1, 3, &mut s) };
+        let got = v.load::<f32>(1, 3, &mut s);
         assert_eq!(got.as_ptr(), data[4..].as_ptr());
         assert!(s.capacity() == 0);
     }
@@ -365,10 +638,95 @@ mod tests {
     #[test]
     fn widening_and_negative_strides() {
         let data: Vec<i16> = vec![1, 2, 3, 4];
-        let base = unsafe { (data.as_ptr() as *mut u8).add(6) };
-        let v = unsafe { View::new(base, DType::I16, &[4], &[-2], Some(0)) };
+        // SAFETY: the last element is inside `data`; with stride -2 the view reads all four.
+        let v = unsafe {
+            View::from_raw(
+                data.as_ptr().add(3) as *const u8,
+                DType::I16,
+                &[4],
+                &[-2],
+                Some(0),
+            )
+        };
         let mut s = Vec::new();
-        assert_eq!(unsafe { v.load::<f64>(0, 1, &mut s) }, &[4., 3., 2., 1.]);
+        assert_eq!(v.load::<f64>(0, 1, &mut s), &[4., 3., 2., 1.]);
+    }
+
+    fn writable(shape: &[usize], strides: &[isize], axis: Option<usize>) -> bool {
+        let mut data = vec![0.0f64; 64];
+        // SAFETY: from element 24 of `data`, every layout below stays inside its 64 elements.
+        unsafe {
+            let base = data.as_mut_ptr().add(24) as *mut u8;
+            ViewMut::from_raw(base, DType::F64, shape, strides, axis).is_ok()
+        }
+    }
+
+    #[test]
+    fn outputs_whose_elements_share_memory_are_refused() {
+        assert!(writable(&[3, 4], &[32, 8], Some(1)));
+        assert!(writable(&[3, 4], &[8, 24], Some(0)), "Fortran order");
+        assert!(writable(&[2, 3], &[-24, 8], Some(1)), "reversed rows");
+        assert!(
+            writable(&[4, 2], &[8, 32], Some(1)),
+            "interleaved, distinct"
+        );
+        assert!(
+            !writable(&[3, 4], &[8, 8], Some(1)),
+            "rows overlap (as_strided)"
+        );
+        assert!(!writable(&[3, 4], &[0, 8], Some(1)), "zero stride");
+        assert!(!writable(&[3, 4], &[32, 4], Some(1)), "elements overlap");
+        assert!(writable(&[0, 4], &[8, 8], Some(1)), "no elements");
+        assert!(
+            writable(&[1, 4], &[0, 8], Some(1)),
+            "length-one axes never repeat"
+        );
+    }
+
+    #[test]
+    fn pieces_write_their_own_rows_in_place_or_through_scratch() {
+        let mut data = vec![0.0f32; 12];
+        let mut v = ViewMut::of_slice(&mut data, 4);
+        for (i, mut p) in v.split([0..1, 1..3]).into_iter().enumerate() {
+            let mut s = Vec::new();
+            p.store::<f32, _>(&mut s, |o| o.fill(i as f32 + 1.0));
+            assert!(s.is_empty(), "contiguous float32 rows are written in place");
+        }
+        assert_eq!(
+            &data[..8],
+            &[1.0; 4]
+                .iter()
+                .chain(&[2.0; 4])
+                .copied()
+                .collect::<Vec<_>>()[..]
+        );
+        // A transposed float64 output takes the scatter path; `update` sees the old values.
+        let mut t = vec![1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0];
+        // SAFETY: `t` holds the 2x3 array and nothing else touches it meanwhile.
+        let mut v = unsafe {
+            ViewMut::from_raw(
+                t.as_mut_ptr() as *mut u8,
+                DType::F64,
+                &[2, 3],
+                &[24, 8],
+                Some(0),
+            )
+        }
+        .unwrap();
+        let mut s = Vec::new();
+        v.all().update::<f64, _>(&mut s, |o| {
+            assert_eq!(o, &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+            o.iter_mut().for_each(|x| *x *= 10.0);
+        });
+        assert_eq!(t, vec![10.0, 20.0, 30.0, 40.0, 50.0, 60.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "disjoint")]
+    fn overlapping_pieces_cannot_be_made() {
+        let mut data = vec![0.0f32; 12];
+        let mut v = ViewMut::of_slice(&mut data, 4);
+        let _ = v.split([0..2, 1..3]);
     }
 
     #[test]

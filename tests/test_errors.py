@@ -73,7 +73,7 @@ def test_target_shape_mismatch_names_both_shapes(fn):
         getattr(sce_rs, fn)(X, np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="integer dtype, got float64"):
         getattr(sce_rs, fn)(X, T.astype(np.float64))
-    with pytest.raises(ValueError, match="integer dtype, got bool"):
+    with pytest.raises(TypeError, match="integer dtype, got bool"):
         getattr(sce_rs, fn)(X, T.astype(bool))
 
 
@@ -100,6 +100,18 @@ def test_empty_class_axis_has_no_valid_index():
     with pytest.raises(IndexError):
         sce_rs.cross_entropy(np.zeros((3, 0)), np.zeros(3, dtype=np.int64))
     assert sce_rs.cross_entropy(np.zeros((3, 0)), np.full(3, -100), reduction="sum") == 0.0
+
+
+def test_empty_class_axis_with_probabilities_follows_pytorch():
+    # Each row's loss is minus an empty sum (-0.0); "mean" divides by numel / K = 0 / 0.
+    x = np.zeros((3, 0))
+    assert np.isnan(sce_rs.cross_entropy(x, x))
+    total = sce_rs.cross_entropy(x, x, reduction="sum")
+    assert total == 0.0 and np.signbit(total)
+    rows = sce_rs.cross_entropy(x, x, reduction="none")
+    assert rows.shape == (3,) and np.all(rows == 0.0) and np.all(np.signbit(rows))
+    loss, grad = sce_rs.cross_entropy_and_grad(x, x, reduction="sum")
+    assert np.signbit(loss) and grad.shape == (3, 0)
 
 
 @pytest.mark.parametrize(
@@ -214,6 +226,13 @@ def test_bad_out_buffers_are_rejected_untouched(call):
     zero_stride = np.lib.stride_tricks.as_strided(np.full(5, 7.0), shape=(4, 5), strides=(0, 8))
     with pytest.raises(ValueError, match="zero stride"):
         call(zero_stride)
+    # Rows that overlap each other (each starts one element after the last): threads writing
+    # different rows would write the same memory, so the buffer is refused untouched.
+    base = np.full(8, 7.0)
+    overlapping = np.lib.stride_tricks.as_strided(base, shape=(4, 5), strides=(8, 8))
+    with pytest.raises(ValueError, match="share memory"):
+        call(overlapping)
+    assert np.all(base == 7.0)
 
 
 def test_failed_call_leaves_in_place_buffer_untouched():

@@ -198,8 +198,11 @@ def cross_entropy_and_grad(input: Any, target: Any, *, axis: int = -1, weight: A
     loss = cross_entropy(input, target, axis=axis, weight=weight, ignore_index=ignore_index,
                          reduction=reduction, **options)
     c = _Loss("cross_entropy_and_grad", input, target, axis, weight, ignore_index)
-    kernel = functools.partial(sce_rs.cross_entropy_and_grad, axis=c.axis, weight=c.weight,
-                               ignore_index=ignore_index, **options)
+
+    def kernel(xb: Any, tb: Any, **call: Any) -> Any:
+        return sce_rs.cross_entropy_and_grad(xb, tb, axis=c.axis, weight=c.weight,
+                                             ignore_index=ignore_index, **options, **call)
+
     g = 1.0 if grad_output is None else grad_output
     if reduction == "none":
         g = da.broadcast_to(da.asarray(g), loss.shape).rechunk(loss.chunks)

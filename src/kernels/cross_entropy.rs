@@ -38,16 +38,18 @@ pub enum RowTarget<'a, T> {
     Probs(&'a [T]),
 }
 
-/// The options of a cross-entropy call, resolved once per call.
+/// The options of a cross-entropy call, resolved once per call. Made by `CeOptions::new`
+/// (which validates them, in `ops`) or [`CeOptions::plain`]; the fields are the crate's own,
+/// so `weight_total` can never fall out of step with `weight`.
 #[derive(Clone, Debug)]
 pub struct CeOptions<T> {
     /// Per-class weights (length `K`), or `None` for all ones.
-    pub weight: Option<Vec<T>>,
+    pub(crate) weight: Option<Vec<T>>,
     /// `Σ_c w_c` (`K` without weights).
-    pub weight_total: f64,
-    pub label_smoothing: f64,
-    pub z_loss: f64,
-    pub softcap: Option<f64>,
+    pub(crate) weight_total: f64,
+    pub(crate) label_smoothing: f64,
+    pub(crate) z_loss: f64,
+    pub(crate) softcap: Option<f64>,
 }
 
 impl<T: Float> CeOptions<T> {

@@ -12,7 +12,7 @@ use pyo3::sync::PyOnceLock;
 
 use crate::dtype::DType;
 use crate::error::fmt_index;
-use crate::strided::View;
+use crate::strided::{View, ViewMut};
 
 /// Python objects looked up once: `numpy.asarray` and the scalar types of reduced losses.
 struct NumpyRefs {
@@ -171,20 +171,39 @@ impl<'py> Arr<'py> {
         self.shape.iter().product()
     }
 
-    /// The array as rows along `axis` (`None`: one row per element, in C order).
-    pub fn view(&self, axis: Option<usize>) -> View {
-        // SAFETY: ptr/shape/strides come from the live array, which `self` keeps referenced for
-        // as long as the returned view is used by the calling binding function.
-        unsafe { View::new(self.ptr, self.dtype, &self.shape, &self.strides, axis) }
+    /// The array as rows along `axis` (`None`: one row per element, in C order), for reading.
+    pub fn view(&self, axis: Option<usize>) -> View<'_> {
+        // SAFETY: ptr/shape/strides come from the live array, which `self` keeps referenced
+        // for the borrow. The binding writes no input: one that shares memory with an output
+        // was copied first or is read from that output itself (`guard_against`). Another
+        // Python thread writing the array meanwhile is a race in the caller's program, as with
+        // any NumPy function that releases the GIL.
+        unsafe { View::from_raw(self.ptr, self.dtype, &self.shape, &self.strides, axis) }
     }
 
-    /// A fresh C-contiguous array seen as `n` rows of `k` elements (for results whose rows
-    /// span several trailing axes, like the Jacobian's `K x K`).
-    pub fn reshaped_rows(&self, n: usize, k: usize) -> View {
+    /// The array as rows along `axis`, for writing; an error if two of its elements share
+    /// memory (an `out=` made by `as_strided`, say).
+    pub fn view_mut(&mut self, axis: Option<usize>) -> crate::Result<ViewMut<'_>> {
+        // SAFETY: as in `view`; outputs are fresh arrays or the caller's `out=`, which no
+        // input viewed during the call shares memory with (`guard_against`).
+        unsafe { ViewMut::from_raw(self.ptr, self.dtype, &self.shape, &self.strides, axis) }
+    }
+
+    /// This fresh C-contiguous array seen as `n` rows of `k` elements, for writing (results
+    /// whose rows span several trailing axes, like the Jacobian's `K x K`).
+    pub fn rows_mut(&mut self, n: usize, k: usize) -> crate::Result<ViewMut<'_>> {
         let size = self.dtype.size() as isize;
-        // SAFETY: callers pass n * k == self.size() for a C-contiguous array made by `empty`.
+        let contiguous =
+            self.size() == 0 || crate::strided::c_strides(&self.shape, size) == self.strides;
+        if n * k != self.size() || !contiguous {
+            return Err(crate::Error::Shape(format!(
+                "{} is not {n} contiguous rows of {k}",
+                fmt_index(&self.shape)
+            )));
+        }
+        // SAFETY: as in `view_mut`; checked above to be exactly n * k contiguous elements.
         unsafe {
-            View::new(
+            ViewMut::from_raw(
                 self.ptr,
                 self.dtype,
                 &[n, k],
@@ -200,7 +219,7 @@ impl<'py> Arr<'py> {
         shape: &[usize],
         axis: Option<usize>,
         what: &str,
-    ) -> PyResult<View> {
+    ) -> PyResult<View<'_>> {
         let strides = crate::strided::broadcast_strides(&self.shape, &self.strides, shape)
             .map_err(|_| {
                 PyValueError::new_err(format!(
@@ -210,7 +229,7 @@ impl<'py> Arr<'py> {
                 ))
             })?;
         // SAFETY: as in `view`; broadcast strides only revisit elements of the array.
-        Ok(unsafe { View::new(self.ptr, self.dtype, shape, &strides, axis) })
+        Ok(unsafe { View::from_raw(self.ptr, self.dtype, shape, &strides, axis) })
     }
 
     /// The byte range the array's elements occupy, or `None` when it has none.

@@ -122,7 +122,7 @@ fn linear<'py>(
     };
 
     let dt = promote(h.dtype, w.dtype);
-    let grads = if with_grad {
+    let mut grads = if with_grad {
         let db = match &b {
             Some(b) => Some(Arr::empty(py, &[v], b.dtype.result(), b)?),
             None => None,
@@ -135,7 +135,7 @@ fn linear<'py>(
     } else {
         None
     };
-    let losses = if reduction == Reduction::None {
+    let mut losses = if reduction == Reduction::None {
         Some(Arr::empty(py, &[n], dt, &h)?)
     } else {
         None
@@ -147,14 +147,23 @@ fn linear<'py>(
         .as_ref()
         .map(|u| u.broadcast_view(&[n], None, "grad_output"))
         .transpose()?;
-    let gv = grads.as_ref().map(|(dh, dw, db)| {
-        (
-            dh.view(Some(1)),
-            dw.view(Some(1)),
-            db.as_ref().map(|a| a.view(None)),
-        )
-    });
-    let lv = losses.as_ref().map(|l| l.view(None));
+    let out_err = |e| to_py(py, f, e);
+    let mut gv = match grads.as_mut() {
+        Some((dh, dw, db)) => Some((
+            dh.view_mut(Some(1)).map_err(out_err)?,
+            dw.view_mut(Some(1)).map_err(out_err)?,
+            db.as_mut()
+                .map(|a| a.view_mut(None))
+                .transpose()
+                .map_err(out_err)?,
+        )),
+        None => None,
+    };
+    let mut lv = losses
+        .as_mut()
+        .map(|l| l.view_mut(None))
+        .transpose()
+        .map_err(out_err)?;
     // Operands not already contiguous in the compute type are converted into one copy each.
     let compute = dt.compute();
     let copies: usize = [(&hv, n * d), (&wv, v * d)]
@@ -168,9 +177,7 @@ fn linear<'py>(
     let total = run(py, f, work, 0, || {
         with_compute!(dt, T => {
             let (mut sh, mut sw, mut sb, mut si, mut su) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            // SAFETY: every view reads or writes an array this call keeps referenced; the
-            // outputs are fresh arrays, so nothing aliases.
-            unsafe {
+            {
                 let opts = CeOptions::<T> {
                     weight: class_weight.as_ref().map(|w| w.iter().map(|&x| T::from_f64(x)).collect()),
                     weight_total: class_weight.as_ref().map_or(v as f64, |w| w.iter().sum()),
@@ -194,7 +201,7 @@ fn linear<'py>(
                     None => LinUpstream::Scalar(scalar_up),
                 };
                 let mut row_losses = lv.as_ref().map(|_| vec![0.0f64; n]);
-                let res = match &gv {
+                let res = match gv.as_mut() {
                     None => crate::linear::linear_cross_entropy(&args, reduction, up, row_losses.as_deref_mut(), None),
                     Some((dhv, dwv, dbv)) => {
                         let (mut s1, mut s2, mut s3) = (Vec::new(), Vec::new(), Vec::new());
@@ -202,17 +209,17 @@ fn linear<'py>(
                             let g = LinearGrads { d_hidden, d_weight, d_bias };
                             crate::linear::linear_cross_entropy(&args, reduction, up, row_losses.as_deref_mut(), Some(g))
                         };
-                        dhv.store::<T, _>(0, n, &mut s1, |dh| {
-                            dwv.store::<T, _>(0, v, &mut s2, |dw| match dbv {
-                                Some(dbv) => dbv.store::<T, _>(0, v, &mut s3, |db| with_grads(dh, dw, Some(db))),
+                        dhv.all().store::<T, _>(&mut s1, |dh| {
+                            dwv.all().store::<T, _>(&mut s2, |dw| match dbv {
+                                Some(dbv) => dbv.all().store::<T, _>(&mut s3, |db| with_grads(dh, dw, Some(db))),
                                 None => with_grads(dh, dw, None),
                             })
                         })
                     }
                 };
-                if let (Some(lv), Some(rl)) = (&lv, &row_losses) {
+                if let (Some(lv), Some(rl)) = (lv.as_mut(), &row_losses) {
                     let mut sl = Vec::new();
-                    lv.store::<f64, _>(0, n, &mut sl, |l| l.copy_from_slice(rl));
+                    lv.all().store::<f64, _>(&mut sl, |l| l.copy_from_slice(rl));
                 }
                 res
             }

@@ -12,7 +12,8 @@ use pyo3::types::PyTuple;
 use crate::dtype::DType;
 use crate::error::{fmt_index, Error};
 use crate::float::Float;
-use crate::ops::{self, BinaryArgs, CeOptions, Loss, Reduction, RowMap, Targets, Upstream};
+use crate::ops::{self, BinaryArgs, CeOptions, Loss, Reduction, RowMap, Src, Targets, Upstream};
+use crate::strided::{View, ViewMut};
 use array::{axis_error, loss_scalar, Arr};
 use scalars::{Axis, Int, Real};
 
@@ -54,13 +55,26 @@ fn ensure_allocatable(f: &str, bytes: usize) -> PyResult<()> {
 
 /// The row length whose scratch a call may need: 0 when every view reads and writes its rows
 /// in place, their row length when any of them gathers (blocks of long rows are one row).
-fn gathered_row(views: &[&crate::strided::View], compute: DType) -> usize {
-    let in_place = |v: &&crate::strided::View| v.rows() == 0 || v.loads_in_place(compute, 0, 1);
-    if views.iter().all(in_place) {
+/// Each view is given as `(row length, rows, whether its first row is used in place)`.
+fn gathered_row(views: &[(usize, usize, bool)]) -> usize {
+    if views
+        .iter()
+        .all(|&(_, rows, in_place)| rows == 0 || in_place)
+    {
         0
     } else {
-        views.iter().map(|v| v.k()).max().unwrap_or(0)
+        views.iter().map(|v| v.0).max().unwrap_or(0)
     }
+}
+
+/// [`gathered_row`]'s description of an input view.
+fn read_rows(v: &View<'_>, compute: DType) -> (usize, usize, bool) {
+    (v.k(), v.rows(), v.loads_in_place(compute, 0, 1))
+}
+
+/// [`gathered_row`]'s description of an output view.
+fn written_rows(v: &ViewMut<'_>, compute: DType) -> (usize, usize, bool) {
+    (v.k(), v.rows(), v.stores_in_place(compute, 0, 1))
 }
 
 /// Runs `f` with the GIL released when the work is large enough to be worth it, after
@@ -184,21 +198,24 @@ fn row_map_py<'py>(
     let a = norm_axis(py, f, axis, x.ndim())?;
     let dt = x.dtype.result();
     let given = out.is_some();
-    let out = match out {
+    let mut out = match out {
         Some(o) => Arr::out(o, &x.shape, dt).map_err(|e| prefixed(py, f, e))?,
         None => Arr::empty(py, &x.shape, dt, &x)?,
     };
     let in_place = x.guard_against(&out)?;
-    let mut xv = x.view(Some(a));
-    xv.set_copy_on_read(in_place);
-    let ov = out.view(Some(a));
+    let xv = (!in_place).then(|| x.view(Some(a)));
+    let mut ov = out.view_mut(Some(a)).map_err(|e| to_py(py, f, e))?;
+    let src = xv.as_ref().map_or(Src::Out, Src::View);
+    let mut rows = vec![written_rows(&ov, dt.compute())];
+    rows.extend(xv.as_ref().map(|v| read_rows(v, dt.compute())));
     run(
         py,
         f,
         x.size(),
-        gathered_row(&[&xv, &ov], dt.compute()),
-        || with_compute!(dt, T => ops::row_map::<T>(map, &xv, &ov)),
-    )?;
+        gathered_row(&rows),
+        || with_compute!(dt, T => ops::row_map::<T>(map, src, &mut ov)),
+    )?
+    .map_err(|e| to_py(py, f, e))?;
     if given {
         Ok(out.arr.into_any())
     } else {
@@ -320,15 +337,17 @@ fn logsumexp<'py>(
     } else {
         shape.remove(a);
     }
-    let out = Arr::empty(py, &shape, dt, &x)?;
-    let (xv, ov) = (x.view(Some(a)), out.view(None));
+    let mut out = Arr::empty(py, &shape, dt, &x)?;
+    let xv = x.view(Some(a));
+    let mut ov = out.view_mut(None).map_err(|e| to_py(py, f, e))?;
     run(
         py,
         f,
         x.size(),
-        gathered_row(&[&xv], dt.compute()),
-        || with_compute!(dt, T => ops::row_map::<T>(RowMap::LogSumExp, &xv, &ov)),
-    )?;
+        gathered_row(&[read_rows(&xv, dt.compute())]),
+        || with_compute!(dt, T => ops::row_map::<T>(RowMap::LogSumExp, Src::View(&xv), &mut ov)),
+    )?
+    .map_err(|e| to_py(py, f, e))?;
     out.into_result()
 }
 
@@ -368,17 +387,14 @@ fn softmax_jacobian<'py>(
     let mut shape = shape_without(&x.shape, a);
     let n: usize = shape.iter().product();
     shape.extend([k, k]);
-    let out = Arr::empty(py, &shape, dt, &x)?;
+    let mut out = Arr::empty(py, &shape, dt, &x)?;
     let xv = x.view(Some(a));
     // The result seen as n rows of k*k.
-    let ov = out.reshaped_rows(n, k * k);
-    run(
-        py,
-        f,
-        n * k * k.max(1),
-        gathered_row(&[&xv], dt.compute()),
-        || with_compute!(dt, T => ops::row_map::<T>(RowMap::SoftmaxJacobian, &xv, &ov)),
-    )?;
+    let mut ov = out.rows_mut(n, k * k).map_err(|e| to_py(py, f, e))?;
+    run(py, f, n * k * k.max(1), gathered_row(&[read_rows(&xv, dt.compute())]), || {
+        with_compute!(dt, T => ops::row_map::<T>(RowMap::SoftmaxJacobian, Src::View(&xv), &mut ov))
+    })?
+    .map_err(|e| to_py(py, f, e))?;
     out.into_result()
 }
 
@@ -402,15 +418,19 @@ fn backward_py<'py>(
     let a = norm_axis(py, f, axis.0, g.ndim())?;
     let dt = promote(g.dtype, y.dtype);
     let like = if g.dtype == dt { &g } else { &y };
-    let out = Arr::empty(py, &g.shape, dt, like)?;
-    let (gv, yv, ov) = (g.view(Some(a)), y.view(Some(a)), out.view(Some(a)));
+    let mut out = Arr::empty(py, &g.shape, dt, like)?;
+    let (gv, yv) = (g.view(Some(a)), y.view(Some(a)));
+    let mut ov = out.view_mut(Some(a)).map_err(|e| to_py(py, f, e))?;
+    let c = dt.compute();
+    let rows = [read_rows(&gv, c), read_rows(&yv, c), written_rows(&ov, c)];
     run(
         py,
         f,
         g.size(),
-        gathered_row(&[&gv, &yv, &ov], dt.compute()),
-        || with_compute!(dt, T => ops::softmax_backward::<T>(log, &gv, &yv, &ov)),
-    )?;
+        gathered_row(&rows),
+        || with_compute!(dt, T => ops::softmax_backward::<T>(log, &gv, &yv, &mut ov)),
+    )?
+    .map_err(|e| to_py(py, f, e))?;
     out.into_result()
 }
 
@@ -504,28 +524,11 @@ struct MultiOpts<'a, 'py> {
     out: Option<&'a Bound<'py, PyAny>>,
 }
 
+/// The options' own checks (the core's, so a Rust caller gets the same errors).
 fn check_options(py: Python<'_>, f: &str, o: &MultiOpts<'_, '_>) -> PyResult<()> {
-    let bad = |m: String| Err(to_py(py, f, Error::Value(m)));
-    if !(0.0..=1.0).contains(&o.label_smoothing) {
-        return bad(format!(
-            "label_smoothing must be in [0, 1], got {}",
-            o.label_smoothing
-        ));
-    }
-    if !(o.z_loss.is_finite() && o.z_loss >= 0.0) {
-        return bad(format!(
-            "z_loss must be a finite number >= 0, got {}",
-            o.z_loss
-        ));
-    }
-    if let Some(c) = o.softcap {
-        if !(c.is_finite() && c > 0.0) {
-            return bad(format!(
-                "softcap must be None or a finite number > 0, got {c}"
-            ));
-        }
-    }
-    Ok(())
+    CeOptions::<f64>::new(0, None, o.label_smoothing, o.z_loss, o.softcap)
+        .map(drop)
+        .map_err(|e| to_py(py, f, e))
 }
 
 /// A per-class weight vector of length `k`, in f64.
@@ -539,8 +542,7 @@ fn class_weights(py: Python<'_>, f: &str, w: &Bound<'_, PyAny>, k: usize) -> PyR
     }
     ensure_allocatable(f, k.saturating_mul(16))?; // the f64 weights and their compute-type copy
     let mut buf = Vec::new();
-    // SAFETY: the view reads `w`, alive for this whole call.
-    Ok(unsafe { w.view(None).load::<f64>(0, k, &mut buf) }.to_vec())
+    Ok(w.view(None).load::<f64>(0, k, &mut buf).to_vec())
 }
 
 /// The upstream gradient: a scalar for reduced losses, an array broadcast to `loss_shape` for
@@ -636,7 +638,15 @@ fn multiclass<'py>(
         true
     } else if t.shape == outer {
         if !t.dtype.is_integer() {
-            return Err(PyValueError::new_err(format!(
+            // A float array of the index shape is a shape mismatch (probabilities need the
+            // input's shape: a ValueError, as the conformance vectors ask); a bool one is of a
+            // dtype no target takes, a TypeError (API.md).
+            let err = if t.dtype == DType::Bool {
+                PyTypeError::new_err
+            } else {
+                PyValueError::new_err
+            };
+            return Err(err(format!(
                 "{f}: class-index targets must have an integer dtype, got {} (probability targets need the input's shape {})",
                 t.dtype.name(),
                 fmt_index(&x.shape)
@@ -659,7 +669,7 @@ fn multiclass<'py>(
     } else {
         (1.0, None)
     };
-    let grad = if kind == Kind::CrossEntropyGrad {
+    let mut grad = if kind == Kind::CrossEntropyGrad {
         Some(grad_buffer(py, f, o.out, &x, dt)?)
     } else {
         None
@@ -668,21 +678,29 @@ fn multiclass<'py>(
         Some(g) => Arr::guard_inputs(g, &mut x, [Some(&mut t), up_arr.as_mut()])?,
         None => false,
     };
-    let losses = if reduction == Reduction::None {
+    let mut losses = if reduction == Reduction::None {
         Some(Arr::empty(py, &outer, dt, &x)?)
     } else {
         None
     };
 
-    let mut xv = x.view(Some(a));
-    xv.set_copy_on_read(in_place);
+    let xv = (!in_place).then(|| x.view(Some(a)));
+    let src = xv.as_ref().map_or(Src::Out, Src::View);
     let tv = if probs { t.view(Some(a)) } else { t.view(None) };
     let uv = up_arr
         .as_ref()
         .map(|u| u.broadcast_view(&outer, None, "grad_output"))
         .transpose()?;
-    let gv = grad.as_ref().map(|g| g.view(Some(a)));
-    let lv = losses.as_ref().map(|l| l.view(None));
+    let mut gv = grad
+        .as_mut()
+        .map(|g| g.view_mut(Some(a)))
+        .transpose()
+        .map_err(|e| to_py(py, f, e))?;
+    let mut lv = losses
+        .as_mut()
+        .map(|l| l.view_mut(None))
+        .transpose()
+        .map_err(|e| to_py(py, f, e))?;
     let targets = if probs {
         Targets::Probs(&tv)
     } else {
@@ -696,25 +714,22 @@ fn multiclass<'py>(
         Some(v) => Upstream::PerRow(v),
         None => Upstream::Scalar(scalar_up),
     };
-    let mut row_views = vec![&xv];
-    row_views.extend(gv.as_ref());
+    let c = dt.compute();
+    let mut rows: Vec<_> = xv.iter().map(|v| read_rows(v, c)).collect();
+    rows.extend(gv.as_ref().map(|g| written_rows(g, c)));
     if probs {
-        row_views.push(&tv);
+        rows.push(read_rows(&tv, c));
     }
-    let total = run(py, f, x.size(), gathered_row(&row_views, dt.compute()), || {
+    let total = run(py, f, x.size(), gathered_row(&rows), || {
         with_compute!(dt, T => {
-            let w: Option<Vec<T>> = weight.as_ref().map(|w| w.iter().map(|&v| T::from_f64(v)).collect());
             match kind {
-                Kind::Nll => ops::multiclass_loss::<T>(Loss::Nll(w.as_deref()), &xv, targets, reduction, up, lv.as_ref(), None),
+                Kind::Nll => {
+                    let w: Option<Vec<T>> = weight.as_ref().map(|w| w.iter().map(|&v| T::from_f64(v)).collect());
+                    ops::multiclass_loss::<T>(Loss::Nll(w.as_deref()), src, targets, reduction, up, lv.as_mut(), None)
+                }
                 _ => {
-                    let opts = CeOptions {
-                        weight_total: weight.as_ref().map_or(k as f64, |w| w.iter().sum()),
-                        weight: w,
-                        label_smoothing: o.label_smoothing,
-                        z_loss: o.z_loss,
-                        softcap: o.softcap,
-                    };
-                    ops::multiclass_loss::<T>(Loss::CrossEntropy(&opts), &xv, targets, reduction, up, lv.as_ref(), gv.as_ref())
+                    let opts = CeOptions::<T>::new(k, weight.as_deref(), o.label_smoothing, o.z_loss, o.softcap)?;
+                    ops::multiclass_loss::<T>(Loss::CrossEntropy(&opts), src, targets, reduction, up, lv.as_mut(), gv.as_mut())
                 }
             }
         })
@@ -953,7 +968,7 @@ fn binary<'py>(
     } else {
         (1.0, None)
     };
-    let grad = if want_grad {
+    let mut grad = if want_grad {
         Some(grad_buffer(py, f, out, &x, dt)?)
     } else {
         None
@@ -972,8 +987,7 @@ fn binary<'py>(
     } else {
         Some(shape.len() - 1)
     };
-    let mut xv = x.view(axis);
-    xv.set_copy_on_read(in_place);
+    let xv = (!in_place).then(|| x.view(axis));
     let yv = y.view(axis);
     let wv = w
         .as_ref()
@@ -989,15 +1003,23 @@ fn binary<'py>(
         .as_ref()
         .map(|u| u.broadcast_view(&shape, axis, "grad_output"))
         .transpose()?;
-    let losses = if reduction == Reduction::None {
+    let mut losses = if reduction == Reduction::None {
         Some(Arr::empty(py, &shape, dt, &x)?)
     } else {
         None
     };
-    let lv = losses.as_ref().map(|l| l.view(axis));
-    let gv = grad.as_ref().map(|g| g.view(axis));
+    let mut lv = losses
+        .as_mut()
+        .map(|l| l.view_mut(axis))
+        .transpose()
+        .map_err(|e| to_py(py, f, e))?;
+    let mut gv = grad
+        .as_mut()
+        .map(|g| g.view_mut(axis))
+        .transpose()
+        .map_err(|e| to_py(py, f, e))?;
     let args = BinaryArgs {
-        input: &xv,
+        input: xv.as_ref().map_or(Src::Out, Src::View),
         target: &yv,
         weight: wv.as_ref(),
         pos_weight: pv.as_ref(),
@@ -1010,7 +1032,7 @@ fn binary<'py>(
     // Always a row's worth: the kernel keeps each block's losses in f64.
     let row = shape.last().copied().unwrap_or(1);
     let total = run(py, f, x.size(), row, || {
-        with_compute!(dt, T => ops::binary_loss::<T>(logits, args, reduction, up, lv.as_ref(), gv.as_ref()))
+        with_compute!(dt, T => ops::binary_loss::<T>(logits, args, reduction, up, lv.as_mut(), gv.as_mut()))
     })
 ?
     .map_err(|e| to_py(py, f, e))?;
