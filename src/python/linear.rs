@@ -6,11 +6,12 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use super::array::{loss_scalar, Arr};
+use super::call::{ensure_allocatable, run};
+use super::convert::{arg, parse_reduction, promote};
+use super::errors::to_py;
+use super::losses::{check_options, class_weights, upstream, MultiOpts};
 use super::scalars::{Int, Real};
-use super::{
-    arg, check_options, class_weights, ensure_allocatable, loss_scalar, parse_reduction, promote,
-    run, to_py, upstream, Arr, MultiOpts,
-};
 use crate::dtype::DType;
 use crate::error::fmt_index;
 use crate::float::Float;

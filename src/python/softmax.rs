@@ -1,0 +1,335 @@
+//! The softmax family: `softmax`, `log_softmax`, `logsumexp`, the Jacobian and the two
+//! backward functions.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use super::array::Arr;
+use super::call::{gathered_row, read_rows, run, written_rows};
+use super::convert::{arg, norm_axis, promote, shape_without};
+use super::errors::{prefixed, to_py};
+use super::scalars::Axis;
+use crate::dtype::DType;
+use crate::error::fmt_index;
+use crate::ops::{self, RowMap, Src};
+
+// ---------------------------------------------------------------- softmax family
+//
+// `text_signature` is spelled out where a default is a negative number, which PyO3 would
+// otherwise render as `...` (and `mypy.stubtest` would flag against the stub).
+
+pub(super) fn row_map_py<'py>(
+    py: Python<'py>,
+    f: &str,
+    map: RowMap,
+    x: &Bound<'py, PyAny>,
+    axis: isize,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut x = arg(py, f, x, "x")?;
+    let a = norm_axis(py, f, axis, x.ndim())?;
+    let dt = x.dtype.result();
+    let given = out.is_some();
+    let mut out = match out {
+        Some(o) => Arr::out(o, &x.shape, dt).map_err(|e| prefixed(py, f, e))?,
+        None => Arr::empty(py, &x.shape, dt, &x)?,
+    };
+    let in_place = x.guard_against(&out)?;
+    let xv = (!in_place).then(|| x.view(Some(a)));
+    let mut ov = out.view_mut(Some(a)).map_err(|e| to_py(py, f, e))?;
+    let src = xv.as_ref().map_or(Src::Out, Src::View);
+    let mut rows = vec![written_rows(&ov, dt.compute())];
+    rows.extend(xv.as_ref().map(|v| read_rows(v, dt.compute())));
+    run(
+        py,
+        f,
+        x.size(),
+        gathered_row(&rows),
+        || with_compute!(dt, T => ops::row_map::<T>(map, src, &mut ov)),
+    )?
+    .map_err(|e| to_py(py, f, e))?;
+    if given {
+        Ok(out.arr.into_any())
+    } else {
+        out.into_result()
+    }
+}
+
+/// Softmax along `axis`: `exp(x - max) / sum(exp(x - max))`.
+///
+/// Parameters
+/// ----------
+/// x : array_like
+///     Logits: float16, bfloat16, float32 or float64 (integers and bools are computed as
+///     float64), any shape and strides; DLPack producers (PyTorch, JAX) are read in place.
+/// axis : int, default -1
+///     The class axis.
+/// out : ndarray, optional
+///     A writable array of the result's shape and dtype to write into; may be `x` itself.
+///
+/// Returns
+/// -------
+/// ndarray
+///     Probabilities of `x`'s shape and dtype. A row holding NaN, or only `-inf`, gives NaN.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> x = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+/// >>> sce_rs.softmax(x).round(4)
+/// array([[0.659 , 0.2424, 0.0986],
+///        [0.1086, 0.8025, 0.0889]])
+/// >>> _ = sce_rs.softmax(x, out=x)  # in place
+#[pyfunction]
+#[pyo3(signature = (x, axis=Axis(-1), *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
+pub(super) fn softmax<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: Axis,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    row_map_py(py, "softmax", RowMap::Softmax, x, axis.0, out)
+}
+
+/// Log-softmax along `axis`: `x - logsumexp(x)`, without forming `softmax(x)`.
+///
+/// Parameters
+/// ----------
+/// x : array_like
+///     Logits (the dtypes, shapes and sources `softmax` takes).
+/// axis : int, default -1
+///     The class axis.
+/// out : ndarray, optional
+///     A writable array of the result's shape and dtype to write into; may be `x` itself.
+///
+/// Returns
+/// -------
+/// ndarray
+///     Log-probabilities of `x`'s shape and dtype.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> sce_rs.log_softmax(np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])).round(4)
+/// array([[-0.417, -1.417, -2.317],
+///        [-2.22 , -0.22 , -2.42 ]])
+#[pyfunction]
+#[pyo3(signature = (x, axis=Axis(-1), *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
+pub(super) fn log_softmax<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: Axis,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    row_map_py(py, "log_softmax", RowMap::LogSoftmax, x, axis.0, out)
+}
+
+/// Stable `log(sum(exp(x)))` along `axis`.
+///
+/// Parameters
+/// ----------
+/// x : array_like
+///     Logits (the dtypes, shapes and sources `softmax` takes).
+/// axis : int, default -1
+///     The axis summed over.
+/// keepdims : bool, default False
+///     Keep `axis` with length 1, as NumPy's reductions do.
+///
+/// Returns
+/// -------
+/// ndarray or numpy scalar
+///     `x`'s shape without `axis` (a NumPy scalar for a 1-d `x`), in `x`'s dtype. An empty
+///     axis gives `-inf`.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> x = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+/// >>> sce_rs.logsumexp(x).round(4)
+/// array([2.417, 2.72 ])
+/// >>> sce_rs.logsumexp(x, keepdims=True).shape
+/// (2, 1)
+/// >>> float(sce_rs.logsumexp([1000.0, 1000.0]))  # no overflow
+/// 1000.6931471805599
+#[pyfunction]
+#[pyo3(signature = (x, axis=Axis(-1), *, keepdims=false), text_signature = "(x, axis=-1, *, keepdims=False)")]
+pub(super) fn logsumexp<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: Axis,
+    keepdims: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let f = "logsumexp";
+    let x = arg(py, f, x, "x")?;
+    let a = norm_axis(py, f, axis.0, x.ndim())?;
+    let dt = x.dtype.result();
+    let mut shape = x.shape.clone();
+    if keepdims {
+        shape[a] = 1;
+    } else {
+        shape.remove(a);
+    }
+    let mut out = Arr::empty(py, &shape, dt, &x)?;
+    let xv = x.view(Some(a));
+    let mut ov = out.view_mut(None).map_err(|e| to_py(py, f, e))?;
+    run(
+        py,
+        f,
+        x.size(),
+        gathered_row(&[read_rows(&xv, dt.compute())]),
+        || with_compute!(dt, T => ops::row_map::<T>(RowMap::LogSumExp, Src::View(&xv), &mut ov)),
+    )?
+    .map_err(|e| to_py(py, f, e))?;
+    out.into_result()
+}
+
+/// The full softmax Jacobian `diag(s) - s s^T` of every row.
+///
+/// Parameters
+/// ----------
+/// x : array_like
+///     Logits (the dtypes, shapes and sources `softmax` takes).
+/// axis : int, default -1
+///     The class axis.
+///
+/// Returns
+/// -------
+/// ndarray
+///     Shape `x.shape + (K,)` with the class axis moved last: `J[..., i, j] = d s_i / d z_j`.
+///     It holds K times the input's elements; prefer `softmax_backward` for gradients.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> sce_rs.softmax_jacobian(np.array([0.0, np.log(3.0)])).round(4)
+/// array([[ 0.1875, -0.1875],
+///        [-0.1875,  0.1875]])
+#[pyfunction]
+#[pyo3(signature = (x, axis=Axis(-1)), text_signature = "(x, axis=-1)")]
+pub(super) fn softmax_jacobian<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: Axis,
+) -> PyResult<Bound<'py, PyAny>> {
+    let f = "softmax_jacobian";
+    let x = arg(py, f, x, "x")?;
+    let a = norm_axis(py, f, axis.0, x.ndim())?;
+    let dt = x.dtype.result();
+    let k = x.shape[a];
+    let mut shape = shape_without(&x.shape, a);
+    let n: usize = shape.iter().product();
+    shape.extend([k, k]);
+    let mut out = Arr::empty(py, &shape, dt, &x)?;
+    let xv = x.view(Some(a));
+    // The result seen as n rows of k*k.
+    let mut ov = out.rows_mut(n, k * k).map_err(|e| to_py(py, f, e))?;
+    run(py, f, n * k * k.max(1), gathered_row(&[read_rows(&xv, dt.compute())]), || {
+        with_compute!(dt, T => ops::row_map::<T>(RowMap::SoftmaxJacobian, Src::View(&xv), &mut ov))
+    })?
+    .map_err(|e| to_py(py, f, e))?;
+    out.into_result()
+}
+
+pub(super) fn backward_py<'py>(
+    py: Python<'py>,
+    f: &str,
+    log: bool,
+    g: &Bound<'py, PyAny>,
+    y: &Bound<'py, PyAny>,
+    axis: Axis,
+) -> PyResult<Bound<'py, PyAny>> {
+    let g = arg(py, f, g, "grad_output")?;
+    let y = arg(py, f, y, "output")?;
+    if g.shape != y.shape {
+        return Err(PyValueError::new_err(format!(
+            "{f}: grad_output has shape {} but output has shape {}; they must match",
+            fmt_index(&g.shape),
+            fmt_index(&y.shape)
+        )));
+    }
+    let a = norm_axis(py, f, axis.0, g.ndim())?;
+    let dt = promote(g.dtype, y.dtype);
+    let like = if g.dtype == dt { &g } else { &y };
+    let mut out = Arr::empty(py, &g.shape, dt, like)?;
+    let (gv, yv) = (g.view(Some(a)), y.view(Some(a)));
+    let mut ov = out.view_mut(Some(a)).map_err(|e| to_py(py, f, e))?;
+    let c = dt.compute();
+    let rows = [read_rows(&gv, c), read_rows(&yv, c), written_rows(&ov, c)];
+    run(
+        py,
+        f,
+        g.size(),
+        gathered_row(&rows),
+        || with_compute!(dt, T => ops::softmax_backward::<T>(log, &gv, &yv, &mut ov)),
+    )?
+    .map_err(|e| to_py(py, f, e))?;
+    out.into_result()
+}
+
+/// Vector-Jacobian product of softmax: `s * (g - sum(g * s))`, from its output `s`.
+///
+/// Parameters
+/// ----------
+/// grad_output : array_like
+///     The upstream gradient `g`, of `output`'s shape.
+/// output : array_like
+///     What `softmax` returned.
+/// axis : int, default -1
+///     The class axis used by `softmax`.
+///
+/// Returns
+/// -------
+/// ndarray
+///     The gradient with respect to the logits, of `output`'s shape.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> s = sce_rs.softmax(np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]]))
+/// >>> sce_rs.softmax_backward(np.array([[1.0, 0, 0], [0, 0, 1.0]]), s).round(4)
+/// array([[ 0.2247, -0.1598, -0.065 ],
+///        [-0.0097, -0.0714,  0.081 ]])
+#[pyfunction]
+#[pyo3(signature = (grad_output, output, axis=Axis(-1)), text_signature = "(grad_output, output, axis=-1)")]
+pub(super) fn softmax_backward<'py>(
+    py: Python<'py>,
+    grad_output: &Bound<'py, PyAny>,
+    output: &Bound<'py, PyAny>,
+    axis: Axis,
+) -> PyResult<Bound<'py, PyAny>> {
+    backward_py(py, "softmax_backward", false, grad_output, output, axis)
+}
+
+/// Vector-Jacobian product of log-softmax: `g - exp(output) * sum(g)`, from its output.
+///
+/// Parameters
+/// ----------
+/// grad_output : array_like
+///     The upstream gradient `g`, of `output`'s shape.
+/// output : array_like
+///     What `log_softmax` returned.
+/// axis : int, default -1
+///     The class axis used by `log_softmax`.
+///
+/// Returns
+/// -------
+/// ndarray
+///     The gradient with respect to the logits, of `output`'s shape.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, sce_rs
+/// >>> logp = sce_rs.log_softmax(np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]]))
+/// >>> sce_rs.log_softmax_backward(np.array([[1.0, 0, 0], [0, 0, 1.0]]), logp).round(4)
+/// array([[ 0.341 , -0.2424, -0.0986],
+///        [-0.1086, -0.8025,  0.9111]])
+#[pyfunction]
+#[pyo3(signature = (grad_output, output, axis=Axis(-1)), text_signature = "(grad_output, output, axis=-1)")]
+pub(super) fn log_softmax_backward<'py>(
+    py: Python<'py>,
+    grad_output: &Bound<'py, PyAny>,
+    output: &Bound<'py, PyAny>,
+    axis: Axis,
+) -> PyResult<Bound<'py, PyAny>> {
+    backward_py(py, "log_softmax_backward", true, grad_output, output, axis)
+}
