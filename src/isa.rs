@@ -100,9 +100,14 @@ pub fn active() -> Isa {
 /// Uses `wanted`, or the best level below it that the CPU supports, for later calls; returns
 /// the level chosen. Results do not depend on it (see the module docs), only speed does.
 pub fn force(wanted: Isa) -> Isa {
-    let chosen = wanted.min(detected());
+    let chosen = capped(wanted);
     ACTIVE.store(chosen as u8, Ordering::Relaxed);
     chosen
+}
+
+/// `wanted`, or the best level below it that the CPU supports.
+fn capped(wanted: Isa) -> Isa {
+    wanted.min(detected())
 }
 
 /// The arithmetic a copy of a kernel is compiled with, passed down as a zero-sized value so
@@ -188,16 +193,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_round_trip_and_force_is_capped_by_the_cpu() {
+    fn names_round_trip_and_levels_are_capped_by_the_cpu() {
         for isa in Isa::ALL {
             assert_eq!(Isa::from_name(isa.name()), Some(isa));
         }
         assert_eq!(Isa::from_name(" Scalar "), Some(Isa::Baseline));
         assert_eq!(Isa::from_name("avx9"), None);
+        // Without touching the level in use: other tests running meanwhile compare results
+        // bitwise, and the baseline may differ from the others in the last bits.
         let best = detected();
-        assert_eq!(force(Isa::Avx512), best);
-        assert_eq!(force(Isa::Baseline), Isa::Baseline);
-        assert_eq!(active(), Isa::Baseline);
-        force(best);
+        assert_eq!(capped(Isa::Avx512), best);
+        assert_eq!(capped(Isa::Baseline), Isa::Baseline);
+        assert!(capped(Isa::Avx2) <= best);
     }
 }

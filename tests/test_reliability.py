@@ -210,8 +210,11 @@ def test_ctrl_c_interrupts_a_call_of_minutes():
     working afterwards."""
     got = run_child(
         """
-        import json, os, signal, threading, time
+        import faulthandler, json, os, signal, threading, time
         import numpy as np, sce_rs
+        # If a call is ever not interrupted (seen once on a CI machine, never reproduced), the
+        # child's stacks say where it was, instead of a bare timeout.
+        faulthandler.dump_traceback_later(100, exit=True)
         x = np.broadcast_to(np.float32(0.5), (1 << 20, 1 << 16))
         t = np.zeros(1 << 20, dtype=np.int64)
         y = np.random.default_rng(0).normal(size=(1000, 500))
