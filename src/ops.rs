@@ -122,6 +122,8 @@ fn block_scale<'s, T: Float>(
 #[derive(Clone, Copy, Debug)]
 pub enum Upstream<'a> {
     Scalar(f64),
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    // the binding's `grad_output` for "none"
     PerRow(&'a View<'a>),
 }
 

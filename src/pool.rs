@@ -49,6 +49,7 @@ thread_local! {
 /// `CHECK_EVERY`). Returns `f`'s result and whether `check` asked to stop; if it did, the
 /// remaining blocks were skipped, so the result and any output written are partial and must
 /// be discarded.
+#[cfg_attr(not(feature = "python"), allow(dead_code))] // the binding's
 pub fn interruptible<R>(check: fn() -> bool, f: impl FnOnce() -> R) -> (R, bool) {
     let outer = INTERRUPT.replace(Some(Interrupt {
         check,
@@ -185,6 +186,7 @@ pub fn block_ranges(n_rows: usize, k: usize) -> impl Iterator<Item = Range<usize
 /// returns the results in block order. They run in parallel when the work is large enough
 /// and more than one thread is configured. Under [`interruptible`] the result may stop short
 /// of the last block.
+#[cfg(test)]
 pub fn for_blocks<R, F>(n_rows: usize, k: usize, f: F) -> Vec<R>
 where
     R: Send,

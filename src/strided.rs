@@ -134,6 +134,7 @@ impl Layout {
     /// can be written by different threads. Sufficient test: with the axes sorted by stride,
     /// each stride clears the whole extent of the axes below it. Layouts that interleave
     /// without overlapping fail it too; they are rare enough to be refused.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))] // the binding's
     fn distinct_elements(&self) -> bool {
         let mut axes: Vec<(usize, usize)> = self
             .outer
@@ -237,6 +238,7 @@ impl<'a> View<'a> {
     /// # Safety
     /// `ptr`, `shape` and `strides` must describe memory of `dtype` elements valid for reads
     /// for all of `'a`, which nothing writes during `'a`.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))] // the binding's
     pub unsafe fn from_raw(
         ptr: *const u8,
         dtype: DType,
@@ -260,6 +262,16 @@ impl<'a> View<'a> {
         }
     }
 
+    /// `row` read as `n` rows (a zero row stride): a per-column operand broadcast over rows.
+    pub fn repeated_row<T: Float>(row: &'a [T], n: usize) -> View<'a> {
+        let size = std::mem::size_of::<T>() as isize;
+        View {
+            ptr: row.as_ptr() as *const u8,
+            layout: Layout::new(T::DTYPE, &[n, row.len()], &[0, size], Some(1)),
+            _borrow: PhantomData,
+        }
+    }
+
     /// Class indices, one per row.
     pub fn of_indices(data: &'a [i64]) -> View<'a> {
         View {
@@ -275,11 +287,9 @@ impl<'a> View<'a> {
     pub fn k(&self) -> usize {
         self.layout.k
     }
-    pub fn dtype(&self) -> DType {
-        self.layout.dtype
-    }
 
     /// Whether [`View::load`] of rows `r0..r1` as `dtype` borrows them in place (no scratch).
+    #[cfg_attr(not(feature = "python"), allow(dead_code))] // the binding's
     pub fn loads_in_place(&self, dtype: DType, r0: usize, r1: usize) -> bool {
         self.layout.contiguous(self.ptr, dtype, r0, r1).is_some()
     }
@@ -351,6 +361,7 @@ impl<'a> ViewMut<'a> {
     /// # Safety
     /// `ptr`, `shape` and `strides` must describe memory of `dtype` elements valid for reads
     /// and writes for all of `'a`, which nothing else reads or writes during `'a`.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))] // the binding's
     pub unsafe fn from_raw(
         ptr: *mut u8,
         dtype: DType,
@@ -394,6 +405,7 @@ impl<'a> ViewMut<'a> {
     }
 
     /// Whether rows `r0..r1` are written in place (no scratch) when computed as `dtype`.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))] // the binding's
     pub fn stores_in_place(&self, dtype: DType, r0: usize, r1: usize) -> bool {
         self.layout.contiguous(self.ptr, dtype, r0, r1).is_some()
     }
@@ -442,10 +454,6 @@ pub struct RowsMut<'v> {
 unsafe impl Send for RowsMut<'_> {}
 
 impl RowsMut<'_> {
-    pub fn rows(&self) -> Range<usize> {
-        self.rows.clone()
-    }
-
     /// The piece of rows `rows` (within this one's) for as long as it is borrowed.
     pub fn sub(&mut self, rows: Range<usize>) -> RowsMut<'_> {
         assert!(
@@ -479,17 +487,6 @@ impl RowsMut<'_> {
         }
     }
 
-    /// The rows as one contiguous `&mut [T]` if they are one aligned run of `T`.
-    pub fn in_place<T: Float>(&mut self) -> Option<&mut [T]> {
-        let len = self.rows.len() * self.layout.k;
-        let off = self
-            .layout
-            .contiguous(self.ptr, T::DTYPE, self.rows.start, self.rows.end)?;
-        // SAFETY: `contiguous` checked dtype, stride and alignment; the rows are this piece's
-        // alone and valid for writes (ViewMut's contract), and `&mut self` is held.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.offset(off) as *mut T, len) })
-    }
-
     /// Runs `f` on the rows as a contiguous `&mut [T]`: in place when possible, otherwise in
     /// `scratch` (holding zeros, or the current values when `keep`), rounded and scattered
     /// into the array afterwards.
@@ -501,7 +498,8 @@ impl RowsMut<'_> {
     ) -> R {
         let (r0, r1) = (self.rows.start, self.rows.end);
         if let Some(off) = self.layout.contiguous(self.ptr, T::DTYPE, r0, r1) {
-            // SAFETY: as in `in_place`.
+            // SAFETY: `contiguous` checked dtype, stride and alignment; the rows are this
+            // piece's alone and valid for writes (ViewMut's contract), and `&mut self` is held.
             let rows = unsafe {
                 std::slice::from_raw_parts_mut(
                     self.ptr.offset(off) as *mut T,
@@ -560,6 +558,7 @@ impl RowsMut<'_> {
 }
 
 /// C-order byte strides of `shape` for `size`-byte elements.
+#[cfg_attr(not(feature = "python"), allow(dead_code))] // the binding's
 pub fn c_strides(shape: &[usize], size: isize) -> Vec<isize> {
     let mut strides = vec![0; shape.len()];
     let mut s = size;
@@ -572,6 +571,7 @@ pub fn c_strides(shape: &[usize], size: isize) -> Vec<isize> {
 
 /// Checks that `shape` broadcasts to `to` (NumPy rules) and returns the strides that read an
 /// array of `shape`/`strides` as if it had shape `to` (zero strides on broadcast axes).
+#[cfg_attr(not(feature = "python"), allow(dead_code))] // the binding's
 pub fn broadcast_strides(shape: &[usize], strides: &[isize], to: &[usize]) -> Result<Vec<isize>> {
     let fail = || {
         Error::Shape(format!(
