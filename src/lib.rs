@@ -136,26 +136,15 @@ pub fn cross_entropy_and_grad_in_place<T: Float>(
     losses: Option<&mut [f64]>,
 ) -> Result<f64> {
     let n = check_rows("x", x.len(), k)?;
-    check_len("target", target.len(), n)?;
-    let tv = View::of_indices(target);
-    let mut lv = losses
-        .map(|l| check_len("losses", l.len(), n).map(|_| ViewMut::of_slice(l, 1)))
-        .transpose()?;
-    let targets = Targets::Index {
-        view: &tv,
-        ignore_index: -100,
-        shape: &[n],
-    };
-    let up = Upstream::Scalar(1.0);
     let mut xv = ViewMut::of_slice(x, k);
-    ops::multiclass_loss(
-        ops::Loss::CrossEntropy(options),
+    ce_call(
         Src::Out,
-        targets,
+        n,
+        target,
+        options,
         reduction,
-        up,
-        lv.as_mut(),
         Some(&mut xv),
+        losses,
     )
 }
 
@@ -194,12 +183,33 @@ fn ce_slices<T: Float>(
     losses: Option<&mut [f64]>,
 ) -> Result<f64> {
     let n = check_rows("x", x.len(), k)?;
-    check_len("target", target.len(), n)?;
     let xv = View::of_slice(x, k);
-    let tv = View::of_indices(target);
     let mut gv = grad
         .map(|g| check_len("grad", g.len(), x.len()).map(|_| ViewMut::of_slice(g, k)))
         .transpose()?;
+    ce_call(
+        Src::View(&xv),
+        n,
+        target,
+        options,
+        reduction,
+        gv.as_mut(),
+        losses,
+    )
+}
+
+/// The cross-entropy of `n` rows read from `x` against class indices (`-100` ignored).
+fn ce_call<T: Float>(
+    x: Src<'_>,
+    n: usize,
+    target: &[i64],
+    options: &CeOptions<T>,
+    reduction: Reduction,
+    grad: Option<&mut ViewMut<'_>>,
+    losses: Option<&mut [f64]>,
+) -> Result<f64> {
+    check_len("target", target.len(), n)?;
+    let tv = View::of_indices(target);
     let mut lv = losses
         .map(|l| check_len("losses", l.len(), n).map(|_| ViewMut::of_slice(l, 1)))
         .transpose()?;
@@ -208,17 +218,10 @@ fn ce_slices<T: Float>(
         ignore_index: -100,
         shape: &[n],
     };
-    ops::multiclass_loss(
-        ops::Loss::CrossEntropy(options),
-        Src::View(&xv),
-        targets,
-        reduction,
-        Upstream::Scalar(1.0),
-        lv.as_mut(),
-        gv.as_mut(),
-    )
+    let loss = ops::Loss::CrossEntropy(options);
+    let up = Upstream::Scalar(1.0);
+    ops::multiclass_loss(loss, x, targets, reduction, up, lv.as_mut(), grad)
 }
-
 /// The vector-Jacobian product of softmax, `s * (g - sum(g * s))`, for rows of `k` of the
 /// upstream gradient `g` and the softmax output `s`, into `out` (all of one length).
 pub fn softmax_backward<T: Float>(g: &[T], s: &[T], k: usize, out: &mut [T]) -> Result<()> {
