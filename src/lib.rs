@@ -38,6 +38,7 @@ pub(crate) mod long_rows;
 pub(crate) mod math;
 pub(crate) mod ops;
 pub(crate) mod pool;
+pub mod scoring;
 pub(crate) mod strided;
 
 #[cfg(feature = "python")]

@@ -292,7 +292,7 @@ pub enum Loss<'a, T> {
 
 /// Checks every class index and returns the `"mean"` denominator: the sum of the weights of
 /// the rows not ignored (their count without weights), or the row count for probabilities.
-fn mean_denominator<T: Float>(
+pub(crate) fn mean_denominator<T: Float>(
     targets: &Targets<'_>,
     k: usize,
     n: usize,

@@ -25,6 +25,7 @@ from sce_rs._sce_rs import (
     log_softmax_backward,
     logsumexp,
     nll_loss,
+    perplexity,
     set_num_threads,
     simd_backend,
     softmax,
@@ -34,8 +35,10 @@ from sce_rs._sce_rs import (
 from sce_rs._sce_rs import (
     _force_simd_backend as _force_simd_backend,  # testing hook, not in __all__
 )
+from sce_rs._scoring import TokenLogprobs, token_logprobs
 
 __all__ = [
+    "TokenLogprobs",
     "__version__",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
@@ -49,9 +52,11 @@ __all__ = [
     "log_softmax_backward",
     "logsumexp",
     "nll_loss",
+    "perplexity",
     "set_num_threads",
     "simd_backend",
     "softmax",
     "softmax_backward",
     "softmax_jacobian",
+    "token_logprobs",
 ]

@@ -19,12 +19,14 @@ __all__ = [
     "log_softmax_backward",
     "logsumexp",
     "nll_loss",
+    "perplexity",
     "set_num_threads",
     "simd_backend",
     "_force_simd_backend",
     "softmax",
     "softmax_backward",
     "softmax_jacobian",
+    "_token_logprobs",
 ]
 
 _Reduction = Literal["mean", "sum", "none"]
@@ -125,6 +127,23 @@ def linear_cross_entropy_and_grad(
     softcap: float | None = None,
     grad_output: ArrayLike | None = None,
 ) -> tuple[_Result, ...]: ...
+def _token_logprobs(
+    logits: ArrayLike,
+    target: ArrayLike | None = None,
+    *,
+    axis: int = -1,
+    ignore_index: int = -100,
+    top_k: int = 0,
+    temperature: float = 1.0,
+) -> tuple[Any, Any, Any, Any, NDArray[Any], NDArray[Any]]: ...
+def perplexity(
+    logits: ArrayLike,
+    target: ArrayLike,
+    *,
+    axis: int = -1,
+    ignore_index: int = -100,
+    state: tuple[float, int] | None = None,
+) -> tuple[np.float64, tuple[float, int]]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def simd_backend() -> str: ...

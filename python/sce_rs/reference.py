@@ -26,9 +26,11 @@ __all__ = [
     "log_softmax_backward",
     "logsumexp",
     "nll_loss",
+    "perplexity",
     "softmax",
     "softmax_backward",
     "softmax_jacobian",
+    "token_logprobs",
 ]
 
 
@@ -372,3 +374,62 @@ def linear_cross_entropy_and_grad(
     )
     grads = (g @ w, g.T @ h) + (() if bias is None else (g.sum(axis=0),))
     return (loss, *grads)
+
+
+def _order(x, axis):
+    """The stable descending order of x along axis (the last axis of the result), NaN first:
+    the order of np.argmax and torch.sort(descending=True, stable=True)."""
+    x = np.moveaxis(x, axis, -1)
+    idx = np.broadcast_to(np.arange(x.shape[-1]), x.shape)
+    nan = np.isnan(x)
+    # lexsort sorts by its last key first: NaN-ness, then the negated value, then the index.
+    return np.lexsort((idx, np.where(nan, 0.0, -x), ~nan), axis=-1)
+
+
+def token_logprobs(logits, target=None, *, axis=-1, ignore_index=-100, top_k=0, temperature=1.0):
+    """Per-row log-probability of the target, greedy match, rank, entropy and top-k.
+
+    Textbook float64: ``log_softmax(x / temperature)``, the full stable descending sort of the
+    logits (NaN first), ``-sum(p log p)`` with ``0 log 0 = 0``. Returns a
+    ``sce_rs.TokenLogprobs``; ignored rows have ``logprob`` NaN, ``rank`` -1.
+    """
+    from sce_rs._scoring import TokenLogprobs
+
+    x = _f64(logits)
+    axis %= x.ndim
+    k = x.shape[axis]
+    if not 0 <= top_k <= k:
+        raise ValueError(f"top_k must be in [0, {k}], got {top_k}")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        z = x / temperature
+        lp = np.moveaxis(log_softmax(z, axis=axis), axis, -1)
+        p = np.moveaxis(softmax(z, axis=axis), axis, -1)
+        entropy = -np.sum(np.where(p == 0, 0.0, p * lp), axis=-1)
+    order = _order(x, axis)
+    top_ids = order[..., :top_k].astype(np.int64)
+    top_lp = np.take_along_axis(lp, top_ids, axis=-1)
+    if target is None:
+        return TokenLogprobs(None, None, None, entropy, top_ids, top_lp)
+    t = np.asarray(target).astype(np.int64)
+    ignored = t == ignore_index
+    if np.any(~ignored & ((t < 0) | (t >= k))):
+        raise IndexError("target out of range")
+    safe = np.where(ignored, 0, t)
+    logprob = np.where(ignored, np.nan, np.take_along_axis(lp, safe[..., None], -1)[..., 0])
+    rank = np.argsort(order, axis=-1)  # the inverse permutation: each class's position
+    rank = np.where(ignored, -1, np.take_along_axis(rank, safe[..., None], -1)[..., 0])
+    return TokenLogprobs(logprob, rank == 0, rank.astype(np.int64), entropy, top_ids, top_lp)
+
+
+def perplexity(logits, target, *, axis=-1, ignore_index=-100, state=None):
+    """``(exp(nll_sum / count), (nll_sum, count))`` over the rows not ignored, the sums
+    carried on from ``state``."""
+    r = token_logprobs(logits, target, axis=axis, ignore_index=ignore_index)
+    counted = r.rank >= 0
+    nll, count = (0.0, 0) if state is None else state
+    nll = nll + float(-np.sum(r.logprob[counted]))
+    count = count + int(np.sum(counted))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.float64(np.exp(np.float64(nll) / count)), (nll, count)

@@ -11,6 +11,7 @@
 pub mod binary;
 pub mod cross_entropy;
 pub mod linear;
+pub mod scoring;
 pub mod softmax;
 
 use crate::float::Float;

@@ -32,6 +32,7 @@ mod linear;
 mod losses;
 mod runtime;
 mod scalars;
+mod scoring;
 mod softmax;
 
 #[pymodule]
@@ -57,6 +58,7 @@ fn _sce_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     m.add_function(wrap_pyfunction!(linear::linear_cross_entropy, m)?)?;
     m.add_function(wrap_pyfunction!(linear::linear_cross_entropy_and_grad, m)?)?;
+    scoring::register(m)?;
     m.add_function(wrap_pyfunction!(runtime::set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::simd_backend, m)?)?;
