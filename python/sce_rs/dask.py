@@ -253,3 +253,80 @@ def binary_cross_entropy_with_logits(input: Any, target: Any, *, weight: Any = N
     """``sce_rs.binary_cross_entropy_with_logits`` over chunks, with exact reductions."""
     return _elementwise("binary_cross_entropy_with_logits", input, target, reduction,
                         {"weight": weight, "pos_weight": pos_weight})
+
+
+__all__ += ["perplexity", "token_logprobs"]
+
+
+def _score_rows(name: str, logits: Any, target: Any, axis: int):
+    """The input with its class axis in one chunk, its row indices, and the target (or None)
+    checked against the rows and rechunked to them."""
+    x, axis = _class_axis(da.asarray(logits), axis, name)
+    ix = _letters(x.ndim)
+    rows = ix.replace(ix[axis], "")
+    if target is None:
+        return x, axis, ix, rows, None
+    t = da.asarray(target)
+    rows_shape = tuple(n for i, n in enumerate(x.shape) if i != axis)
+    if t.shape != rows_shape:
+        raise ValueError(f"{name}: target of shape {t.shape} does not fit logits of shape "
+                         f"{x.shape} with axis={axis}: expected {rows_shape}")
+    return x, axis, ix, rows, t.rechunk(tuple(c for i, c in enumerate(x.chunks) if i != axis))
+
+
+def token_logprobs(logits: Any, target: Any = None, *, axis: int = -1, ignore_index: int = -100,
+                   top_k: int = 0, temperature: float = 1.0) -> sce_rs.TokenLogprobs:
+    """``sce_rs.token_logprobs`` over row chunks: a ``TokenLogprobs`` of lazy Dask arrays.
+
+    One kernel call per chunk computes every field; they travel packed in one float64 array
+    (exact for every field: values of the logits' dtype, 0/1, ranks and ids below 2**53) and
+    are unpacked into their own dtypes.
+    """
+    x, axis, ix, rows, t = _score_rows("token_logprobs", logits, target, axis)
+    has_t = t is not None
+    width = (4 if has_t else 1) + 2 * top_k
+
+    def block(xb, tb=None):
+        r = sce_rs.token_logprobs(xb, tb, axis=axis, ignore_index=ignore_index, top_k=top_k,
+                                  temperature=temperature)
+        per_row = [r.entropy] + ([r.logprob, r.is_greedy, r.rank] if has_t else [])
+        cols = [np.asarray(c, np.float64)[..., None] for c in per_row]
+        cols += [np.asarray(r.top_ids, np.float64), np.asarray(r.top_logprobs, np.float64)]
+        return np.concatenate(cols, axis=-1)
+
+    args = [x, ix] + ([t, rows] if has_t else [])
+    packed = da.blockwise(block, rows + "z", *args, new_axes={"z": width}, dtype=np.float64,
+                          concatenate=True)
+    out = _float(x.dtype)
+    tops = 4 if has_t else 1
+    return sce_rs.TokenLogprobs(
+        logprob=packed[..., 1].astype(out) if has_t else None,
+        is_greedy=packed[..., 2].astype(bool) if has_t else None,
+        rank=packed[..., 3].astype(np.int64) if has_t else None,
+        entropy=packed[..., 0].astype(out),
+        top_ids=packed[..., tops:tops + top_k].astype(np.int64),
+        top_logprobs=packed[..., tops + top_k:].astype(out),
+    )
+
+
+def perplexity(logits: Any, target: Any, *, axis: int = -1, ignore_index: int = -100,
+               state: Any = None) -> tuple[da.Array, tuple[da.Array, da.Array]]:
+    """``sce_rs.perplexity`` over row chunks: ``(ppl, (nll_sum, count))`` as lazy 0-d arrays.
+
+    Each chunk's ``(nll_sum, count)`` comes from the kernel in float64 and the chunks' are
+    summed in float64, so the result equals the single-machine one within float64 rounding.
+    ``state`` (numbers or 0-d Dask arrays) is added as in ``sce_rs.perplexity``.
+    """
+    x, axis, ix, rows, t = _score_rows("perplexity", logits, target, axis)
+
+    def block(xb, tb):
+        _, (nll, count) = sce_rs.perplexity(xb, tb, axis=axis, ignore_index=ignore_index)
+        return np.array([nll, count], np.float64).reshape((1,) * len(rows) + (2,))
+
+    sums = da.blockwise(block, rows + "z", x, ix, t, rows, new_axes={"z": 2}, dtype=np.float64,
+                        concatenate=True, adjust_chunks={r: 1 for r in rows})
+    total = sums.sum(axis=tuple(range(len(rows))), dtype=np.float64)
+    prev_nll, prev_count = (0.0, 0) if state is None else state
+    nll = total[0] + prev_nll
+    count = (total[1] + prev_count).astype(np.int64)
+    return _mean(nll, count, np.float64).map_blocks(np.exp, dtype=np.float64), (nll, count)

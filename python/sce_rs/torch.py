@@ -405,3 +405,50 @@ class LinearCrossEntropyLoss(_TorchLinearCrossEntropyLoss):
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
         )
+
+
+# ---------------------------------------------------------------- inference scoring
+# Scoring is inference: no autograd. Tensors go to the kernel and back without copies.
+
+__all__ += ["token_logprobs"]
+
+
+def token_logprobs(
+    logits: Tensor,
+    target: Tensor | None = None,
+    *,
+    dim: int = -1,
+    ignore_index: int = -100,
+    top_k: int = 0,
+    temperature: float = 1.0,
+) -> Any:
+    """``sce_rs.token_logprobs`` on CPU tensors (no gradient), classes along ``dim``.
+
+    Returns a ``sce_rs.TokenLogprobs`` of tensors: float fields in the logits' dtype,
+    ``is_greedy`` bool, ``rank`` and ``top_ids`` int64 (what ``torch.topk`` gives, with ties
+    by lower index); the target fields are ``None`` without ``target``. It replaces the
+    ``log_softmax`` + ``gather`` + ``argmax`` + ``topk`` + entropy sequence without its
+    N x K ``log_softmax`` tensor.
+
+    >>> import torch, sce_rs.torch
+    >>> logits = torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    >>> r = sce_rs.torch.token_logprobs(logits, torch.tensor([0, 0]), top_k=1)
+    >>> r.logprob, r.is_greedy, r.top_ids
+    (tensor([-0.4170, -2.2200]), tensor([ True, False]), tensor([[0],
+            [1]]))
+    """
+    from sce_rs._scoring import TokenLogprobs
+
+    x = _to_numpy(logits, "logits")
+    t = _to_numpy(target, "target")
+    fields = _core._token_logprobs(
+        x, t, axis=dim, ignore_index=ignore_index, top_k=top_k, temperature=temperature
+    )
+
+    def as_tensor(a: Any, floating: bool) -> Tensor | None:
+        if a is None:
+            return None
+        return _to_tensor(a, logits.dtype) if floating else torch.from_numpy(np.asarray(a))
+
+    floating = (True, False, False, True, False, True)
+    return TokenLogprobs(*(as_tensor(a, f) for a, f in zip(fields, floating)))
