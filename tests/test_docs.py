@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import inspect
 import re
 
 import pytest
@@ -11,7 +12,14 @@ import sce_rs
 import sce_rs.reference
 from conftest import ROOT, optional_import
 
-MODULES = ["sce_rs", "sce_rs._sce_rs", "sce_rs.reference", "sce_rs.torch", "sce_rs.dask"]
+MODULES = [
+    "sce_rs",
+    "sce_rs._sce_rs",
+    "sce_rs._scoring",
+    "sce_rs.reference",
+    "sce_rs.torch",
+    "sce_rs.dask",
+]
 # Functions whose whole story is one line (no options, nothing to show).
 ONE_LINERS = {"get_num_threads", "set_num_threads", "simd_backend"}
 
@@ -26,8 +34,13 @@ def test_docstring_examples(name):
 
 @pytest.mark.parametrize("name", sorted(set(sce_rs.__all__) - ONE_LINERS - {"__version__"}))
 def test_public_functions_have_numpy_style_docstrings(name):
-    doc = getattr(sce_rs, name).__doc__
-    for section in ("Parameters\n----------", "Returns\n-------", "Examples\n--------\n>>> "):
+    obj = getattr(sce_rs, name)
+    # getdoc: Python-defined functions have indented docstrings.
+    doc = inspect.getdoc(obj)
+    sections = ["Parameters\n----------", "Returns\n-------", "Examples\n--------\n>>> "]
+    if isinstance(obj, type):  # a result type (TokenLogprobs): its fields
+        sections = ["Attributes\n----------"]
+    for section in sections:
         assert section in doc, (name, section)
 
 
