@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from sce_rs import _sce_rs
 
 __all__ = ["TokenLogprobs", "token_logprobs"]
@@ -32,12 +30,14 @@ class TokenLogprobs(NamedTuple):
         Their log-probabilities, in the logits' dtype.
     """
 
-    logprob: np.ndarray | None
-    is_greedy: np.ndarray | None
-    rank: np.ndarray | None
-    entropy: np.ndarray
-    top_ids: np.ndarray
-    top_logprobs: np.ndarray
+    # Any: NumPy arrays (or scalars for one row) here, tensors from sce_rs.torch, Dask arrays
+    # from sce_rs.dask.
+    logprob: Any
+    is_greedy: Any
+    rank: Any
+    entropy: Any
+    top_ids: Any
+    top_logprobs: Any
 
 
 def token_logprobs(

@@ -329,4 +329,4 @@ def perplexity(logits: Any, target: Any, *, axis: int = -1, ignore_index: int = 
     prev_nll, prev_count = (0.0, 0) if state is None else state
     nll = total[0] + prev_nll
     count = (total[1] + prev_count).astype(np.int64)
-    return _mean(nll, count, np.float64).map_blocks(np.exp, dtype=np.float64), (nll, count)
+    return da.exp(_mean(nll, count, np.float64)), (nll, count)

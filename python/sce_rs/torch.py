@@ -439,9 +439,10 @@ def token_logprobs(
     """
     from sce_rs._scoring import TokenLogprobs
 
-    x = _to_numpy(logits, "logits")
+    x: Any = _to_numpy(logits, "logits")  # an array: None only comes back for None
     t = _to_numpy(target, "target")
     fields = _core._token_logprobs(
+
         x, t, axis=dim, ignore_index=ignore_index, top_k=top_k, temperature=temperature
     )
 
