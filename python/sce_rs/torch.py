@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from sce_rs import _sce_rs as _core
+from sce_rs import _torch_ops as _ops
 
 __all__ = [
     "BCEWithLogitsLoss",
@@ -182,6 +183,12 @@ def cross_entropy(
     _check_tensor(input, "input")
     _no_target_grad(target, weight)
     axis = 1 if input.dim() >= 2 else 0
+    if _ops.compiling():
+        _ops.refuse_inplace(inplace)
+        reduction = _reduction(size_average, reduce, reduction)
+        inputs = (input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss,
+                  softcap)
+        return _ops.call("cross_entropy", inputs, input.requires_grad)
     kwargs = dict(
         axis=axis,
         weight=_to_numpy(weight, "weight"),
@@ -209,6 +216,10 @@ def binary_cross_entropy_with_logits(
     """``torch.nn.functional.binary_cross_entropy_with_logits`` with the gradient from
     sce_rs's fused kernel; ``inplace=True`` as in ``cross_entropy``."""
     _no_target_grad(target, weight, pos_weight)
+    if _ops.compiling():
+        _ops.refuse_inplace(inplace)
+        inputs = (input, target, weight, pos_weight, _reduction(size_average, reduce, reduction))
+        return _ops.call("binary_cross_entropy_with_logits", inputs, input.requires_grad)
     kwargs = dict(
         weight=_to_numpy(weight, "weight"),
         pos_weight=_to_numpy(pos_weight, "pos_weight"),
@@ -302,6 +313,16 @@ def linear_cross_entropy(
     unbatched = input.dim() == 1
     if unbatched:
         input, target = input.unsqueeze(0), target.reshape(1)
+    if _ops.compiling():
+        ignore = -100 if ignore_index is None else ignore_index
+        inputs = (input, linear_weight, linear_bias, target, weight, ignore, reduction,
+                  label_smoothing, z_loss, softcap)
+        # reduction='none' cannot rescale gradients kept from the forward pass (see
+        # _LinearLoss): its backward calls the kernel with the real grad_output.
+        needs = any(t is not None and t.requires_grad
+                    for t in (input, linear_weight, linear_bias))
+        loss = _ops.call("linear_cross_entropy", inputs, needs and reduction != "none")
+        return loss.reshape(()) if unbatched and reduction == "none" else loss
     kwargs = dict(
         class_weight=_to_numpy(weight, "weight"),
         ignore_index=-100 if ignore_index is None else ignore_index,
