@@ -15,6 +15,13 @@ gradient is written over the logits, as Liger Kernel does on GPUs.
 Tensors pass to and from the kernels without copies (CPU tensors of float32, float64, float16
 and bfloat16, any strides). Importing ``sce_rs`` never imports torch; this module does.
 
+Under ``torch.compile`` and ``torch.export`` (PyTorch >= 2.4) the same calls go through
+``torch.library`` custom operators (``sce_rs._torch_ops``): no graph break with
+``fullgraph=True``, the same kernels and the same results. There ``inplace=True`` is refused
+(an operator may not return its input's memory as the gradient), and backward always
+multiplies by ``grad_output``. With PyTorch 2.1-2.3, which lack ``torch.library.custom_op``,
+the autograd Functions below run everywhere, and ``torch.compile`` breaks the graph around them.
+
 >>> import torch, sce_rs.torch
 >>> logits = torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], requires_grad=True)
 >>> loss = sce_rs.torch.cross_entropy(logits, torch.tensor([0, 1]))
