@@ -11,7 +11,8 @@ import sce_rs
 import sce_rs.reference
 from conftest import ROOT, optional_import
 
-MODULES = ["sce_rs", "sce_rs._sce_rs", "sce_rs.reference", "sce_rs.torch", "sce_rs.dask"]
+MODULES = ["sce_rs", "sce_rs._sce_rs", "sce_rs.reference", "sce_rs.torch", "sce_rs.dask",
+           "sce_rs.jax"]
 # Functions whose whole story is one line (no options, nothing to show).
 ONE_LINERS = {"get_num_threads", "set_num_threads", "simd_backend"}
 
@@ -35,6 +36,7 @@ def test_readme_examples():
     """The README's ```python blocks run as one doctest session, top to bottom."""
     optional_import("torch")
     optional_import("dask.array")
+    optional_import("jax")
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     test = doctest.DocTestParser().get_doctest("\n".join(blocks), {}, "README.md", None, 0)
