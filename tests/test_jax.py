@@ -149,11 +149,20 @@ def test_vmap_keeps_each_batch_element_apart():
     assert_close(np.asarray(lin), np.asarray(jax.vmap(per_batch)(h @ w.T, t)))
 
 
-def test_float32_and_errors():
+def test_float32_half_and_errors():
+    """Results in the input's dtype (reduced losses too, as optax's), within its tolerance of
+    the float64 result."""
+    x64 = jnp.asarray(DOC_LOGITS)
+    t = jnp.array([0, 1])
+    want = jax.value_and_grad(sj.cross_entropy)(x64, t)
     with jax.enable_x64(False):
-        x = jnp.asarray(DOC_LOGITS, jnp.float32)
-        loss, g = jax.value_and_grad(sj.cross_entropy)(x, jnp.array([0, 1]))
-        assert loss.dtype == g.dtype == jnp.float32
+        for dtype in (jnp.float32, jnp.float16, jnp.bfloat16):
+            x = x64.astype(dtype)
+            loss, g = jax.jit(jax.value_and_grad(sj.cross_entropy))(x, t)
+            assert loss.dtype == g.dtype == dtype
+            like = np.empty(0, dtype)
+            assert_close(np.asarray(loss), np.asarray(want[0]), like)
+            assert_close(np.asarray(g), np.asarray(want[1]), like)
     with pytest.raises(ValueError, match="reduction"):
         sj.cross_entropy(jnp.ones((2, 3)), jnp.array([0, 1]), reduction="avg")
     with pytest.raises(np.exceptions.AxisError):

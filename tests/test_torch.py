@@ -523,6 +523,21 @@ def test_operators_share_memory_with_numpy(monkeypatch):
 
 
 @compiler_test
+def test_operators_check_versions():
+    """The loss-only operator's backward reads its inputs again: one changed in place after
+    the forward pass fails PyTorch's version check, as in the eager Functions."""
+    lin = torch.nn.Linear(3, 5, dtype=torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True) * 1.0
+    t = torch.tensor([0, 1, 2, 4])
+    loss = torch.ops.sce_rs.linear_cross_entropy(x, lin.weight, lin.bias, t, None, -100, "none",
+                                                 0.0, 0.0, None)
+    with torch.no_grad():
+        x.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.sum().backward()
+
+
+@compiler_test
 def test_inplace_is_eager_only():
     h = torch.randn(4, 3)
     lin = torch.nn.Linear(3, 5)

@@ -171,14 +171,21 @@ def _define(name: str, schema: str, call: Callable, reduction_at: int) -> None:
     grad_op.register_fake(fake_grad)
 
     def save_inputs(ctx, inputs, output):
-        ctx.inputs = inputs
+        # Tensors through save_for_backward, so that one changed in place before backward
+        # fails PyTorch's version check instead of giving the gradient of other values.
+        ctx.tensor_at = [i for i, a in enumerate(inputs) if isinstance(a, Tensor)]
+        ctx.others = [None if isinstance(a, Tensor) else a for a in inputs]
+        ctx.save_for_backward(*(inputs[i] for i in ctx.tensor_at))
 
     def loss_backward(ctx, grad_output):
+        inputs = list(ctx.others)
+        for i, t in zip(ctx.tensor_at, ctx.saved_tensors):
+            inputs[i] = t
         # The kernel again, with the real upstream gradient.
-        grads = grad_op(*ctx.inputs, grad_output)
+        grads = grad_op(*inputs, grad_output)
         grads = (grads,) if n_grads == 1 else grads
-        no_bias = n_grads == 3 and ctx.inputs[2] is None
-        return _grads_for(len(ctx.inputs), n_grads, no_bias, grads)
+        no_bias = n_grads == 3 and inputs[2] is None
+        return _grads_for(len(inputs), n_grads, no_bias, grads)
 
     def save_grads(ctx, inputs, output):
         ctx.n_inputs, ctx.no_bias = len(inputs), n_grads == 3 and inputs[2] is None
