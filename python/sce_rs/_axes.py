@@ -145,7 +145,7 @@ def _scaled(x: np.ndarray, b: np.ndarray, axes: tuple[int, ...]) -> tuple:
     neg = _merged(np.where(b < 0, terms, -np.inf), axes)
     # A NaN (in x, in b, or inf * 0) must reach the result, which where() above drops.
     nan = _merged(np.isnan(terms), axes).any(axis=-1)
-    lp, ln = _core.logsumexp(pos, -1), _core.logsumexp(neg, -1)
+    lp, ln = np.asarray(_core.logsumexp(pos, -1)), np.asarray(_core.logsumexp(neg, -1))
     hi, lo = np.maximum(lp, ln), np.minimum(lp, ln)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         # +inf on both sides is inf - inf: NaN, as SciPy gives.

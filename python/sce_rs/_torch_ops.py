@@ -107,7 +107,7 @@ def _loss_shape(name: str, input: Tensor, reduction: str, axis: int | None) -> A
         return ()
     if name == "linear_cross_entropy":
         return input.shape[:1]
-    if name == "cross_entropy":
+    if name == "cross_entropy" and axis is not None:
         return input.shape[:axis] + input.shape[axis + 1:] if input.dim() >= 2 else ()
     return input.shape
 
