@@ -538,6 +538,30 @@ def test_operators_check_versions():
 
 
 @compiler_test
+# Dynamo's own handling of autograd.Function in torch 2.13, not ours.
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+def test_without_custom_ops_compile_breaks_the_graph(monkeypatch):
+    """PyTorch < 2.4 (no torch.library.custom_op), simulated: the autograd Functions run, and
+    torch.compile gets through them with a graph break, as before the operators."""
+    monkeypatch.setattr(st._ops, "AVAILABLE", False)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    t = torch.tensor([0, 3, 1, 2, 0])
+
+    def step(x):
+        return st.cross_entropy(torch.tanh(x), t) * 2
+
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    # The warning a user sees today: the kernel is opaque to Dynamo.
+    with pytest.warns(UserWarning, match="Dynamo does not know how to trace"):
+        assert torch._dynamo.explain(step)(x).graph_break_count >= 1
+        losses = [step(xs[0]), torch.compile(step, backend="eager")(xs[1])]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=0, atol=0)
+
+
+@compiler_test
 def test_inplace_is_eager_only():
     h = torch.randn(4, 3)
     lin = torch.nn.Linear(3, 5)
