@@ -342,6 +342,238 @@ def test_errors_are_clear():
     assert torch.equal(logits.detach(), before)
 
 
+# torch.compile / torch.export: the losses are torch.library custom operators there.
+_needs_custom_op = pytest.mark.skipif(
+    not st._ops.AVAILABLE, reason="torch.library.custom_op needs PyTorch >= 2.4")
+# Inductor's own use of a deprecated torch API (torch 2.13), not ours.
+_inductor_warning = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
+def compiler_test(f):
+    return _needs_custom_op(_inductor_warning(f))
+
+
+def compile_cases():
+    """(name, loss function of (x, w, b), its inputs): every loss and module, reduced and
+    'none', with the options that change the fused kernel's work."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, 5, (6,), generator=gen)
+    soft = torch.softmax(torch.randn(6, 5, generator=gen, dtype=torch.float64), 1)
+    cw = torch.rand(5, generator=gen, dtype=torch.float64) + 0.5
+    w = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    b = torch.randn(7, generator=gen, dtype=torch.float64)
+    t7 = torch.randint(0, 7, (6,), generator=gen)
+    ce_mod = st.CrossEntropyLoss(cw, label_smoothing=0.1)
+    bce_mod = st.BCEWithLogitsLoss(pos_weight=cw)
+    torch.manual_seed(0)
+    lin_mod = st.LinearCrossEntropyLoss(5, 7, bias=True, dtype=torch.float64)
+    return [
+        ("ce", lambda x: st.cross_entropy(x, t, z_loss=0.01), x),
+        ("ce_soft_none", lambda x: st.cross_entropy(
+            x, soft, reduction="none", label_smoothing=0.2, softcap=3.0), x),
+        ("ce_module", lambda x: 2 * ce_mod(x, t), x),
+        ("bce_none", lambda x: st.binary_cross_entropy_with_logits(
+            x, soft, reduction="none"), x),
+        ("bce_module", lambda x: bce_mod(x, soft), x),
+        ("linear", lambda x: st.linear_cross_entropy(x, w, t7, linear_bias=b), x),
+        ("linear_none", lambda x: st.linear_cross_entropy(
+            x, w, t7, reduction="none", label_smoothing=0.1), x),
+        ("linear_module", lambda x: 3 * lin_mod(x, t7), x),
+    ]
+
+
+@compiler_test
+@pytest.mark.parametrize("case", range(8), ids=[c[0] for c in compile_cases()])
+def test_compile_fullgraph_equals_eager(case):
+    """No graph break (fullgraph=True raises on one); the compiled loss and gradients are the
+    eager ones, bit for bit (the same kernel calls; backward scales by the same factors). The
+    upstream gradient is random, so backward's scaling is tested, not just 1."""
+    name, fn, x = compile_cases()[case]
+    compiled = torch.compile(fn, fullgraph=True, backend="inductor")
+    results = []
+    for f in (fn, compiled):
+        xi = x.clone().requires_grad_()
+        loss = f(xi)
+        g = torch.rand(loss.shape, generator=torch.Generator().manual_seed(1),
+                       dtype=loss.dtype) + 0.5
+        loss.backward(g)
+        results.append((loss.detach(), xi.grad))
+        with torch.no_grad():  # the loss-only operator
+            results.append((f(x), None))
+    torch.testing.assert_close(results[0], results[2], rtol=0, atol=0)
+    torch.testing.assert_close(results[1], results[3], rtol=0, atol=0)
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+
+
+@compiler_test
+def test_compiled_training_step_has_one_graph():
+    """A training step with the loss inside: one graph, no break, gradients as eager."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5))
+    loss_fn = st.CrossEntropyLoss()
+    x, t = torch.randn(16, 4), torch.randint(0, 5, (16,))
+
+    def step(x, t):
+        return loss_fn(model(x), t)
+
+    explained = torch._dynamo.explain(step)(x, t)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    ops = [str(n.target) for g in explained.graphs for n in g.graph.nodes]
+    assert any("sce_rs.cross_entropy_and_grad" in op for op in ops), ops
+    step(x, t).backward()
+    eager = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch.compile(step, fullgraph=True)(x, t).backward()
+    torch.testing.assert_close([p.grad for p in model.parameters()], eager)
+
+
+class _Head(torch.nn.Module):
+    def __init__(self, loss):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 6, dtype=torch.float64)
+        self.loss = loss
+
+    def forward(self, x, t):
+        return self.loss(self.proj(x), t)
+
+
+@compiler_test
+@pytest.mark.parametrize("which", ["ce", "bce", "linear"])
+def test_export_gives_a_program_that_runs(which):
+    torch.manual_seed(4)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    if which == "ce":
+        model, t, op = _Head(st.CrossEntropyLoss(label_smoothing=0.1)), torch.tensor(
+            [0, 5, 2, 1, 3]), "cross_entropy"
+    elif which == "bce":
+        model, t, op = _Head(st.BCEWithLogitsLoss()), torch.rand(
+            5, 6, dtype=torch.float64), "binary_cross_entropy_with_logits"
+    else:
+        model = st.LinearCrossEntropyLoss(4, 9, bias=True, dtype=torch.float64)
+        t, op = torch.tensor([0, 8, 2, 1, 3]), "linear_cross_entropy"
+    program = torch.export.export(model, (x, t))
+    targets = {str(n.target) for n in program.graph.nodes}
+    assert any(s.startswith(f"sce_rs.{op}") for s in targets), targets
+    torch.testing.assert_close(program.module()(x, t), model(x, t), rtol=0, atol=0)
+    x2 = torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(program.module()(x2, t), model(x2, t), rtol=0, atol=0)
+
+
+def opcheck_cases():
+    gen = torch.Generator().manual_seed(12)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    t = torch.tensor([0, 3, 1, 2])
+    t3 = torch.randint(0, 4, (2, 3), generator=gen)
+    soft = torch.softmax(torch.randn(4, 4, generator=gen, dtype=torch.float64), 1)
+    cw = torch.rand(4, generator=gen, dtype=torch.float64) + 0.5
+    ce = "cross_entropy"
+    bce = "binary_cross_entropy_with_logits"
+    lin = "linear_cross_entropy"
+    cases = []
+    for suffix in ("", "_and_grad"):
+        cases += [
+            (ce + suffix, (r(4, 4), t, None, 1, -100, "mean", 0.0, 0.0, None)),
+            (ce + suffix, (r(2, 4, 3), t3, cw, 1, 1, "none", 0.1, 0.01, 5.0)),
+            (ce + suffix, (r(4, 4), soft, cw, 1, -100, "sum", 0.2, 0.0, None)),
+            (ce + suffix, (r(4), torch.tensor(2), None, 0, -100, "none", 0.0, 0.0, None)),
+            (bce + suffix, (r(4, 4), soft, cw, cw, "mean")),
+            (bce + suffix, (r(3, 4), soft[:3], None, None, "none")),
+            (lin + suffix, (r(4, 3), r(5, 3), r(5), t, None, -100, "mean", 0.0, 0.0, None)),
+            (lin + suffix, (r(4, 3), r(5, 3), None, t, cw[:1].expand(5), 3, "sum", 0.1, 0.0,
+                            2.0)),
+        ]
+    cases.append((lin, (r(4, 3), r(5, 3), r(5), t, None, -100, "none", 0.0, 0.01, None)))
+    return cases
+
+
+@compiler_test
+@pytest.mark.parametrize("case", range(17))
+def test_opcheck(case):
+    """torch.library.opcheck: schema, fake shapes/dtypes, autograd registration and
+    AOT dispatch (static and dynamic shapes) of every operator."""
+    name, args = opcheck_cases()[case]
+    torch.library.opcheck(getattr(torch.ops.sce_rs, name).default, args)
+
+
+@compiler_test
+def test_operators_share_memory_with_numpy(monkeypatch):
+    """The operators hand the kernels views of the tensors and wrap the kernels' arrays:
+    no copy in, none out."""
+    seen = {}
+    real = st._core.cross_entropy_and_grad
+
+    def watch(x, t, **kwargs):
+        seen["x"] = x
+        seen["out"] = real(x, t, **kwargs)
+        return seen["out"]
+
+    monkeypatch.setattr(st._core, "cross_entropy_and_grad", watch)
+    x = torch.randn(6, 9, dtype=torch.float32).t()  # non-contiguous: read in place too
+    t = torch.randint(0, 6, (9,))
+    loss, grad = torch.ops.sce_rs.cross_entropy_and_grad(
+        x, t, None, 1, -100, "none", 0.0, 0.0, None)
+    assert seen["x"].ctypes.data == x.data_ptr()
+    assert grad.data_ptr() == seen["out"][1].ctypes.data
+    assert loss.data_ptr() == seen["out"][0].ctypes.data
+
+
+@compiler_test
+def test_operators_check_versions():
+    """The loss-only operator's backward reads its inputs again: one changed in place after
+    the forward pass fails PyTorch's version check, as in the eager Functions."""
+    lin = torch.nn.Linear(3, 5, dtype=torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True) * 1.0
+    t = torch.tensor([0, 1, 2, 4])
+    loss = torch.ops.sce_rs.linear_cross_entropy(x, lin.weight, lin.bias, t, None, -100, "none",
+                                                 0.0, 0.0, None)
+    with torch.no_grad():
+        x.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.sum().backward()
+
+
+@compiler_test
+# Dynamo's own handling of autograd.Function in torch 2.13, not ours.
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+def test_without_custom_ops_compile_breaks_the_graph(monkeypatch):
+    """PyTorch < 2.4 (no torch.library.custom_op), simulated: the autograd Functions run, and
+    torch.compile gets through them with a graph break, as before the operators."""
+    monkeypatch.setattr(st._ops, "AVAILABLE", False)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    t = torch.tensor([0, 3, 1, 2, 0])
+
+    def step(x):
+        return st.cross_entropy(torch.tanh(x), t) * 2
+
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    # The warning a user sees today: the kernel is opaque to Dynamo.
+    with pytest.warns(UserWarning, match="Dynamo does not know how to trace"):
+        assert torch._dynamo.explain(step)(x).graph_break_count >= 1
+        losses = [step(xs[0]), torch.compile(step, backend="eager")(xs[1])]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=0, atol=0)
+
+
+@compiler_test
+def test_inplace_is_eager_only():
+    h = torch.randn(4, 3)
+    lin = torch.nn.Linear(3, 5)
+    t = torch.tensor([0, 1, 2, 4])
+    for loss in (lambda: st.cross_entropy(lin(h), t, inplace=True),
+                 lambda: st.binary_cross_entropy_with_logits(lin(h), torch.rand(4, 5),
+                                                             inplace=True)):
+        with pytest.raises(Exception, match="eagerly only"):
+            torch.compile(loss, fullgraph=True, backend="eager")()
+        loss().backward()  # eagerly it works as before
+
+
 def mlp(seed):
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.Tanh(), torch.nn.Linear(32, 5))

@@ -19,7 +19,7 @@ import sce_rs
 
 PEERS = ("scipy", "torch", "jax", "onnxruntime", "matplotlib", "tqdm")
 # The optional libraries sce_rs integrates with: the module that needs each.
-INTEGRATIONS = {"torch": "sce_rs.torch", "dask": "sce_rs.dask"}
+INTEGRATIONS = {"torch": "sce_rs.torch", "dask": "sce_rs.dask", "jax": "sce_rs.jax"}
 
 
 def _version(name: str) -> str | None:

@@ -1,5 +1,5 @@
 # Type stubs for the compiled extension; checked against it by `mypy.stubtest` in the tests.
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -33,10 +33,29 @@ _Reduction = Literal["mean", "sum", "none"]
 # A result array, or a NumPy scalar where the result is 0-d (a reduced loss, a logsumexp of a
 # vector).
 _Result: TypeAlias = NDArray[Any] | np.generic
+# The class axis of the softmax family: one axis, all of them (None), or several together.
+_Axes: TypeAlias = int | tuple[int, ...] | None
 
-def softmax(x: ArrayLike, axis: int = -1, *, out: NDArray[Any] | None = None) -> _Result: ...
-def log_softmax(x: ArrayLike, axis: int = -1, *, out: NDArray[Any] | None = None) -> _Result: ...
-def logsumexp(x: ArrayLike, axis: int = -1, *, keepdims: bool = False) -> _Result: ...
+def softmax(x: ArrayLike, axis: _Axes = -1, *, out: NDArray[Any] | None = None) -> _Result: ...
+def log_softmax(x: ArrayLike, axis: _Axes = -1, *, out: NDArray[Any] | None = None) -> _Result: ...
+@overload
+def logsumexp(
+    x: ArrayLike,
+    axis: _Axes = -1,
+    *,
+    keepdims: bool = False,
+    b: ArrayLike | None = None,
+    return_sign: Literal[False] = False,
+) -> _Result: ...
+@overload
+def logsumexp(
+    x: ArrayLike,
+    axis: _Axes = -1,
+    *,
+    keepdims: bool = False,
+    b: ArrayLike | None = None,
+    return_sign: Literal[True],
+) -> tuple[_Result, _Result]: ...
 def softmax_backward(grad_output: ArrayLike, output: ArrayLike, axis: int = -1) -> _Result: ...
 def log_softmax_backward(grad_output: ArrayLike, output: ArrayLike, axis: int = -1) -> _Result: ...
 def softmax_jacobian(x: ArrayLike, axis: int = -1) -> _Result: ...

@@ -15,6 +15,13 @@ gradient is written over the logits, as Liger Kernel does on GPUs.
 Tensors pass to and from the kernels without copies (CPU tensors of float32, float64, float16
 and bfloat16, any strides). Importing ``sce_rs`` never imports torch; this module does.
 
+Under ``torch.compile`` and ``torch.export`` (PyTorch >= 2.4) the same calls go through
+``torch.library`` custom operators (``sce_rs._torch_ops``): no graph break with
+``fullgraph=True``, the same kernels and the same results. There ``inplace=True`` is refused
+(an operator may not return its input's memory as the gradient), and backward always
+multiplies by ``grad_output``. With PyTorch 2.1-2.3, which lack ``torch.library.custom_op``,
+the autograd Functions below run everywhere, and ``torch.compile`` breaks the graph around them.
+
 >>> import torch, sce_rs.torch
 >>> logits = torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], requires_grad=True)
 >>> loss = sce_rs.torch.cross_entropy(logits, torch.tensor([0, 1]))
@@ -35,6 +42,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from sce_rs import _sce_rs as _core
+from sce_rs import _torch_ops as _ops
 
 __all__ = [
     "BCEWithLogitsLoss",
@@ -182,6 +190,12 @@ def cross_entropy(
     _check_tensor(input, "input")
     _no_target_grad(target, weight)
     axis = 1 if input.dim() >= 2 else 0
+    if _ops.compiling():
+        _ops.refuse_inplace(inplace)
+        reduction = _reduction(size_average, reduce, reduction)
+        inputs = (input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss,
+                  softcap)
+        return _ops.call("cross_entropy", inputs, input.requires_grad)
     kwargs = dict(
         axis=axis,
         weight=_to_numpy(weight, "weight"),
@@ -209,6 +223,10 @@ def binary_cross_entropy_with_logits(
     """``torch.nn.functional.binary_cross_entropy_with_logits`` with the gradient from
     sce_rs's fused kernel; ``inplace=True`` as in ``cross_entropy``."""
     _no_target_grad(target, weight, pos_weight)
+    if _ops.compiling():
+        _ops.refuse_inplace(inplace)
+        inputs = (input, target, weight, pos_weight, _reduction(size_average, reduce, reduction))
+        return _ops.call("binary_cross_entropy_with_logits", inputs, input.requires_grad)
     kwargs = dict(
         weight=_to_numpy(weight, "weight"),
         pos_weight=_to_numpy(pos_weight, "pos_weight"),
@@ -302,6 +320,16 @@ def linear_cross_entropy(
     unbatched = input.dim() == 1
     if unbatched:
         input, target = input.unsqueeze(0), target.reshape(1)
+    if _ops.compiling():
+        ignore = -100 if ignore_index is None else ignore_index
+        inputs = (input, linear_weight, linear_bias, target, weight, ignore, reduction,
+                  label_smoothing, z_loss, softcap)
+        # reduction='none' cannot rescale gradients kept from the forward pass (see
+        # _LinearLoss): its backward calls the kernel with the real grad_output.
+        needs = any(t is not None and t.requires_grad
+                    for t in (input, linear_weight, linear_bias))
+        loss = _ops.call("linear_cross_entropy", inputs, needs and reduction != "none")
+        return loss.reshape(()) if unbatched and reduction == "none" else loss
     kwargs = dict(
         class_weight=_to_numpy(weight, "weight"),
         ignore_index=-100 if ignore_index is None else ignore_index,

@@ -6,6 +6,7 @@
 //! - `call.rs`: running an operation (GIL release, Ctrl-C, scratch checks);
 //! - `errors.rs`: core errors to the contract's exceptions;
 //! - `softmax.rs`, `losses.rs`, `binary.rs`, `linear.rs`: the public functions, by family;
+//!   `axes.rs`: the softmax family's `axis=None`/tuples and `logsumexp`'s `b=`, handed on;
 //! - `runtime.rs`: threads and the instruction set.
 
 use pyo3::prelude::*;
@@ -24,6 +25,7 @@ macro_rules! with_compute {
 }
 
 mod array;
+mod axes;
 mod binary;
 mod call;
 mod convert;

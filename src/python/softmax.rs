@@ -3,8 +3,10 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyBool;
 
 use super::array::Arr;
+use super::axes::{self, AxisArg};
 use super::call::{gathered_row, read_rows, run, written_rows};
 use super::convert::{arg, norm_axis, promote, shape_without};
 use super::errors::{prefixed, to_py};
@@ -62,8 +64,10 @@ pub(super) fn row_map_py<'py>(
 /// x : array_like
 ///     Logits: float16, bfloat16, float32 or float64 (integers and bools are computed as
 ///     float64), any shape and strides; DLPack producers (PyTorch, JAX) are read in place.
-/// axis : int, default -1
-///     The class axis.
+/// axis : int, None or tuple of ints, default -1
+///     The class axis; `None` takes all elements as one row of classes, a tuple of axes
+///     spans the classes over those axes together (a whole-array copy unless they are the
+///     trailing axes in order).
 /// out : ndarray, optional
 ///     A writable array of the result's shape and dtype to write into; may be `x` itself.
 ///
@@ -79,16 +83,21 @@ pub(super) fn row_map_py<'py>(
 /// >>> sce_rs.softmax(x).round(4)
 /// array([[0.659 , 0.2424, 0.0986],
 ///        [0.1086, 0.8025, 0.0889]])
+/// >>> round(float(sce_rs.softmax(x, axis=None).sum()), 12), sce_rs.softmax(x, axis=(0, 1)).shape
+/// (1.0, (2, 3))
 /// >>> _ = sce_rs.softmax(x, out=x)  # in place
 #[pyfunction]
-#[pyo3(signature = (x, axis=Axis(-1), *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
+#[pyo3(signature = (x, axis=AxisArg::One(-1), *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
 pub(super) fn softmax<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
-    axis: Axis,
+    axis: AxisArg,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    row_map_py(py, "softmax", RowMap::Softmax, x, axis.0, out)
+    match axis {
+        AxisArg::One(a) => row_map_py(py, "softmax", RowMap::Softmax, x, a, out),
+        _ => axes::delegate(py, "softmax", x, &axis, &[("out", out.into_pyobject(py)?)]),
+    }
 }
 
 /// Log-softmax along `axis`: `x - logsumexp(x)`, without forming `softmax(x)`.
@@ -97,8 +106,8 @@ pub(super) fn softmax<'py>(
 /// ----------
 /// x : array_like
 ///     Logits (the dtypes, shapes and sources `softmax` takes).
-/// axis : int, default -1
-///     The class axis.
+/// axis : int, None or tuple of ints, default -1
+///     The class axis, all of them (`None`) or several together, as in `softmax`.
 /// out : ndarray, optional
 ///     A writable array of the result's shape and dtype to write into; may be `x` itself.
 ///
@@ -114,14 +123,23 @@ pub(super) fn softmax<'py>(
 /// array([[-0.417, -1.417, -2.317],
 ///        [-2.22 , -0.22 , -2.42 ]])
 #[pyfunction]
-#[pyo3(signature = (x, axis=Axis(-1), *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
+#[pyo3(signature = (x, axis=AxisArg::One(-1), *, out=None), text_signature = "(x, axis=-1, *, out=None)")]
 pub(super) fn log_softmax<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
-    axis: Axis,
+    axis: AxisArg,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    row_map_py(py, "log_softmax", RowMap::LogSoftmax, x, axis.0, out)
+    match axis {
+        AxisArg::One(a) => row_map_py(py, "log_softmax", RowMap::LogSoftmax, x, a, out),
+        _ => axes::delegate(
+            py,
+            "log_softmax",
+            x,
+            &axis,
+            &[("out", out.into_pyobject(py)?)],
+        ),
+    }
 }
 
 /// Stable `log(sum(exp(x)))` along `axis`.
@@ -130,16 +148,21 @@ pub(super) fn log_softmax<'py>(
 /// ----------
 /// x : array_like
 ///     Logits (the dtypes, shapes and sources `softmax` takes).
-/// axis : int, default -1
-///     The axis summed over.
+/// axis : int, None or tuple of ints, default -1
+///     The axis summed over; `None` sums all elements, a tuple several axes together.
 /// keepdims : bool, default False
 ///     Keep `axis` with length 1, as NumPy's reductions do.
+/// b : array_like, optional
+///     Scale factors, broadcast against `x` (SciPy's): `log(sum(b * exp(x)))`. Negative
+///     values are allowed; a negative sum gives NaN unless `return_sign`.
+/// return_sign : bool, default False
+///     Return `(log(abs(s)), sign(s))` for the sum `s` (sign 0 for an empty or zero sum).
 ///
 /// Returns
 /// -------
 /// ndarray or numpy scalar
-///     `x`'s shape without `axis` (a NumPy scalar for a 1-d `x`), in `x`'s dtype. An empty
-///     axis gives `-inf`.
+///     `x`'s shape without `axis` (a NumPy scalar for a 1-d `x`), in `x`'s dtype (with `b`,
+///     NumPy's promotion of both, integers as float64). An empty axis gives `-inf`.
 ///
 /// Examples
 /// --------
@@ -151,17 +174,39 @@ pub(super) fn log_softmax<'py>(
 /// (2, 1)
 /// >>> float(sce_rs.logsumexp([1000.0, 1000.0]))  # no overflow
 /// 1000.6931471805599
+/// >>> bool(np.isclose(sce_rs.logsumexp(x, axis=None), np.log(np.exp(x).sum())))
+/// True
+/// >>> lse, sign = sce_rs.logsumexp([1.0, 1.0, 1.0], b=[1, -1, -1], return_sign=True)
+/// >>> round(float(lse), 12), float(sign)  # log|e - 2e| = 1, negative
+/// (1.0, -1.0)
 #[pyfunction]
-#[pyo3(signature = (x, axis=Axis(-1), *, keepdims=false), text_signature = "(x, axis=-1, *, keepdims=False)")]
+#[pyo3(
+    signature = (x, axis=AxisArg::One(-1), *, keepdims=false, b=None, return_sign=false),
+    text_signature = "(x, axis=-1, *, keepdims=False, b=None, return_sign=False)"
+)]
 pub(super) fn logsumexp<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
-    axis: Axis,
+    axis: AxisArg,
     keepdims: bool,
+    b: Option<&Bound<'py, PyAny>>,
+    return_sign: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let f = "logsumexp";
+    let axis = match axis {
+        AxisArg::One(a) if b.is_none() && !return_sign => a,
+        _ => {
+            let flag = |v: bool| PyBool::new(py, v).to_owned().into_any();
+            let kw = [
+                ("keepdims", flag(keepdims)),
+                ("b", b.into_pyobject(py)?),
+                ("return_sign", flag(return_sign)),
+            ];
+            return axes::delegate(py, f, x, &axis, &kw);
+        }
+    };
     let x = arg(py, f, x, "x")?;
-    let a = norm_axis(py, f, axis.0, x.ndim())?;
+    let a = norm_axis(py, f, axis, x.ndim())?;
     let dt = x.dtype.result();
     let mut shape = x.shape.clone();
     if keepdims {
