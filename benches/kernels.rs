@@ -50,6 +50,13 @@ fn rows<T: Float>(c: &mut Criterion, dtype: &str, n: usize, k: usize) {
     g.bench_function("softmax_out", |b| {
         b.iter(|| sce_rs::softmax(black_box(&x), k, &mut buf).unwrap())
     });
+    g.bench_function("log_softmax_out", |b| {
+        b.iter(|| sce_rs::log_softmax(black_box(&x), k, &mut buf).unwrap())
+    });
+    let mut lse = vec![T::ZERO; n];
+    g.bench_function("logsumexp", |b| {
+        b.iter(|| sce_rs::logsumexp(black_box(&x), k, &mut lse).unwrap())
+    });
     g.bench_function("cross_entropy", |b| {
         b.iter(|| sce_rs::cross_entropy(black_box(&x), k, &t, &opts, Reduction::Mean).unwrap())
     });
