@@ -15,13 +15,14 @@ use rayon::prelude::*;
 use crate::float::Float;
 use crate::kernels::cross_entropy::CeOptions;
 use crate::kernels::linear::{fold_tile, grad_tile, RowStats, TileOpts};
-use crate::kernels::softmax::{exp_scaled, segment_sums};
+use crate::kernels::softmax::{exp_scaled, lse_of, segment_sums};
+use crate::kernels::ExpSum;
 use crate::ops::{RowMap, Src, Upstream};
 use crate::pool::{in_pool, should_stop};
 use crate::strided::{View, ViewMut};
 
 /// Elements per segment: 128 KiB of float32, which stays in L2 between the two sweeps.
-const SEGMENT: usize = 1 << 15;
+pub(crate) const SEGMENT: usize = 1 << 15;
 /// Arrays with fewer rows than this are split within their rows (more rows already spread
 /// over the threads whole).
 const MAX_ROWS: usize = 4;
@@ -82,18 +83,19 @@ fn input_segment<'s, T: Float>(
     }
 }
 
-/// The row's maximum and its `Σ exp(x - max)` from its segments', combined in order.
-fn combine<T: Float>(parts: &[(T, f64)]) -> (T, f64) {
+/// The row's maximum and its sums of `exp(x - max)` from its segments', combined in order.
+fn combine<T: Float>(parts: &[(T, ExpSum)]) -> (T, ExpSum) {
     let m = parts
         .iter()
         .fold(T::NEG_INFINITY, |m, &(pm, _)| if pm > m { pm } else { m });
-    // A segment of only -inf adds its 0 (or NaN) as is: exp(-inf - -inf) would be NaN.
-    let s = parts.iter().fold(0.0, |s, &(pm, ps)| {
-        s + if pm == T::NEG_INFINITY {
+    // A segment of only -inf adds its 0 (or NaN) as is: exp(-inf - -inf) would be NaN. A
+    // segment holding the maximum keeps its exact one apart from its rest.
+    let s = parts.iter().fold(ExpSum::ZERO, |s, &(pm, ps)| {
+        s.plus(if pm == T::NEG_INFINITY || pm == m {
             ps
         } else {
-            ps * (pm.to_f64() - m.to_f64()).exp()
-        }
+            ps.rescaled((pm.to_f64() - m.to_f64()).exp())
+        })
     });
     (m, s)
 }
@@ -105,21 +107,11 @@ fn map_row<T: Float>(map: RowMap, xs: Option<&[T]>, o: &mut [T]) {
     match map {
         RowMap::LogSumExp => {
             let row = xs.unwrap_or(o);
-            // PyTorch's answer for an infinite maximum, as in `logsumexp_row`.
-            let lse = if m.to_f64().is_infinite() {
-                if row.iter().any(|v| v.is_nan()) {
-                    T::from_f64(f64::NAN)
-                } else {
-                    m
-                }
-            } else {
-                T::from_f64(m.to_f64() + crate::math::ln_f64(s))
-            };
-            o[0] = lse;
+            o[0] = T::from_f64(lse_of(row, m, s.ln()));
         }
         RowMap::Softmax | RowMap::LogSoftmax => {
-            let inv_s = T::from_f64(1.0 / s);
-            let ln_s = T::from_f64(crate::math::ln_f64(s));
+            let inv_s = T::from_f64(1.0 / s.s);
+            let ln_s = T::from_f64(s.ln());
             per_segment_mut(o, |i, oi| {
                 let mut held = Vec::new();
                 let xi = input_segment(xs, i, oi, &mut held);

@@ -230,6 +230,27 @@ pub fn ln_f64(x: f64) -> f64 {
     }
 }
 
+/// `ln(1 + x)`, branch-free like [`ln_f64`], for the `ln s` of a row whose maximum dominates
+/// its sum: `s = 1 + rest` with `rest` far below 1 would round the rest away before `ln`. With
+/// `u = 1 + x` rounded, `ln(1 + x) = ln u + ln(1 + c/u)` where `c = x - (u - 1)` is the
+/// rounding error of `u` (exact for `x` in `[-1, 1]`, and negligible beside `ln u >= ln 2`
+/// above), so `ln u + c/u` leaves an error of order `(c/u)^2`, far below an ULP. Measured by the
+/// tests against `std`'s `ln_1p` over sweeps of `[-1, 2^60]` (log-spaced down to subnormals
+/// near 0, dense near 0 and 1): at most 2 ULP apart. `log1p(-1) = -inf`, `log1p(+inf) = +inf`,
+/// NaN and `x < -1` give NaN.
+#[inline(always)]
+pub fn log1p_f64(x: f64) -> f64 {
+    let u = 1.0 + x;
+    // For u outside the positive finite numbers, ln_f64 alone has the answer (and u - 1 would
+    // make the correction NaN).
+    let c = if u > 0.0 && u < f64::INFINITY {
+        (x - (u - 1.0)) / u
+    } else {
+        0.0
+    };
+    ln_f64(u) + c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +289,36 @@ mod tests {
         assert!(ln_f64(f64::NEG_INFINITY).is_nan());
         assert_eq!(ln_f64(f64::from_bits(1)), f64::from_bits(1).ln());
         assert_eq!(ln_f64(f64::MAX), f64::MAX.ln());
+    }
+
+    /// log1p_f64 against std's ln_1p: log-spaced over `[2^-1074, 2^60]` and its negatives down
+    /// to -1, dense near 0 (where the rounding of `1 + x` is everything) and near 1.
+    #[test]
+    fn log1p_max_ulp_and_special_values() {
+        let n = 2_000_000;
+        let log_spaced = (0..=n).map(|i| 2f64.powf(-1074.0 + 1134.0 * i as f64 / n as f64));
+        let dense =
+            |lo: f64, hi: f64| (0..=n).map(move |i| lo + (hi - lo) * (i as f64) / (n as f64));
+        let mut worst = 0;
+        for x in log_spaced
+            .clone()
+            .chain(log_spaced.filter(|&x| x < 1.0).map(|x| -x))
+            .chain(dense(-1e-6, 1e-6))
+            .chain(dense(0.5, 2.0))
+            .chain(dense(-0.999, 0.0))
+        {
+            let (got, want) = (log1p_f64(x), x.ln_1p());
+            worst = worst.max(ulp_f64(got, want));
+        }
+        assert!(worst <= 2, "log1p_f64 is {worst} ULP from std");
+        assert_eq!(log1p_f64(0.0).to_bits(), 0.0f64.to_bits());
+        assert_eq!(log1p_f64(-1.0), f64::NEG_INFINITY);
+        assert_eq!(log1p_f64(f64::INFINITY), f64::INFINITY);
+        assert!(log1p_f64(f64::NAN).is_nan() && log1p_f64(-2.0).is_nan());
+        assert_eq!(log1p_f64(f64::from_bits(1)), f64::from_bits(1));
+        // The row the issue names: logsumexp([0, -40]) = log1p(exp(-40)) = 4.248e-18.
+        let rest = (-40f64).exp();
+        assert_eq!(log1p_f64(rest), rest.ln_1p());
     }
 
     fn ulp_f32(a: f32, b: f32) -> u32 {

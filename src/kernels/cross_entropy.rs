@@ -20,9 +20,14 @@
 //! `(z - m) - ln s` (not `z - lse`) so rows near the float range keep their precision, and the
 //! loss itself is accumulated in `f64`. Terms whose coefficient is zero (`ε = 0`, `ζ = 0`) are
 //! skipped, as PyTorch skips them, so an infinite logit elsewhere cannot turn them into NaN.
+//!
+//! Where the maximum dominates the row (`s = 1 + rest` with `rest < 1`), `ln s` is
+//! `log1p(rest)` ([`ExpSum::ln`]), so the loss of a confidently right prediction,
+//! `lse - z_t = log1p(rest)`, keeps its digits, and the gradient at that maximum, where
+//! `p - 1` would cancel, is formed from `p - 1 = -rest / s` ([`top_grad`]).
 
 use super::{
-    ln_f64, max_exp_sum, rows, rows_mut, small_rows_exp, small_rows_sums, SMALL_K, SMALL_ROWS,
+    max_exp_sum, rows, rows_mut, small_rows_exp, small_rows_sums, ExpSum, SMALL_K, SMALL_ROWS,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -102,8 +107,17 @@ pub fn ce_row<T: Float, A: Arith>(
     ce_row_with(x, target, o, grad, capped, ar, None)
 }
 
-/// [`ce_row`], optionally with the row's `(max, exp-sum, ln exp-sum)` already known (`pre`, the small-row
-/// path without a soft cap); then `grad`, when given, already holds `exp(x - max)`.
+/// The scaled gradient at the class `j` of a dominating maximum (`e_j = 1`, `p_j = 1/s`):
+/// `scale·(extra·p_j - cbw - corr·(1 - p_j))`, where the gradient loops would form
+/// `(extra + corr)·p_j - cbw - corr` and lose `1 - p_j = rest/s` to cancellation. `extra` is
+/// the coefficient of `p_j` beyond `corr`, `cbw` the constant term.
+#[inline(always)]
+pub(crate) fn top_grad(scale: f64, extra: f64, cbw: f64, corr: f64, sums: ExpSum) -> f64 {
+    scale * (extra / sums.s - cbw - corr * (sums.rest / sums.s))
+}
+
+/// [`ce_row`], optionally with the row's maximum, sums and `ln s` already known (`pre`, the
+/// small-row path without a soft cap); then `grad`, when given, already holds `exp(x - max)`.
 #[inline(always)]
 fn ce_row_with<T: Float, A: Arith>(
     x: &[T],
@@ -112,7 +126,7 @@ fn ce_row_with<T: Float, A: Arith>(
     grad: Option<(&mut [T], f64)>,
     capped: &mut Vec<T>,
     ar: A,
-    pre: Option<(T, f64, f64)>,
+    pre: Option<(T, ExpSum, f64)>,
 ) -> f64 {
     let k = x.len();
     if matches!(target, RowTarget::Ignored) || k == 0 {
@@ -130,10 +144,11 @@ fn ce_row_with<T: Float, A: Arith>(
         }
         None => x,
     };
-    let (m, s, ln_s) = pre.unwrap_or_else(|| {
+    let (m, sums, ln_s) = pre.unwrap_or_else(|| {
         let (m, s) = max_exp_sum(z, ar);
-        (m, s, ln_f64(s))
+        (m, s, s.ln())
     });
+    let s = sums.s;
     // exp(z - m) of the gradient loops: read back from `grad` when the caller put it there.
     let held = pre.is_some();
     let mf = m.to_f64();
@@ -141,8 +156,9 @@ fn ce_row_with<T: Float, A: Arith>(
     let eps = o.label_smoothing;
     let kf = k as f64;
 
-    // loss, the coefficient of p_j in the gradient, and the target-class correction.
-    let (mut loss, mut a, target_corr) = match target {
+    // loss, the coefficient of p_j in the gradient, the target-class correction, and the part
+    // of the coefficient beyond the correction (for `top_grad`).
+    let (mut loss, mut a, target_corr, mut extra) = match target {
         RowTarget::Class(t) => {
             let wt = o.w(t);
             let nll = -wt * ((z[t].to_f64() - mf) - ln_s);
@@ -157,9 +173,10 @@ fn ce_row_with<T: Float, A: Arith>(
                     (1.0 - eps) * nll + eps / kf * smooth,
                     (1.0 - eps) * wt + eps / kf * o.weight_total,
                     Some((t, (1.0 - eps) * wt)),
+                    eps / kf * o.weight_total,
                 )
             } else {
-                (nll, wt, Some((t, wt)))
+                (nll, wt, Some((t, wt)), 0.0)
             }
         }
         RowTarget::Probs(q) => {
@@ -169,13 +186,16 @@ fn ce_row_with<T: Float, A: Arith>(
                 total += wq;
                 wqz += wq * (zc.to_f64() - mf);
             }
-            (-wqz + ln_s * total, total, None)
+            (-wqz + ln_s * total, total, None, 0.0)
         }
         RowTarget::Ignored => unreachable!(),
     };
+    // For probabilities, `Σ_c w_c q'_c` (the coefficient before the z-loss).
+    let total = a;
     if o.z_loss != 0.0 {
         loss += o.z_loss * lse * lse;
         a += 2.0 * o.z_loss * lse;
+        extra += 2.0 * o.z_loss * lse;
     }
 
     if let Some((g, scale)) = grad {
@@ -215,11 +235,24 @@ fn ce_row_with<T: Float, A: Arith>(
                     let wq = o.w(j) * ((1.0 - eps) * qj.to_f64() + eps / kf);
                     *gj = ca * p - T::from_f64(scale * wq);
                 }
+                if sums.dominated() {
+                    // The maximum's term: a·p - wq = (a - total)·p - total·(1 - p) + (total - wq).
+                    if let Some(j) = z.iter().position(|&v| v == m) {
+                        let wq = o.w(j) * ((1.0 - eps) * q[j].to_f64() + eps / kf);
+                        let cbw = wq - total;
+                        g[j] = T::from_f64(top_grad(scale, extra, cbw, total, sums));
+                    }
+                }
             }
             RowTarget::Ignored => unreachable!(),
         }
         if let Some((t, corr)) = target_corr {
-            g[t] -= T::from_f64(scale * corr);
+            g[t] = if sums.dominated() && z[t] == m {
+                let cbw = eps / kf * o.w(t);
+                T::from_f64(top_grad(scale, extra, cbw, corr, sums))
+            } else {
+                g[t] - T::from_f64(scale * corr)
+            };
         }
         if let Some(c) = o.softcap {
             let inv_c = T::from_f64(1.0 / c);
@@ -283,7 +316,7 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
     let mut capped = Vec::new();
     let plain = o.weight.is_none() && o.label_smoothing == 0.0 && o.z_loss == 0.0;
     let mut ms = [T::ZERO; SMALL_ROWS];
-    let (mut ss, mut ls) = ([0.0; SMALL_ROWS], [0.0; SMALL_ROWS]);
+    let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
     let group = SMALL_ROWS * k;
     // Exps go into the gradient when there is one; otherwise into scratch sized to the input.
     let scratch_len = if grad.is_some() {
@@ -312,11 +345,15 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
                 // its per-row branching (float32 65536 x 10: see BENCHMARKS.md).
                 RowTarget::Class(t) if plain => {
                     if let Some(sc) = sc {
-                        let (ca, inv_s) = (T::from_f64(sc), T::from_f64(1.0 / ss[r]));
+                        let (ca, inv_s) = (T::from_f64(sc), T::from_f64(1.0 / ss[r].s));
                         for gj in er.iter_mut() {
                             *gj = ca * (*gj * inv_s);
                         }
-                        er[t] -= T::from_f64(sc);
+                        er[t] = if ss[r].dominated() && xr[t] == ms[r] {
+                            T::from_f64(top_grad(sc, 0.0, 0.0, 1.0, ss[r]))
+                        } else {
+                            er[t] - T::from_f64(sc)
+                        };
                     }
                     -((xr[t].to_f64() - ms[r].to_f64()) - ls[r])
                 }

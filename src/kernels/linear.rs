@@ -5,8 +5,8 @@
 //! grows, as in [`super::max_exp_sum`]) and picks up the target's logit; once a row's sums are
 //! final, the backward sweep turns each recomputed tile into the gradient of the logits in place.
 
-use super::cross_entropy::CeOptions;
-use super::{rows_mut, segment_max_exp_sum, sum};
+use super::cross_entropy::{top_grad, CeOptions};
+use super::{rows_mut, segment_max_exp_sum, sum, ExpSum};
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
 
@@ -17,8 +17,8 @@ pub struct RowStats {
     pub target: Option<usize>,
     /// The largest (soft-capped) logit so far.
     pub m: f64,
-    /// `Σ exp(z - m)` so far.
-    pub s: f64,
+    /// `Σ exp(z - m)` so far, with its rest beside the exact ones.
+    pub s: ExpSum,
     /// `Σ w_c z_c` so far (kept only with label smoothing).
     pub wz: f64,
     /// The target's (soft-capped) logit, once its block was seen.
@@ -30,7 +30,7 @@ impl RowStats {
         RowStats {
             target,
             m: f64::NEG_INFINITY,
-            s: 0.0,
+            s: ExpSum::ZERO,
             wz: 0.0,
             zt: f64::NAN,
         }
@@ -45,18 +45,9 @@ impl RowStats {
         }
     }
 
-    /// Adds a block whose maximum is `m` and whose `Σ exp(z - m)` is `s`.
-    fn merge(&mut self, m: f64, s: f64) {
-        if m == f64::NEG_INFINITY {
-            self.s += s; // 0, or NaN for a NaN in the block; exp(-inf - -inf) would be NaN
-            return;
-        }
-        if m > self.m {
-            self.s = self.s * (self.m - m).exp() + s;
-            self.m = m;
-        } else {
-            self.s += s * (m - self.m).exp();
-        }
+    /// Adds a block whose maximum is `m` and whose sums of `exp(z - m)` are `s`.
+    fn merge(&mut self, m: f64, s: ExpSum) {
+        self.m = self.s.merge(self.m, s, m);
     }
 }
 
@@ -68,30 +59,38 @@ impl RowStats {
             return (0.0, RowGrad::IGNORED);
         };
         let (eps, kf) = (o.label_smoothing, k as f64);
-        let ln_s = crate::math::ln_f64(self.s);
+        let ln_s = self.s.ln();
         let lse = self.m + ln_s;
         let wt = o.weight.as_ref().map_or(1.0, |w| w[t].to_f64());
         let nll = wt * (ln_s - (self.zt - self.m));
-        let (mut loss, mut coef, corr) = if eps > 0.0 {
+        let (mut loss, mut coef, corr, mut extra) = if eps > 0.0 {
             let smooth = lse * o.weight_total - self.wz;
             (
                 (1.0 - eps) * nll + eps / kf * smooth,
                 (1.0 - eps) * wt + eps / kf * o.weight_total,
                 (1.0 - eps) * wt,
+                eps / kf * o.weight_total,
             )
         } else {
-            (nll, wt, wt)
+            (nll, wt, wt, 0.0)
         };
         if o.z_loss != 0.0 {
             loss += o.z_loss * lse * lse;
             coef += 2.0 * o.z_loss * lse;
+            extra += 2.0 * o.z_loss * lse;
         }
+        // The target's gradient apart where it is the dominating maximum (see `top_grad`).
+        let top = (self.s.dominated() && self.zt == self.m).then(|| {
+            let cbw = eps / kf * wt;
+            T::from_f64(top_grad(scale, extra, cbw, corr, self.s))
+        });
         let grad = RowGrad {
             m: T::from_f64(self.m),
-            inv_s: T::from_f64(1.0 / self.s),
+            inv_s: T::from_f64(1.0 / self.s.s),
             ca: T::from_f64(scale * coef),
             cb: T::from_f64(scale * eps / kf),
             corr: T::from_f64(scale * corr),
+            top,
             target: Some(t),
         };
         (loss, grad)
@@ -99,7 +98,8 @@ impl RowStats {
 }
 
 /// What the backward sweep needs of one row, already multiplied by the row's gradient scale:
-/// `g_j = (ca·exp(z_j - m)/s - cb·w_j - [j = t]·corr) · cap'(z_j)`.
+/// `g_j = (ca·exp(z_j - m)/s - cb·w_j - [j = t]·corr) · cap'(z_j)`, except that `top`, when
+/// set, replaces the bracket at `j = t` (the target is the dominating maximum).
 #[derive(Clone, Copy, Debug)]
 pub struct RowGrad<T> {
     pub m: T,
@@ -107,6 +107,7 @@ pub struct RowGrad<T> {
     pub ca: T,
     pub cb: T,
     pub corr: T,
+    pub top: Option<T>,
     /// The target class, or `None` for an ignored row (whose gradient is 0).
     pub target: Option<usize>,
 }
@@ -119,6 +120,7 @@ impl<T: Float> RowGrad<T> {
         ca: T::ZERO,
         cb: T::ZERO,
         corr: T::ZERO,
+        top: None,
         target: None,
     };
 }
@@ -206,7 +208,7 @@ fn grad_rows<T: Float, A: Arith>(
                     let wj = w.map_or(T::ONE, |w| w[j]);
                     let mut d = r.ca * (a.exp_nonpos(z - r.m) * r.inv_s) - r.cb * wj;
                     if local_t == Some(j) {
-                        d -= r.corr;
+                        d = r.top.unwrap_or(d - r.corr);
                     }
                     let q = z * inv_c;
                     *g = d * (T::ONE - q * q);
@@ -215,7 +217,7 @@ fn grad_rows<T: Float, A: Arith>(
             }
         }
         if let Some(t) = local_t {
-            row[t] -= r.corr;
+            row[t] = r.top.unwrap_or(row[t] - r.corr);
         }
     }
 }

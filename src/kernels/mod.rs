@@ -14,9 +14,12 @@ pub mod linear;
 pub mod scoring;
 pub mod softmax;
 
+#[cfg(test)]
+mod exact_tests;
+
 use crate::float::Float;
 use crate::isa::Arith;
-pub(crate) use crate::math::ln_f64;
+pub(crate) use crate::math::{ln_f64, log1p_f64};
 
 /// Independent accumulators per loop: a fixed count, not the vector width, so that every
 /// instruction set sums in the same order (16 = one AVX-512 register of f32, two of AVX2).
@@ -111,57 +114,155 @@ fn exp_map<T: Float, A: Arith>(x: &[T], shift: T, out: &mut [T], a: A) {
     }
 }
 
-/// `sum(exp(x - shift))` for `shift >= max(x)`, chunk totals in `f64`; the same value as
-/// [`exp_store_sum`] returns.
+/// A row's `s = Σ exp(x - m)` beside `rest`, the same sum without the terms that are exactly 1
+/// (the maximum's own, and any tie). Where one maximum dominates, `s` has rounded the rest
+/// away (`1 + exp(-40) = 1` in `f64`); `rest` keeps it for `ln s = log1p(rest)` and for the
+/// gradient at the maximum, `p - 1 = -rest / s`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ExpSum {
+    pub s: f64,
+    pub rest: f64,
+}
+
+impl ExpSum {
+    pub const ZERO: ExpSum = ExpSum { s: 0.0, rest: 0.0 };
+
+    /// Both sums equal: no term is exactly 1 (a block whose maximum lies below the row's).
+    #[inline(always)]
+    pub fn all_rest(s: f64) -> ExpSum {
+        ExpSum { s, rest: s }
+    }
+
+    /// One term is exactly 1 and the others add up to less than 1: `s - 1` is `rest`, and the
+    /// maximum is the only term whose probability cancels against 1.
+    #[inline(always)]
+    pub fn dominated(self) -> bool {
+        // s - rest is the count of exact ones, up to rounding far below 0.5 while rest < 1.
+        self.rest < 1.0 && self.s - self.rest < 1.5
+    }
+
+    /// `s - 1`: `rest` where the maximum dominates, otherwise from `s` (exact for `s >= 1/2`).
+    #[inline(always)]
+    pub fn s_minus_one(self) -> f64 {
+        if self.dominated() {
+            self.rest
+        } else {
+            self.s - 1.0
+        }
+    }
+
+    /// `ln s` as `log1p(s - 1)`, exact where the maximum dominates.
+    #[inline(always)]
+    pub fn ln(self) -> f64 {
+        log1p_f64(self.s_minus_one())
+    }
+
+    /// The sums of two disjoint parts of a row over the same shift.
+    #[inline(always)]
+    pub fn plus(self, o: ExpSum) -> ExpSum {
+        ExpSum {
+            s: self.s + o.s,
+            rest: self.rest + o.rest,
+        }
+    }
+
+    /// The sums taken to a larger shift, `f = exp(old - new)`: none of the terms is 1 any more.
+    #[inline(always)]
+    pub fn rescaled(self, f: f64) -> ExpSum {
+        ExpSum::all_rest(self.s * f)
+    }
+
+    /// The sums of a block whose maximum is `bm` merged into those of the blocks so far,
+    /// whose maximum is `m` (both in `f64`; `-inf` for a block of only `-inf`); returns the new
+    /// maximum. A block of only `-inf` adds its 0 (or NaN) as is: `exp(-inf - -inf)` is NaN.
+    #[inline(always)]
+    pub fn merge(&mut self, m: f64, b: ExpSum, bm: f64) -> f64 {
+        if bm == f64::NEG_INFINITY {
+            *self = self.plus(b);
+            m
+        } else if bm > m {
+            *self = self.rescaled((m - bm).exp()).plus(b);
+            bm
+        } else if bm == m {
+            *self = self.plus(b);
+            m
+        } else {
+            *self = self.plus(b.rescaled((bm - m).exp()));
+            m
+        }
+    }
+}
+
+/// [`ExpSum`] of `exp(x - shift)` for `shift >= max(x)`, chunk totals in `f64`; its `s` is the
+/// value [`exp_store_sum`] returns.
+// PERF: the second accumulator (a compare and a masked add per vector) measured in
+// BENCHMARKS.md against the plain sum of before.
 #[inline(always)]
-pub fn exp_sum<T: Float, A: Arith>(x: &[T], shift: T, a: A) -> f64 {
-    let mut total = 0.0;
+pub fn exp_sum<T: Float, A: Arith>(x: &[T], shift: T, a: A) -> ExpSum {
+    let mut total = ExpSum::ZERO;
     for chunk in x.chunks(CHUNK) {
-        let mut acc = [T::ZERO; LANES];
+        let (mut acc, mut rst) = ([T::ZERO; LANES], [T::ZERO; LANES]);
         let mut lanes = chunk.chunks_exact(LANES);
         for c in &mut lanes {
             let c: &[T; LANES] = c.try_into().unwrap();
             for l in 0..LANES {
-                acc[l] += a.exp_nonpos(c[l] - shift);
+                let e = a.exp_nonpos(c[l] - shift);
+                acc[l] += e;
+                rst[l] += not_one(e);
             }
         }
-        let mut tail = T::ZERO;
+        let (mut tail, mut rtail) = (T::ZERO, T::ZERO);
         for &v in lanes.remainder() {
-            tail += a.exp_nonpos(v - shift);
+            let e = a.exp_nonpos(v - shift);
+            tail += e;
+            rtail += not_one(e);
         }
-        total += lanes_total_t(acc, tail);
+        total = total.plus(ExpSum {
+            s: lanes_total_t(acc, tail),
+            rest: lanes_total_t(rst, rtail),
+        });
     }
     total
 }
 
-/// `(m, sum(exp(x - m)))` with `m` the maximum of `x` as in [`row_max`], reading `x` once:
-/// each step's maximum is taken while the step is in L1, and the sum so far is rescaled by
+/// `e`, or 0 where it is exactly 1: a term of [`ExpSum::rest`].
+#[inline(always)]
+fn not_one<T: Float>(e: T) -> T {
+    if e == T::ONE {
+        T::ZERO
+    } else {
+        e
+    }
+}
+
+/// `(m, sums of exp(x - m))` with `m` the maximum of `x` as in [`row_max`], reading `x` once:
+/// each step's maximum is taken while the step is in L1, and the sums so far are rescaled by
 /// `exp(m_old - m_new)` when the maximum grows. Rows of up to one step take the plain
 /// two-pass route, whose result is the same up to rounding.
 #[inline(always)]
-pub fn max_exp_sum<T: Float, A: Arith>(x: &[T], a: A) -> (T, f64) {
+pub fn max_exp_sum<T: Float, A: Arith>(x: &[T], a: A) -> (T, ExpSum) {
     if x.len() <= ONLINE_STEP {
         let m = row_max(x);
         return (m, exp_sum(x, m, a));
     }
-    let (mut m, mut s) = (T::NEG_INFINITY, 0.0);
+    let (mut m, mut s) = (T::NEG_INFINITY, ExpSum::ZERO);
     for step in x.chunks(ONLINE_STEP) {
         let sm = row_max(step);
         if sm == T::NEG_INFINITY {
             // Only -inf (or NaN) here: it adds nothing, but exp(-inf - -inf) would be NaN
             // while the row's maximum is still -inf. A NaN must still poison the sum.
             if step.iter().any(|v| v.is_nan()) {
-                s = f64::NAN;
+                s = ExpSum::all_rest(f64::NAN);
             }
             continue;
         }
         if sm > m {
             // exp(-inf) = 0 drops the empty sum of the first finite step; a +inf maximum
             // makes the row's sum NaN below, as the two-pass route does.
-            s *= (m.to_f64() - sm.to_f64()).exp();
+            s = s.rescaled((m.to_f64() - sm.to_f64()).exp());
             m = sm;
         }
-        s += exp_sum(step, m, a);
+        s = s.plus(exp_sum(step, m, a));
     }
     (m, s)
 }
@@ -169,16 +270,16 @@ pub fn max_exp_sum<T: Float, A: Arith>(x: &[T], a: A) -> (T, f64) {
 /// [`max_exp_sum`] of one piece of a longer row: a piece of only `-inf` sums to 0 (NaN if it
 /// holds a NaN), never `exp(-inf - -inf)`, since the row's maximum may lie in another piece.
 #[inline(always)]
-pub fn segment_max_exp_sum<T: Float, A: Arith>(x: &[T], a: A) -> (T, f64) {
+pub fn segment_max_exp_sum<T: Float, A: Arith>(x: &[T], a: A) -> (T, ExpSum) {
     let (m, s) = max_exp_sum(x, a);
     if m == T::NEG_INFINITY {
         return (
             m,
-            if x.iter().any(|v| v.is_nan()) {
+            ExpSum::all_rest(if x.iter().any(|v| v.is_nan()) {
                 f64::NAN
             } else {
                 0.0
-            },
+            }),
         );
     }
     (m, s)
@@ -243,15 +344,46 @@ pub(crate) fn small_row_sum<T: Float>(exps: &[T]) -> f64 {
     chunk_sum(exps)
 }
 
-/// The sums of a group's rows of exps (from [`small_rows_exp`]) into `ss` and their logarithms
-/// into `ls`, the logarithms in one loop that vectorizes ([`ln_f64`]).
+/// [`ExpSum`] of one row of exps from [`small_rows_exp`], in the order of [`exp_sum`].
 #[inline(always)]
-pub(crate) fn small_rows_sums<T: Float>(exps: &[T], k: usize, ss: &mut [f64], ls: &mut [f64]) {
+pub(crate) fn small_row_sums<T: Float>(exps: &[T]) -> ExpSum {
+    debug_assert!(exps.len() <= CHUNK);
+    let (mut acc, mut rst) = ([T::ZERO; LANES], [T::ZERO; LANES]);
+    let mut lanes = exps.chunks_exact(LANES);
+    for c in &mut lanes {
+        let c: &[T; LANES] = c.try_into().unwrap();
+        for l in 0..LANES {
+            acc[l] += c[l];
+            rst[l] += not_one(c[l]);
+        }
+    }
+    let (mut tail, mut rtail) = (T::ZERO, T::ZERO);
+    for &e in lanes.remainder() {
+        tail += e;
+        rtail += not_one(e);
+    }
+    if exps.len() < LANES {
+        // lanes_total_t's value: no full lane, so its lanes add zeros to the tail's sum.
+        return ExpSum {
+            s: tail.to_f64(),
+            rest: rtail.to_f64(),
+        };
+    }
+    ExpSum {
+        s: lanes_total_t(acc, tail),
+        rest: lanes_total_t(rst, rtail),
+    }
+}
+
+/// The sums of a group's rows of exps (from [`small_rows_exp`]) into `ss` and their logarithms
+/// ([`ExpSum::ln`]) into `ls`, the logarithms in one loop that vectorizes.
+#[inline(always)]
+pub(crate) fn small_rows_sums<T: Float>(exps: &[T], k: usize, ss: &mut [ExpSum], ls: &mut [f64]) {
     for (er, s) in rows(exps, k).zip(ss.iter_mut()) {
-        *s = small_row_sum(er);
+        *s = small_row_sums(er);
     }
     for (&s, l) in ss.iter().zip(ls.iter_mut()) {
-        *l = ln_f64(s);
+        *l = s.ln();
     }
 }
 

@@ -6,11 +6,12 @@
 //! limit `lse = m + ln(sum)` rounds back to `m` and `exp(x - lse)` would lose the answer.
 //! `logsumexp` follows PyTorch in shifting by 0 instead of an infinite maximum, so a row of
 //! `-inf` gives `-inf` and a row holding `+inf` gives `+inf` (softmax of such rows is NaN,
-//! as in PyTorch).
+//! as in PyTorch). `ln(sum)` is `log1p` of the sum's rest beside the maximum's exact 1
+//! ([`ExpSum::ln`]), so where the maximum dominates, `logsumexp([0, -40]) = 4.25e-18` and not 0.
 
 use super::{
-    dot, exp_store_sum, ln_f64, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum,
-    small_row_sum, small_rows_exp, small_rows_sums, sum, SMALL_K, SMALL_ROWS,
+    dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, small_row_sum,
+    small_rows_exp, small_rows_sums, sum, ExpSum, SMALL_K, SMALL_ROWS,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -33,7 +34,7 @@ pub fn softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
 #[inline(always)]
 pub fn log_softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
     let (m, s) = max_exp_sum(x, a);
-    let ln_s = T::from_f64(ln_f64(s));
+    let ln_s = T::from_f64(s.ln());
     for (o, &v) in out.iter_mut().zip(x) {
         *o = (v - m) - ln_s;
     }
@@ -43,16 +44,22 @@ pub fn log_softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
 #[inline(always)]
 pub fn logsumexp_row<T: Float, A: Arith>(x: &[T], a: A) -> f64 {
     let (m, s) = max_exp_sum(x, a);
+    lse_of(x, m, s.ln())
+}
+
+/// `m + ln_s`, or PyTorch's answer where the maximum `m` of the row `x` is infinite: it shifts
+/// by 0 there, which gives the infinite maximum itself (every other term is finite or -inf)
+/// unless a NaN is present. Rare, so the second pass over `x` is fine.
+#[inline(always)]
+pub(crate) fn lse_of<T: Float>(x: &[T], m: T, ln_s: f64) -> f64 {
     if m.to_f64().is_infinite() {
-        // PyTorch shifts by 0 here, which gives the infinite maximum itself (every other term
-        // is finite or -inf) unless a NaN is present. Rare, so the second pass is fine.
         return if x.iter().any(|v| v.is_nan()) {
             f64::NAN
         } else {
             m.to_f64()
         };
     }
-    m.to_f64() + ln_f64(s)
+    m.to_f64() + ln_s
 }
 
 /// Vector-Jacobian product of softmax: `out = s * (g - sum(g * s))`.
@@ -122,7 +129,7 @@ fn groups_mut<T>(x: &mut [T], k: usize) -> std::slice::ChunksMut<'_, T> {
 fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
-        let (mut ss, mut ls) = ([0.0; SMALL_ROWS], [0.0; SMALL_ROWS]);
+        let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
         for (xg, og) in groups(x, k).zip(groups_mut(out, k)) {
             small_rows_exp(xg, k, &mut ms, og, a);
             small_rows_sums(og, k, &mut ss, &mut ls);
@@ -149,7 +156,7 @@ fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     }
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
-        let (mut ss, mut ls) = ([0.0; SMALL_ROWS], [0.0; SMALL_ROWS]);
+        let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
         // Sized to the input (a call of a few rows should not clear a whole group's worth).
         let mut exps = vec![T::ZERO; x.len().min(SMALL_ROWS * k)];
         for (xg, og) in groups(x, k).zip(out.chunks_mut(SMALL_ROWS)) {
@@ -157,11 +164,7 @@ fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
             small_rows_exp(xg, k, &mut ms, eg, a);
             small_rows_sums(eg, k, &mut ss, &mut ls);
             for (((xr, &m), &l), o) in rows(xg, k).zip(&ms).zip(&ls).zip(og) {
-                *o = T::from_f64(if m.to_f64().is_infinite() {
-                    logsumexp_row(xr, a) // the rare infinite maximum, as logsumexp_row has it
-                } else {
-                    m.to_f64() + l
-                });
+                *o = T::from_f64(lse_of(xr, m, l));
             }
         }
         return;
@@ -206,7 +209,7 @@ fn segment_exp_scaled<T: Float, A: Arith>(x: &[T], shift: T, scale: T, out: &mut
 isa_dispatch! {
     pub fn softmax[T: Float](x: &[T], k: usize, out: &mut [T]) = softmax_rows;
     /// `(max, Σ exp(x - max))` of one segment of a long row.
-    pub fn segment_sums[T: Float](x: &[T]) -> (T, f64) = segment_max_exp_sum;
+    pub fn segment_sums[T: Float](x: &[T]) -> (T, ExpSum) = segment_max_exp_sum;
     /// `out = exp(x - shift) * scale`: one segment of a long softmax row.
     pub fn exp_scaled[T: Float](x: &[T], shift: T, scale: T, out: &mut [T]) = segment_exp_scaled;
     pub fn log_softmax[T: Float](x: &[T], k: usize, out: &mut [T]) = log_softmax_rows;
@@ -225,7 +228,7 @@ pub(crate) mod tests {
     use crate::isa::Unfused;
 
     /// Rows of every length below SMALL_K, over more than one group, with the special rows
-    /// (all -inf, +inf, NaN, one huge value) mixed in.
+    /// (all -inf, +inf, NaN, one huge value, a dominating maximum) mixed in.
     pub(crate) fn small_rows_cases() -> Vec<(usize, Vec<f32>)> {
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
@@ -242,6 +245,12 @@ pub(crate) mod tests {
                 x[k] = f32::INFINITY;
                 x[2 * k + k / 2] = f32::NAN;
                 x[3 * k] = 3e38;
+                // Rows whose maximum dominates, at the class the cross-entropy tests target
+                // there ((i * 3) % k), so that its gradient takes `top_grad`.
+                x[4 * k..5 * k].fill(-30.0);
+                x[4 * k + 12 % k] = 5.0;
+                x[5 * k..6 * k].fill(-12.0);
+                x[5 * k + 15 % k] = 0.0;
                 (k, x)
             })
             .collect()
