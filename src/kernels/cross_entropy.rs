@@ -25,7 +25,13 @@
 //! `log1p(rest)` ([`ExpSum::ln`]), so the loss of a confidently right prediction,
 //! `lse - z_t = log1p(rest)`, keeps its digits, and the gradient at that maximum, where
 //! `p - 1` would cancel, is formed from `p - 1 = -rest / s` ([`top_grad`]).
+//!
+//! Against a class index, the row goes through the online cross-entropy of [`super::online`]
+//! as one block (the split long rows and the fused linear cross-entropy fold the same
+//! arithmetic over blocks); probability targets, which only these row paths take, have their
+//! own loop.
 
+use super::online::{self, top_grad, RowGrad, RowStats};
 use super::{
     max_exp_sum, rows, rows_mut, small_rows_exp, small_rows_sums, ExpSum, SMALL_K, SMALL_ROWS,
 };
@@ -107,17 +113,8 @@ pub fn ce_row<T: Float, A: Arith>(
     ce_row_with(x, target, o, grad, capped, ar, None)
 }
 
-/// The scaled gradient at the class `j` of a dominating maximum (`e_j = 1`, `p_j = 1/s`):
-/// `scale·(extra·p_j - cbw - corr·(1 - p_j))`, where the gradient loops would form
-/// `(extra + corr)·p_j - cbw - corr` and lose `1 - p_j = rest/s` to cancellation. `extra` is
-/// the coefficient of `p_j` beyond `corr`, `cbw` the constant term.
-#[inline(always)]
-pub(crate) fn top_grad(scale: f64, extra: f64, cbw: f64, corr: f64, sums: ExpSum) -> f64 {
-    scale * (extra / sums.s - cbw - corr * (sums.rest / sums.s))
-}
-
-/// [`ce_row`], optionally with the row's maximum, sums and `ln s` already known (`pre`, the
-/// small-row path without a soft cap); then `grad`, when given, already holds `exp(x - max)`.
+/// [`ce_row`], optionally with the row's maximum and sums already known (`pre`, the small-row
+/// path without a soft cap); then `grad`, when given, already holds `exp(x - max)`.
 #[inline(always)]
 fn ce_row_with<T: Float, A: Arith>(
     x: &[T],
@@ -126,7 +123,7 @@ fn ce_row_with<T: Float, A: Arith>(
     grad: Option<(&mut [T], f64)>,
     capped: &mut Vec<T>,
     ar: A,
-    pre: Option<(T, ExpSum, f64)>,
+    pre: Option<(T, ExpSum)>,
 ) -> f64 {
     let k = x.len();
     if matches!(target, RowTarget::Ignored) || k == 0 {
@@ -135,130 +132,121 @@ fn ce_row_with<T: Float, A: Arith>(
         }
         return 0.0;
     }
-    let z: &[T] = match o.softcap {
-        Some(c) => {
-            let ct = T::from_f64(c);
-            capped.clear();
-            capped.extend(x.iter().map(|&v| ct * (v / ct).tanh()));
-            capped
-        }
-        None => x,
-    };
-    let (m, sums, ln_s) = pre.unwrap_or_else(|| {
-        let (m, s) = max_exp_sum(z, ar);
-        (m, s, s.ln())
-    });
-    let s = sums.s;
+    let z = online::capped(x, o.softcap, capped);
+    let (m, sums) = pre.unwrap_or_else(|| max_exp_sum(z, ar));
     // exp(z - m) of the gradient loops: read back from `grad` when the caller put it there.
     let held = pre.is_some();
-    let mf = m.to_f64();
-    let lse = mf + ln_s;
-    let eps = o.label_smoothing;
-    let kf = k as f64;
-
-    // loss, the coefficient of p_j in the gradient, the target-class correction, and the part
-    // of the coefficient beyond the correction (for `top_grad`).
-    let (mut loss, mut a, target_corr, mut extra) = match target {
+    let scale = grad.as_ref().map_or(0.0, |(_, sc)| *sc);
+    let (loss, g) = match target {
         RowTarget::Class(t) => {
-            let wt = o.w(t);
-            let nll = -wt * ((z[t].to_f64() - mf) - ln_s);
-            if eps > 0.0 {
-                let wz: f64 = z
-                    .iter()
-                    .enumerate()
-                    .map(|(c, &v)| o.w(c) * (v.to_f64() - mf))
-                    .sum();
-                let smooth = -wz + ln_s * o.weight_total;
-                (
-                    (1.0 - eps) * nll + eps / kf * smooth,
-                    (1.0 - eps) * wt + eps / kf * o.weight_total,
-                    Some((t, (1.0 - eps) * wt)),
-                    eps / kf * o.weight_total,
-                )
-            } else {
-                (nll, wt, Some((t, wt)), 0.0)
-            }
+            // The online cross-entropy, the whole row as one block.
+            let mut st = RowStats::new(Some(t));
+            let w = o.weight.as_deref();
+            st.fold_sums(z, 0, w, o.label_smoothing > 0.0, m, sums);
+            let (loss, rg) = st.finish(o, k, scale);
+            let g = grad.map(|(g, _)| {
+                class_grad(g, z, &rg, w, held, ar);
+                g
+            });
+            (loss, g)
         }
         RowTarget::Probs(q) => {
-            let (mut total, mut wqz) = (0.0, 0.0);
-            for (c, (&qc, &zc)) in q.iter().zip(z).enumerate() {
-                let wq = o.w(c) * ((1.0 - eps) * qc.to_f64() + eps / kf);
-                total += wq;
-                wqz += wq * (zc.to_f64() - mf);
-            }
-            (-wqz + ln_s * total, total, None, 0.0)
+            let mut g = grad.map(|(g, _)| g);
+            let loss = probs_row(z, q, o, m, sums, g.as_deref_mut(), scale, held, ar);
+            (loss, g)
         }
         RowTarget::Ignored => unreachable!(),
     };
-    // For probabilities, `Σ_c w_c q'_c` (the coefficient before the z-loss).
-    let total = a;
+    if let (Some(g), Some(c)) = (g, o.softcap) {
+        let inv_c = T::from_f64(1.0 / c);
+        for (gj, &zj) in g.iter_mut().zip(z) {
+            *gj *= online::cap_slope(zj, inv_c);
+        }
+    }
+    loss
+}
+
+/// The gradient of a row against a class index, before the soft cap, from its [`RowGrad`];
+/// `held`: `g` holds `exp(z - m)` already.
+#[inline(always)]
+fn class_grad<T: Float, A: Arith>(
+    g: &mut [T],
+    z: &[T],
+    rg: &RowGrad<T>,
+    w: Option<&[T]>,
+    held: bool,
+    ar: A,
+) {
+    // PERF: plain loops in T (no per-element f64 or Option) so they vectorize.
+    match (w, held) {
+        (Some(w), false) => {
+            for ((gj, &zj), &wj) in g.iter_mut().zip(z).zip(w) {
+                *gj = rg.at(ar.exp_nonpos(zj - rg.m), wj);
+            }
+        }
+        (None, false) => {
+            for (gj, &zj) in g.iter_mut().zip(z) {
+                *gj = rg.at(ar.exp_nonpos(zj - rg.m), T::ONE);
+            }
+        }
+        (Some(w), true) => {
+            for (gj, &wj) in g.iter_mut().zip(w) {
+                *gj = rg.at(*gj, wj);
+            }
+        }
+        (None, true) => {
+            for gj in g.iter_mut() {
+                *gj = rg.at(*gj, T::ONE);
+            }
+        }
+    }
+    rg.set_target(g, 0);
+}
+
+/// The loss of a row of (soft-capped) logits `z` against probabilities `q`, whose maximum is
+/// `m` and sums `sums`; when `g` is given, also its `scale`-d gradient before the soft cap.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn probs_row<T: Float, A: Arith>(
+    z: &[T],
+    q: &[T],
+    o: &CeOptions<T>,
+    m: T,
+    sums: ExpSum,
+    g: Option<&mut [T]>,
+    scale: f64,
+    held: bool,
+    ar: A,
+) -> f64 {
+    let (eps, kf, mf) = (o.label_smoothing, z.len() as f64, m.to_f64());
+    let ln_s = sums.ln();
+    let lse = mf + ln_s;
+    let (mut total, mut wqz) = (0.0, 0.0);
+    for (c, (&qc, &zc)) in q.iter().zip(z).enumerate() {
+        let wq = o.w(c) * ((1.0 - eps) * qc.to_f64() + eps / kf);
+        total += wq;
+        wqz += wq * (zc.to_f64() - mf);
+    }
+    let (mut loss, mut a, mut extra) = (-wqz + ln_s * total, total, 0.0);
     if o.z_loss != 0.0 {
         loss += o.z_loss * lse * lse;
         a += 2.0 * o.z_loss * lse;
         extra += 2.0 * o.z_loss * lse;
     }
-
-    if let Some((g, scale)) = grad {
-        let inv_s = T::from_f64(1.0 / s);
+    if let Some(g) = g {
+        let inv_s = T::from_f64(1.0 / sums.s);
         let ca = T::from_f64(scale * a);
-        match target {
-            RowTarget::Class(_) => {
-                // PERF: plain loops in T (no per-element f64 or Option) so they vectorize.
-                let cb = T::from_f64(scale * eps / kf);
-                match (&o.weight, held) {
-                    (Some(w), false) => {
-                        for ((gj, &zj), &wj) in g.iter_mut().zip(z).zip(w) {
-                            *gj = ca * (ar.exp_nonpos(zj - m) * inv_s) - cb * wj;
-                        }
-                    }
-                    (None, false) => {
-                        for (gj, &zj) in g.iter_mut().zip(z) {
-                            *gj = ca * (ar.exp_nonpos(zj - m) * inv_s) - cb;
-                        }
-                    }
-                    (Some(w), true) => {
-                        for (gj, &wj) in g.iter_mut().zip(w) {
-                            *gj = ca * (*gj * inv_s) - cb * wj;
-                        }
-                    }
-                    (None, true) => {
-                        for gj in g.iter_mut() {
-                            *gj = ca * (*gj * inv_s) - cb;
-                        }
-                    }
-                }
-            }
-            RowTarget::Probs(q) => {
-                for (j, ((gj, &zj), &qj)) in g.iter_mut().zip(z).zip(q).enumerate() {
-                    let e = if held { *gj } else { ar.exp_nonpos(zj - m) };
-                    let p = e * inv_s;
-                    let wq = o.w(j) * ((1.0 - eps) * qj.to_f64() + eps / kf);
-                    *gj = ca * p - T::from_f64(scale * wq);
-                }
-                if sums.dominated() {
-                    // The maximum's term: a·p - wq = (a - total)·p - total·(1 - p) + (total - wq).
-                    if let Some(j) = z.iter().position(|&v| v == m) {
-                        let wq = o.w(j) * ((1.0 - eps) * q[j].to_f64() + eps / kf);
-                        let cbw = wq - total;
-                        g[j] = T::from_f64(top_grad(scale, extra, cbw, total, sums));
-                    }
-                }
-            }
-            RowTarget::Ignored => unreachable!(),
+        for (j, ((gj, &zj), &qj)) in g.iter_mut().zip(z).zip(q).enumerate() {
+            let e = if held { *gj } else { ar.exp_nonpos(zj - m) };
+            let p = e * inv_s;
+            let wq = o.w(j) * ((1.0 - eps) * qj.to_f64() + eps / kf);
+            *gj = ca * p - T::from_f64(scale * wq);
         }
-        if let Some((t, corr)) = target_corr {
-            g[t] = if sums.dominated() && z[t] == m {
-                let cbw = eps / kf * o.w(t);
-                T::from_f64(top_grad(scale, extra, cbw, corr, sums))
-            } else {
-                g[t] - T::from_f64(scale * corr)
-            };
-        }
-        if let Some(c) = o.softcap {
-            let inv_c = T::from_f64(1.0 / c);
-            for (gj, &zj) in g.iter_mut().zip(z) {
-                let r = zj * inv_c;
-                *gj *= T::ONE - r * r;
+        if sums.dominated() {
+            // The maximum's term: a·p - wq = (a - total)·p - total·(1 - p) + (total - wq).
+            if let Some(j) = z.iter().position(|&v| v == m) {
+                let wq = o.w(j) * ((1.0 - eps) * q[j].to_f64() + eps / kf);
+                g[j] = T::from_f64(top_grad(scale, extra, wq - total, total, sums));
             }
         }
     }
@@ -358,7 +346,7 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
                     -((xr[t].to_f64() - ms[r].to_f64()) - ls[r])
                 }
                 _ => {
-                    let pre = Some((ms[r], ss[r], ls[r]));
+                    let pre = Some((ms[r], ss[r]));
                     let g = sc.map(|sc| (er, sc));
                     ce_row_with(xr, target, o, g, &mut capped, a, pre)
                 }
@@ -429,16 +417,9 @@ mod tests {
         for (k, x) in small_rows_cases() {
             let n = x.len() / k;
             let q: Vec<f32> = (0..x.len()).map(|i| ((i * 7) % 11) as f32 / 55.0).collect();
-            let weight: Vec<f32> = (0..k).map(|c| 0.5 + (c % 3) as f32).collect();
-            let o = CeOptions {
-                weight_total: weight.iter().map(|&w| w as f64).sum(),
-                weight: Some(weight),
-                label_smoothing: 0.1,
-                z_loss: 1e-3,
-                softcap: None,
-            };
             let per_row = [0.5f32; 64];
-            for opts in [CeOptions::plain(k), o] {
+            let sets = crate::kernels::online::tests::option_sets(k);
+            for opts in sets.into_iter().filter(|o| o.softcap.is_none()) {
                 for soft in [false, true] {
                     let target = |i: usize| match (soft, i % 5) {
                         (true, _) => RowTarget::Probs(&q[i * k..(i + 1) * k]),

@@ -11,6 +11,7 @@
 pub mod binary;
 pub mod cross_entropy;
 pub mod linear;
+pub mod online;
 pub mod scoring;
 pub mod softmax;
 
@@ -404,6 +405,34 @@ pub fn dot<T: Float>(a: &[T], b: &[T]) -> f64 {
         .zip(bc.remainder())
         .map(|(&x, &y)| x.to_f64() * y.to_f64())
         .sum();
+    lanes_total(acc, tail)
+}
+
+/// `Σ w_c (z_c - at)` in `f64`, with `w_c = 1` without weights.
+#[inline(always)]
+pub fn shifted_dot<T: Float>(w: Option<&[T]>, z: &[T], at: f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut zc = z.chunks_exact(LANES);
+    let tail: f64 = match w {
+        Some(w) => {
+            let mut wc = w.chunks_exact(LANES);
+            for (x, y) in (&mut wc).zip(&mut zc) {
+                for l in 0..LANES {
+                    acc[l] += x[l].to_f64() * (y[l].to_f64() - at);
+                }
+            }
+            let tail = wc.remainder().iter().zip(zc.remainder());
+            tail.map(|(&x, &y)| x.to_f64() * (y.to_f64() - at)).sum()
+        }
+        None => {
+            for y in &mut zc {
+                for l in 0..LANES {
+                    acc[l] += y[l].to_f64() - at;
+                }
+            }
+            zc.remainder().iter().map(|&y| y.to_f64() - at).sum()
+        }
+    };
     lanes_total(acc, tail)
 }
 
