@@ -324,7 +324,7 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
             None => (&mut scratch[..xg.len()], None),
         };
         small_rows_exp(xg, k, &mut ms, eg, a);
-        small_rows_sums(eg, k, &mut ss, &mut ls);
+        small_rows_sums(xg, &ms, eg, k, &mut ss, &mut ls);
         for (r, ((xr, er), l)) in rows(xg, k).zip(rows_mut(eg, k)).zip(lg).enumerate() {
             let (target, sc) = (targets(first + r), scale.map(|sc| sc.at(first + r)));
             *l = match target {

@@ -115,10 +115,11 @@ fn exp_map<T: Float, A: Arith>(x: &[T], shift: T, out: &mut [T], a: A) {
     }
 }
 
-/// A row's `s = Σ exp(x - m)` beside `rest`, the same sum without the terms that are exactly 1
-/// (the maximum's own, and any tie). Where one maximum dominates, `s` has rounded the rest
-/// away (`1 + exp(-40) = 1` in `f64`); `rest` keeps it for `ln s = log1p(rest)` and for the
-/// gradient at the maximum, `p - 1 = -rest / s`.
+/// A row's `s = Σ exp(x - m)` beside `rest`, the same sum without the maximum's own term
+/// (exactly 1). Where one maximum dominates, `s` has rounded the rest away (`1 + exp(-40) = 1`
+/// in `f64`); `rest` keeps it for `ln s = log1p(rest)` and for the gradient at the maximum,
+/// `p - 1 = -rest / s`. It is only taken apart where `s < 2` (see [`exp_sum`]); elsewhere
+/// `rest = s`, which is all [`ExpSum::dominated`] needs to say no.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ExpSum {
     pub s: f64,
@@ -138,24 +139,20 @@ impl ExpSum {
     /// maximum is the only term whose probability cancels against 1.
     #[inline(always)]
     pub fn dominated(self) -> bool {
-        // s - rest is the count of exact ones, up to rounding far below 0.5 while rest < 1.
-        self.rest < 1.0 && self.s - self.rest < 1.5
+        // s - rest is the maximum's 1 (or 0 for a block below the row's maximum), up to
+        // rounding far below 0.5 while rest < 1.
+        self.rest < 1.0 && (self.s - self.rest - 1.0).abs() < 0.5
     }
 
-    /// `s - 1`: `rest` where the maximum dominates, otherwise from `s` (exact for `s >= 1/2`).
-    #[inline(always)]
-    pub fn s_minus_one(self) -> f64 {
-        if self.dominated() {
-            self.rest
-        } else {
-            self.s - 1.0
-        }
-    }
-
-    /// `ln s` as `log1p(s - 1)`, exact where the maximum dominates.
+    /// `ln s`: `log1p(rest)` where the maximum dominates, otherwise `ln s` (which is
+    /// `log1p(s - 1)` to the bit for `s >= 1`: `s - 1` and `1 + (s - 1)` are exact there).
     #[inline(always)]
     pub fn ln(self) -> f64 {
-        log1p_f64(self.s_minus_one())
+        if self.dominated() {
+            log1p_f64(self.rest)
+        } else {
+            ln_f64(self.s)
+        }
     }
 
     /// The sums of two disjoint parts of a row over the same shift.
@@ -196,44 +193,71 @@ impl ExpSum {
 
 /// [`ExpSum`] of `exp(x - shift)` for `shift >= max(x)`, chunk totals in `f64`; its `s` is the
 /// value [`exp_store_sum`] returns.
-// PERF: the second accumulator (a compare and a masked add per vector) measured in
-// BENCHMARKS.md against the plain sum of before.
+///
+/// The rest is only worth its cost where the maximum can dominate, `s < 2` (with two exact ones
+/// `s >= 2`, and `ln s` is exact as it is); elsewhere `rest = s`, which keeps
+/// [`ExpSum::dominated`] false. Where `s < 2` and an element equals `shift`, only the one
+/// chunk that holds it is summed again without it, and the chunk totals are added again in
+/// their order: the hot loop stays the plain exp-sum.
+// PERF: a second accumulator in the hot loop (a compare and a masked add per vector) was
+// 20-60% slower on float32 8192 x 1000 and 65536 x 10 (criterion, noisy machine); this costs
+// one scan and at most one chunk's exps again, on rows whose sum is below 2 only.
 #[inline(always)]
 pub fn exp_sum<T: Float, A: Arith>(x: &[T], shift: T, a: A) -> ExpSum {
-    let mut total = ExpSum::ZERO;
-    for chunk in x.chunks(CHUNK) {
-        let (mut acc, mut rst) = ([T::ZERO; LANES], [T::ZERO; LANES]);
-        let mut lanes = chunk.chunks_exact(LANES);
-        for c in &mut lanes {
-            let c: &[T; LANES] = c.try_into().unwrap();
-            for l in 0..LANES {
-                let e = a.exp_nonpos(c[l] - shift);
-                acc[l] += e;
-                rst[l] += not_one(e);
-            }
+    const MAX_CHUNKS: usize = ONLINE_STEP / CHUNK;
+    let mut totals = [0.0; MAX_CHUNKS];
+    let mut s = 0.0;
+    for (j, chunk) in x.chunks(CHUNK).enumerate() {
+        let t = chunk_exp_sum::<T, A, false>(chunk, shift, a);
+        if j < MAX_CHUNKS {
+            totals[j] = t;
         }
-        let (mut tail, mut rtail) = (T::ZERO, T::ZERO);
-        for &v in lanes.remainder() {
-            let e = a.exp_nonpos(v - shift);
-            tail += e;
-            rtail += not_one(e);
-        }
-        total = total.plus(ExpSum {
-            s: lanes_total_t(acc, tail),
-            rest: lanes_total_t(rst, rtail),
-        });
+        s += t;
     }
-    total
+    // `!(s < 2)` also takes NaN: then the rest is NaN too.
+    if !(s < 2.0) || x.len() > ONLINE_STEP {
+        return ExpSum::all_rest(s);
+    }
+    let Some(i) = x.iter().position(|&v| v == shift) else {
+        return ExpSum::all_rest(s); // no term is 1: a block below the row's maximum
+    };
+    let c = i / CHUNK;
+    let mut rest = 0.0;
+    for (j, &t) in totals.iter().enumerate().take(x.len().div_ceil(CHUNK)) {
+        rest += if j == c {
+            let chunk = &x[c * CHUNK..((c + 1) * CHUNK).min(x.len())];
+            chunk_exp_sum::<T, A, true>(chunk, shift, a)
+        } else {
+            t
+        };
+    }
+    ExpSum { s, rest }
 }
 
-/// `e`, or 0 where it is exactly 1: a term of [`ExpSum::rest`].
+/// The exp-sum of one chunk of at most [`CHUNK`] elements, in `LANES` accumulators then
+/// pairwise; `SKIP_ONES` leaves out the elements equal to `shift` (whose terms are 1).
 #[inline(always)]
-fn not_one<T: Float>(e: T) -> T {
-    if e == T::ONE {
-        T::ZERO
-    } else {
-        e
+fn chunk_exp_sum<T: Float, A: Arith, const SKIP_ONES: bool>(chunk: &[T], shift: T, a: A) -> f64 {
+    let term = |v: T| {
+        if SKIP_ONES && v == shift {
+            T::ZERO
+        } else {
+            a.exp_nonpos(v - shift)
+        }
+    };
+    let mut acc = [T::ZERO; LANES];
+    let mut lanes = chunk.chunks_exact(LANES);
+    for c in &mut lanes {
+        let c: &[T; LANES] = c.try_into().unwrap();
+        for l in 0..LANES {
+            acc[l] += term(c[l]);
+        }
     }
+    let mut tail = T::ZERO;
+    for &v in lanes.remainder() {
+        tail += term(v);
+    }
+    lanes_total_t(acc, tail)
 }
 
 /// `(m, sums of exp(x - m))` with `m` the maximum of `x` as in [`row_max`], reading `x` once:
@@ -345,46 +369,67 @@ pub(crate) fn small_row_sum<T: Float>(exps: &[T]) -> f64 {
     chunk_sum(exps)
 }
 
-/// [`ExpSum`] of one row of exps from [`small_rows_exp`], in the order of [`exp_sum`].
+/// The rest of one row of exps from [`small_rows_exp`] (see [`exp_sum`]): its sum without
+/// the element equal to the row's maximum `m`, in the order of [`small_row_sum`].
 #[inline(always)]
-pub(crate) fn small_row_sums<T: Float>(exps: &[T]) -> ExpSum {
-    debug_assert!(exps.len() <= CHUNK);
-    let (mut acc, mut rst) = ([T::ZERO; LANES], [T::ZERO; LANES]);
-    let mut lanes = exps.chunks_exact(LANES);
-    for c in &mut lanes {
-        let c: &[T; LANES] = c.try_into().unwrap();
+fn small_row_rest<T: Float>(x: &[T], m: T, exps: &[T]) -> f64 {
+    let term = |v: T, e: T| if v == m { T::ZERO } else { e };
+    let mut acc = [T::ZERO; LANES];
+    let (mut xl, mut el) = (x.chunks_exact(LANES), exps.chunks_exact(LANES));
+    for (xc, ec) in (&mut xl).zip(&mut el) {
         for l in 0..LANES {
-            acc[l] += c[l];
-            rst[l] += not_one(c[l]);
+            acc[l] += term(xc[l], ec[l]);
         }
     }
-    let (mut tail, mut rtail) = (T::ZERO, T::ZERO);
-    for &e in lanes.remainder() {
-        tail += e;
-        rtail += not_one(e);
+    let mut tail = T::ZERO;
+    for (&v, &e) in xl.remainder().iter().zip(el.remainder()) {
+        tail += term(v, e);
     }
     if exps.len() < LANES {
-        // lanes_total_t's value: no full lane, so its lanes add zeros to the tail's sum.
-        return ExpSum {
-            s: tail.to_f64(),
-            rest: rtail.to_f64(),
-        };
+        return tail.to_f64(); // as in small_row_sum
     }
-    ExpSum {
-        s: lanes_total_t(acc, tail),
-        rest: lanes_total_t(rst, rtail),
-    }
+    lanes_total_t(acc, tail)
 }
 
-/// The sums of a group's rows of exps (from [`small_rows_exp`]) into `ss` and their logarithms
-/// ([`ExpSum::ln`]) into `ls`, the logarithms in one loop that vectorizes.
+/// The sums of a group's rows of exps (from [`small_rows_exp`] of the rows `x`, whose maxima
+/// are `ms`) into `ss`, bitwise those of [`exp_sum`], and their logarithms ([`ExpSum::ln`])
+/// into `ls`, the logarithms in one loop that vectorizes.
 #[inline(always)]
-pub(crate) fn small_rows_sums<T: Float>(exps: &[T], k: usize, ss: &mut [ExpSum], ls: &mut [f64]) {
-    for (er, s) in rows(exps, k).zip(ss.iter_mut()) {
-        *s = small_row_sums(er);
+pub(crate) fn small_rows_sums<T: Float>(
+    x: &[T],
+    ms: &[T],
+    exps: &[T],
+    k: usize,
+    ss: &mut [ExpSum],
+    ls: &mut [f64],
+) {
+    // Plain arrays, not the pairs of `ss`, so that the logarithm loop vectorizes.
+    let (mut sv, mut rv) = ([0.0; SMALL_ROWS], [0.0; SMALL_ROWS]);
+    for (((er, xr), &m), (s, r)) in rows(exps, k)
+        .zip(rows(x, k))
+        .zip(ms)
+        .zip(sv.iter_mut().zip(rv.iter_mut()))
+    {
+        *s = small_row_sum(er);
+        // exp_sum's rule: the rest apart only where s < 2 (the row's maximum is in it).
+        *r = if *s < 2.0 {
+            small_row_rest(xr, m, er)
+        } else {
+            *s
+        };
     }
-    for (&s, l) in ss.iter().zip(ls.iter_mut()) {
-        *l = s.ln();
+    for (l, &s) in ls.iter_mut().zip(&sv) {
+        *l = ln_f64(s);
+    }
+    // ExpSum::ln, the dominated rows (rare but for confident predictions) apart.
+    for ((l, &s), &rest) in ls.iter_mut().zip(&sv).zip(&rv) {
+        let sums = ExpSum { s, rest };
+        if sums.dominated() {
+            *l = log1p_f64(rest);
+        }
+    }
+    for ((o, &s), &rest) in ss.iter_mut().zip(&sv).zip(&rv) {
+        *o = ExpSum { s, rest };
     }
 }
 

@@ -132,7 +132,7 @@ fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) 
         let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
         for (xg, og) in groups(x, k).zip(groups_mut(out, k)) {
             small_rows_exp(xg, k, &mut ms, og, a);
-            small_rows_sums(og, k, &mut ss, &mut ls);
+            small_rows_sums(xg, &ms, og, k, &mut ss, &mut ls);
             for (((xr, or), &m), &l) in rows(xg, k).zip(rows_mut(og, k)).zip(&ms).zip(&ls) {
                 let ln_s = T::from_f64(l);
                 for (o, &v) in or.iter_mut().zip(xr) {
@@ -162,7 +162,7 @@ fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
         for (xg, og) in groups(x, k).zip(out.chunks_mut(SMALL_ROWS)) {
             let eg = &mut exps[..xg.len()];
             small_rows_exp(xg, k, &mut ms, eg, a);
-            small_rows_sums(eg, k, &mut ss, &mut ls);
+            small_rows_sums(xg, &ms, eg, k, &mut ss, &mut ls);
             for (((xr, &m), &l), o) in rows(xg, k).zip(&ms).zip(&ls).zip(og) {
                 *o = T::from_f64(lse_of(xr, m, l));
             }
