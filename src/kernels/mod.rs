@@ -214,8 +214,8 @@ pub fn exp_sum<T: Float, A: Arith>(x: &[T], shift: T, a: A) -> ExpSum {
         }
         s += t;
     }
-    // `!(s < 2)` also takes NaN: then the rest is NaN too.
-    if !(s < 2.0) || x.len() > ONLINE_STEP {
+    // A NaN sum keeps a NaN rest.
+    if s.is_nan() || s >= 2.0 || x.len() > ONLINE_STEP {
         return ExpSum::all_rest(s);
     }
     let Some(i) = x.iter().position(|&v| v == shift) else {
