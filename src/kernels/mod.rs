@@ -405,37 +405,18 @@ pub(crate) fn small_rows_sums<T: Float>(
 ) {
     // Plain arrays, not the pairs of `ss`, so that the logarithm loop vectorizes.
     let (mut sv, mut rv) = ([0.0; SMALL_ROWS], [0.0; SMALL_ROWS]);
-    let n = ms.len().min(exps.len() / k.max(1));
-    if k < LANES {
-        // Rows as lanes: each row's sum and rest are one serial tail sum (the order of
-        // small_row_sum and small_row_rest), so a row at a time waits on its additions; the
-        // group's rows side by side keep one independent chain per row.
-        let (mut st, mut rt) = ([T::ZERO; SMALL_ROWS], [T::ZERO; SMALL_ROWS]);
-        for j in 0..k {
-            for r in 0..n {
-                let (v, e) = (x[r * k + j], exps[r * k + j]);
-                st[r] += e;
-                rt[r] += if v == ms[r] { T::ZERO } else { e };
-            }
-        }
-        for r in 0..n {
-            sv[r] = st[r].to_f64();
-            rv[r] = if sv[r] < 2.0 { rt[r].to_f64() } else { sv[r] };
-        }
-    } else {
-        for (((er, xr), &m), (s, r)) in rows(exps, k)
-            .zip(rows(x, k))
-            .zip(ms)
-            .zip(sv.iter_mut().zip(rv.iter_mut()))
-        {
-            *s = small_row_sum(er);
-            // exp_sum's rule: the rest apart only where s < 2 (the row's maximum is in it).
-            *r = if *s < 2.0 {
-                small_row_rest(xr, m, er)
-            } else {
-                *s
-            };
-        }
+    for (((er, xr), &m), (s, r)) in rows(exps, k)
+        .zip(rows(x, k))
+        .zip(ms)
+        .zip(sv.iter_mut().zip(rv.iter_mut()))
+    {
+        *s = small_row_sum(er);
+        // exp_sum's rule: the rest apart only where s < 2 (the row's maximum is in it).
+        *r = if *s < 2.0 {
+            small_row_rest(xr, m, er)
+        } else {
+            *s
+        };
     }
     for (l, &s) in ls.iter_mut().zip(&sv) {
         *l = ln_f64(s);
