@@ -53,14 +53,20 @@ fuzz: dev
 	PROPTEST_CASES=$(FUZZ_EXAMPLES) cargo test --release --quiet fuzz
 	$(ENV) SCE_RS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz.py
 
+## conformance: the shared vectors, and those of conformance/next (log1p accuracy, axis tuples,
+## logsumexp's b= and return_sign), which all pass
 conformance: dev
 	$(PY) $(SHARED)/conformance/run_conformance.py
+	$(PY) $(SHARED)/conformance/run_conformance.py $(SHARED)/conformance/next
 
+## lint: rustfmt, clippy -D warnings (with and without the binding), ruff check and format, mypy
 lint: venv
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --features python -- -D warnings
 	$(VENV)/bin/ruff check python tests benchmarks
+	$(VENV)/bin/ruff format --check python tests benchmarks
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) target

@@ -5,7 +5,7 @@ A thin adapter: SciPy's test classes are inherited unchanged, with the module's 
 `softmax` and `log_softmax` replaced by sce_rs's (given SciPy's default `axis=None`) and the
 array namespace fixed to NumPy. Left out, each named below: the complex-input cases (sce_rs
 computes real dtypes only) and the two that use SciPy's multi-backend `devices` machinery with
-complex input. The log1p accuracy case is a strict xfail until the kernels' accuracy fix.
+complex input. SciPy's log1p accuracy case (gh18295) runs as is.
 """
 
 from __future__ import annotations
@@ -58,11 +58,6 @@ class TestLogSumExp(upstream.TestLogSumExp):
     test_gh21709_small_imaginary = None
     # SciPy's device propagation test takes complex input and its backends' device lists.
     test_device = None
-
-    @pytest.mark.xfail(strict=True, reason="logsumexp([0, -40]) is 0, not 4.25e-18, until "
-                       "the log1p accuracy fix of the kernels lands (another helper's work)")
-    def test_gh18295(self, xp):
-        super().test_gh18295(xp)
 
     @pytest.mark.parametrize("dtype", REAL_DTYPES)
     def test_dtypes_a(self, dtype, xp):
