@@ -8,7 +8,9 @@
 //! kernels' time does not depend on the values), targets uniform over the classes.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sce_rs::linear::{linear_cross_entropy, LinUpstream, LinearCe, LinearGrads};
+use sce_rs::linear::{
+    linear_cross_entropy, LinUpstream, LinearCe, LinearGrads, Operand, RowsOut, DEFAULT_MAX_MEMORY,
+};
 use sce_rs::{CeOptions, Float, Reduction};
 use std::hint::black_box;
 use std::time::Duration;
@@ -77,8 +79,8 @@ fn linear(c: &mut Criterion, n: usize, d: usize, v: usize) {
     let targets = s.targets(n, v);
     let opts = CeOptions::<f32>::plain(v);
     let a = LinearCe {
-        hidden: &hidden,
-        weight: &weight,
+        hidden: Operand::Slice(&hidden),
+        weight: Operand::Slice(&weight),
         bias: None,
         targets: &targets,
         ignore_index: -100,
@@ -86,6 +88,7 @@ fn linear(c: &mut Criterion, n: usize, d: usize, v: usize) {
         d,
         v,
         opts: &opts,
+        max_memory: DEFAULT_MAX_MEMORY,
     };
     let (mut dh, mut dw) = (vec![0f32; n * d], vec![0f32; v * d]);
     let mut g = c.benchmark_group(format!("float32 linear N={n} D={d} V={v}"));
@@ -98,7 +101,7 @@ fn linear(c: &mut Criterion, n: usize, d: usize, v: usize) {
         b.iter(|| {
             let grads = LinearGrads {
                 d_hidden: &mut dh,
-                d_weight: &mut dw,
+                d_weight: RowsOut::Slice(&mut dw),
                 d_bias: None,
             };
             linear_cross_entropy(&a, Reduction::Mean, up, None, Some(grads)).unwrap()

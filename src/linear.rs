@@ -2,56 +2,94 @@
 //! gradients with respect to `hidden`, `weight` and `bias`, without ever holding the `N x V`
 //! logits (a language model's 4096 x 128256 float32 logits are 2.1 GB, their gradient as much).
 //!
-//! Rows are cut into blocks of `ROW_BLOCK` and classes into blocks of `VOCAB_BLOCK` (half that
-//! in the forward sweep); a tile of logits per thread (one row block against one class block,
-//! 2 or 4 MiB in float32) is all the scratch there is. For each row block:
+//! All scratch (tiles of logits, operands widened from float16/bfloat16, per-block gradient
+//! accumulators, the GEMMs' packing) is sized from the shape and `max_memory` (16 MiB by
+//! default), never from `V` alone nor from the thread count. One of two schedules runs:
 //!
-//! 1. Forward sweep: the class blocks are spread over the threads; each thread computes a
-//!    block's tile with one GEMM (the `gemm` crate) and folds it into per-row max, exp-sum and
-//!    target logit of that block ([`crate::kernels::linear`]), and the blocks' row statistics
-//!    are then combined in class order. After the last class block each row's loss is final.
-//! 2. Backward sweep (the `_and_grad` form only): each tile is recomputed, turned into the
-//!    gradient of the logits in place, and two more GEMMs add `G @ W_j` into `d_hidden` and
-//!    `G^T @ H_i` into `d_weight`'s rows of class block `j`; its column sums go into `d_bias`.
+//! * **Keep** (when a block of at least [`MIN_KEEP_ROWS`] rows' logits over all `V` classes
+//!   fits a quarter of the budget): each row block's logits are made with one GEMM per class
+//!   block, folded into the rows' losses, turned into their gradient in place, and two more
+//!   GEMMs give the block's `d_hidden` and add its share of `d_weight`: three products, as
+//!   the materialized path does. The loss alone plans the same way, so both functions give
+//!   the same loss, bit for bit.
+//! * **Recompute** (logits too wide to keep): a forward sweep over row blocks folds tiles of
+//!   `rows x cols` logits into each row's max, exp-sum and target logit
+//!   ([`crate::kernels::linear`]); then (the `_and_grad` form) a backward sweep, class block by class block, recomputes each tile, turns it into the
+//!   gradient of the logits and adds `G @ W_j` into `d_hidden` and `G^T @ H_i` into the class
+//!   block's `d_weight` rows: four products in all, in memory that does not grow with `N` or `V`.
+//!   Class blocks outermost means a block's `d_weight` rows are finished before the next block
+//!   starts, so half-precision weights need a float32 accumulator of one block only.
 //!
-//! The loss alone costs one GEMM's work; loss and gradients cost four (forward, recompute,
-//! `d_hidden`, `d_weight`) against the materialized path's three, in exchange for memory that
-//! does not grow with `N` or `V`.
+//! Operands not already contiguous in the compute type ([`Operand::Rows`]) are converted one
+//! block of rows at a time, never whole.
 //!
-//! Determinism: every accumulation (the forward's row statistics over class blocks, `d_hidden`
-//! over class blocks, `d_weight` and `d_bias` over row blocks, the loss over rows) runs in a
-//! fixed order, and each product is split into pieces of output that depend only on its shape
-//! (run in parallel, or one after another by one thread), so the results are bitwise identical
-//! for any thread count (tested).
-
-use std::sync::Mutex;
+//! Determinism: every accumulation (row statistics over class blocks, `d_hidden` over class
+//! blocks, `d_weight` and `d_bias` over row blocks, the loss over rows) runs in a fixed order;
+//! the blocks depend only on the shape and the budget; each product is one `gemm` call, whose
+//! threads split the output, never a dot product. So the results are bitwise identical for any
+//! thread count (tested). The threads a product may use are capped by the budget too (each
+//! costs gemm a buffer of its own), so the memory does not grow with the thread count either.
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::kernels::linear::{fold_tile, grad_tile, RowStats, TileOpts};
+use crate::kernels::linear::{fold_tile, grad_tile, RowGrad, RowStats, TileOpts};
 use crate::ops::{CeOptions, Reduction};
 use crate::pool::{in_pool, should_stop};
 
-/// Rows per block: the GEMMs' `M` (forward, `d_hidden`) and `K` (`d_weight`).
+/// `max_memory` when the caller does not choose: the API's default of `max_memory_bytes`.
+pub const DEFAULT_MAX_MEMORY: usize = 16 << 20;
+/// Rows per block of the recompute schedule: the GEMMs' `M` (forward, `d_hidden`) and `K`
+/// (`d_weight`).
 const ROW_BLOCK: usize = 512;
-/// Classes per block: with `ROW_BLOCK`, a float32 tile of 4 MiB.
-const VOCAB_BLOCK: usize = 2048;
-/// Classes per block of the forward sweep, which has one tile per thread: half the backward's,
-/// so that two threads' tiles hold what one backward tile holds.
-const FORWARD_BLOCK: usize = VOCAB_BLOCK / 2;
-/// Class blocks per wave of the forward sweep: the caller checks for an interrupt between
-/// waves (a block is tens of milliseconds of GEMM).
-const WAVE_BLOCKS: usize = 8;
+/// The fewest rows a block of the keep schedule may have: below this, `d_weight`'s product
+/// (inner dimension = rows) passes over all of `d_weight` too often, and recomputing wins.
+const MIN_KEEP_ROWS: usize = 64;
+/// Class blocks never narrower (the GEMMs' efficiency) nor wider (one tile's scratch) than this.
+const MIN_COLS: usize = 64;
+const MAX_COLS: usize = 4096;
+/// What each thread running a product touches of gemm's own per-thread buffer (an `mc x kc`
+/// panel of the left operand, at most 384 x 512 float32 today), rounded up.
+const GEMM_THREAD_BYTES: usize = 1 << 20;
+/// The deepest panel `gemm` packs (its `kc` on today's caches): what one product's packing
+/// costs is about `min(k, KC) * (m + n)` elements.
+const KC: usize = 512;
 
-/// The operands, as contiguous row-major slices in the compute type.
-#[derive(Clone, Copy, Debug)]
+/// An operand's rows (`width` elements each) in the compute type.
+#[derive(Clone, Copy)]
+pub enum Operand<'a, T> {
+    /// Contiguous row-major, already in the compute type: read in place.
+    Slice(&'a [T]),
+    /// Anything else (float16/bfloat16, a mixed dtype, other strides): `load(r0, r1, scratch)`
+    /// replaces `scratch` with rows `r0..r1`, so only one block is ever converted at a time.
+    Rows(&'a (dyn Fn(usize, usize, &mut Vec<T>) + Sync)),
+}
+
+impl<T: Float> Operand<'_, T> {
+    fn rows<'s>(&'s self, r0: usize, r1: usize, width: usize, scratch: &'s mut Vec<T>) -> &'s [T] {
+        match *self {
+            Operand::Slice(s) => &s[r0 * width..r1 * width],
+            Operand::Rows(load) => {
+                load(r0, r1, scratch);
+                assert_eq!(scratch.len(), (r1 - r0) * width, "an operand loaded short");
+                scratch
+            }
+        }
+    }
+
+    fn in_place(&self) -> bool {
+        matches!(self, Operand::Slice(_))
+    }
+}
+
+/// The operands.
+#[derive(Clone, Copy)]
 pub struct LinearCe<'a, T> {
     /// `n x d`.
-    pub hidden: &'a [T],
+    pub hidden: Operand<'a, T>,
     /// `v x d`, as `nn.Linear` stores it.
-    pub weight: &'a [T],
+    pub weight: Operand<'a, T>,
     /// `v` values, or `None`.
     pub bias: Option<&'a [T]>,
     /// `n` class indices.
@@ -62,6 +100,9 @@ pub struct LinearCe<'a, T> {
     pub v: usize,
     /// Class weights, smoothing, z-loss and soft cap, as for `cross_entropy`.
     pub opts: &'a CeOptions<T>,
+    /// Bytes of scratch the call may use (see the module docs); at least one tile of a few
+    /// rows and [`MIN_COLS`] classes is always used.
+    pub max_memory: usize,
 }
 
 /// The upstream gradient: a scalar for `"mean"`/`"sum"`, one value per row for `"none"`.
@@ -71,109 +112,115 @@ pub enum LinUpstream<'a> {
     PerRow(&'a [f64]),
 }
 
+/// Where rows of a gradient go.
+pub enum RowsOut<'a, T> {
+    /// Contiguous row-major in the compute type: accumulated in place.
+    Slice(&'a mut [T]),
+    /// Anything else: `store(r0, rows)` writes finished rows from `r0` on (rounding them into
+    /// the array's dtype); they are accumulated in a block-sized scratch first.
+    Rows(&'a mut (dyn FnMut(usize, &[T]) + Send)),
+}
+
 /// Where the gradients go (`n x d`, `v x d`, `v`); every element is written.
-#[derive(Debug)]
 pub struct LinearGrads<'a, T> {
     pub d_hidden: &'a mut [T],
-    pub d_weight: &'a mut [T],
+    pub d_weight: RowsOut<'a, T>,
     pub d_bias: Option<&'a mut [T]>,
 }
 
-/// Columns (or rows, for narrow products) per piece of a product: see [`Product::run`].
-const PIECE: usize = 256;
+/// Operand of a product: a slice with row and column strides (elements).
+type Mat<'a, T> = (&'a [T], usize, usize);
 
-/// `dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) @ rhs (k x n)`, strides in elements.
-struct Product<'a, T> {
-    m: usize,
-    n: usize,
-    k: usize,
-    lhs: (&'a [T], isize, isize),
-    rhs: (&'a [T], isize, isize),
+/// Elements a strided `rows x cols` matrix reaches from its first.
+fn reach(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    }
 }
 
-impl<T: Float> Product<'_, T> {
-    /// Runs the product as independent pieces of `PIECE` output columns (rows when the
-    /// product is narrow), each a single-threaded gemm call, spread over the pool. Pieces
-    /// depend only on the shape, so results do not depend on the thread count; splitting by
-    /// columns costs no repacking (each piece packs only its own part of `rhs`); and each
-    /// thread's gemm scratch has the same size call after call, so the allocator reuses it
-    /// (gemm's own multi-threaded mode grew the resident set by tens of MiB).
-    fn run(&self, dst: &mut [T], dst_rs: isize, accumulate: bool) {
-        self.run_pieces(dst, dst_rs, accumulate, true)
+/// `dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) @ rhs (k x n)` with `threads` of the
+/// pool. gemm's threads split the output into tiles and every dot product runs in one order,
+/// so the bits do not depend on `threads`.
+#[allow(clippy::too_many_arguments)]
+fn product<T: Float>(
+    dst: &mut [T],
+    dst_rs: usize,
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: Mat<'_, T>,
+    rhs: Mat<'_, T>,
+    threads: usize,
+) {
+    assert!(
+        reach(m, n, dst_rs, 1) <= dst.len()
+            && reach(m, k, lhs.1, lhs.2) <= lhs.0.len()
+            && reach(k, n, rhs.1, rhs.2) <= rhs.0.len(),
+        "product operands out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
     }
-
-    /// [`Product::run`]'s pieces one after another on this thread: the same bits.
-    fn run_here(&self, dst: &mut [T], dst_rs: isize, accumulate: bool) {
-        self.run_pieces(dst, dst_rs, accumulate, false)
+    if k == 0 {
+        if !accumulate {
+            // gemm leaves dst alone for an empty inner dimension
+            for row in dst.chunks_mut(dst_rs).take(m) {
+                row[..n].fill(T::ZERO);
+            }
+        }
+        return;
     }
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assert above keeps every element the shapes and strides reach inside the
+    // slices; `dst` is borrowed mutably, so nothing else reads or writes it meanwhile.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.0.as_ptr(),
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0.as_ptr(),
+            rhs.2 as isize,
+            rhs.1 as isize,
+            if accumulate { T::ONE } else { T::ZERO },
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
 
-    fn run_pieces(&self, dst: &mut [T], dst_rs: isize, accumulate: bool, parallel: bool) {
-        if self.k == 0 {
-            if !accumulate {
-                dst.fill(T::ZERO); // gemm leaves dst alone for an empty inner dimension
+/// `tile (nb x kb, row stride rs) = h (nb x d) @ w (kb x d).T + bias`.
+fn logits_into<T: Float>(
+    tile: &mut [T],
+    rs: usize,
+    (nb, kb, d): (usize, usize, usize),
+    h: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    threads: usize,
+) {
+    // weight.T: row kk, column jj is w[jj][kk]
+    product(tile, rs, false, (nb, kb, d), (h, d, 1), (w, 1, d), threads);
+    if let Some(b) = bias {
+        for row in tile.chunks_mut(rs).take(nb) {
+            for (z, &bj) in row[..kb].iter_mut().zip(b) {
+                *z += bj;
             }
-            return;
         }
-        let by_columns = self.n >= 2 * PIECE || self.m < 2 * PIECE;
-        let (len, pieces) = if by_columns {
-            (self.n, self.n.div_ceil(PIECE))
-        } else {
-            (self.m, self.m.div_ceil(PIECE))
-        };
-        let dst_addr = dst.as_mut_ptr() as usize;
-        let piece = |i: usize| {
-            let (p0, p1) = (i * PIECE, ((i + 1) * PIECE).min(len));
-            let (lhs, lhs_rs, lhs_cs) = self.lhs;
-            let (rhs, rhs_rs, rhs_cs) = self.rhs;
-            let (m, n, dst_off, lhs_off, rhs_off) = if by_columns {
-                (self.m, p1 - p0, p0 as isize, 0, p0 as isize * rhs_cs)
-            } else {
-                (
-                    p1 - p0,
-                    self.n,
-                    p0 as isize * dst_rs,
-                    p0 as isize * lhs_rs,
-                    0,
-                )
-            };
-            let alpha = if accumulate { T::ONE } else { T::ZERO };
-            // SAFETY: the callers pass slices that cover every element the shapes and strides
-            // reach (sizes checked by `linear_cross_entropy` before any product runs); pieces
-            // write disjoint columns (or rows) of `dst`, which the caller borrows mutably.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    self.k,
-                    (dst_addr as *mut T).offset(dst_off),
-                    1,
-                    dst_rs,
-                    accumulate,
-                    lhs.as_ptr().offset(lhs_off),
-                    lhs_cs,
-                    lhs_rs,
-                    rhs.as_ptr().offset(rhs_off),
-                    rhs_cs,
-                    rhs_rs,
-                    alpha,
-                    T::ONE,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
-            }
-        };
-        if !parallel {
-            return (0..pieces).for_each(piece);
-        }
-        in_pool(|threads| {
-            if threads == 1 || pieces == 1 {
-                (0..pieces).for_each(piece);
-            } else {
-                (0..pieces).into_par_iter().for_each(piece);
-            }
-        })
     }
 }
 
@@ -191,33 +238,97 @@ fn for_tile_rows<T: Float, I: Send>(
             return f(tile, items);
         }
         let per = rows.div_ceil(threads * 4);
-        tile.par_chunks_mut(per * kb)
+        tile.par_chunks_mut(per * kb.max(1))
             .zip(items.par_chunks_mut(per))
             .for_each(|(t, it)| f(t, it));
     });
 }
 
-/// Visits the class blocks of one row block (`nb` rows) in order: each block's logits are
-/// computed into `tile`, which is handed to `f` with the block's first class, width and tile
-/// options. False when interrupted (see [`crate::pool::interruptible`]).
-fn sweep<'o, T: Float>(
-    tile: &mut [T],
-    nb: usize,
-    v: usize,
-    logits: &impl Fn(&mut [T], usize, usize),
-    opts: &impl Fn(usize, usize) -> TileOpts<'o, T>,
-    mut f: impl FnMut(&mut [T], usize, usize, TileOpts<'o, T>),
-) -> bool {
-    for c0 in (0..v).step_by(VOCAB_BLOCK) {
-        if should_stop() {
-            return false;
+/// Adds each column of a tile (`kb` wide) into `sums`, rows in order.
+fn add_column_sums<T: Float>(sums: &mut [f64], tile: &[T], kb: usize) {
+    let per = 256;
+    in_pool(|threads| {
+        let run = |(ci, acc): (usize, &mut [f64])| {
+            for row in tile.chunks_exact(kb) {
+                for (s, &g) in acc.iter_mut().zip(&row[ci * per..]) {
+                    *s += g.to_f64();
+                }
+            }
+        };
+        if threads == 1 {
+            sums.chunks_mut(per).enumerate().for_each(run);
+        } else {
+            sums.par_chunks_mut(per).enumerate().for_each(run);
         }
-        let kb = VOCAB_BLOCK.min(v - c0);
-        let t = &mut tile[..nb * kb];
-        logits(t, c0, kb);
-        f(t, c0, kb, opts(c0, kb));
+    });
+}
+
+/// Block sizes, from the shape, the dtypes' layout and the budget (never the thread count,
+/// except for how many forward tiles run at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Plan {
+    /// Rows per block.
+    rows: usize,
+    /// Classes per block (the keep schedule: per forward GEMM).
+    cols: usize,
+    /// Threads a product may use (each costs gemm a buffer of its own).
+    gemm_threads: usize,
+    /// The keep schedule.
+    keep: bool,
+}
+
+impl Plan {
+    fn new<T: Float>(
+        a: &LinearCe<'_, T>,
+        grads: Option<&LinearGrads<'_, T>>,
+        threads: usize,
+    ) -> Plan {
+        let (n, d, v) = (a.n.max(1), a.d.max(1), a.v.max(1));
+        let s = std::mem::size_of::<T>();
+        // A quarter for our tiles and converted blocks; the rest for gemm's packing (one shared
+        // panel of the right operand per product, a panel of the left one per thread), the
+        // allocator's slack and, on a first call, the pool's threads.
+        let ours = a.max_memory / 4;
+        let gemm_threads = (a.max_memory / 4 / GEMM_THREAD_BYTES).clamp(1, threads.max(1));
+        let widen_h = if a.hidden.in_place() { 0 } else { d * s };
+        let widen_w = if a.weight.in_place() { 0 } else { d * s };
+        let pack = KC.min(d) * s; // per row or column of a forward product's operands
+
+        // The loss alone plans as its `_and_grad` form does (with the bias's sums and
+        // d_weight's accumulator reserved), so both give the same loss, bit for bit.
+        let direct =
+            a.weight.in_place() && grads.is_none_or(|g| matches!(g.d_weight, RowsOut::Slice(_)));
+        {
+            let sums = if a.bias.is_some() { v * 8 } else { 0 };
+            let cols = (ours / 4 / (pack + s)).clamp(MIN_COLS, MAX_COLS).min(v);
+            let per_row = v * s + widen_h + pack;
+            let fit = ours.saturating_sub(sums + cols * pack) / per_row;
+            if direct && fit >= n.min(MIN_KEEP_ROWS) {
+                let rows = n.div_ceil(n.div_ceil(fit.max(1)));
+                return Plan {
+                    rows,
+                    cols,
+                    gemm_threads,
+                    keep: true,
+                };
+            }
+        }
+        // A hidden block (converted, and packed by gemm) takes at most a quarter of ours.
+        let rows = ROW_BLOCK.min(n).min((ours / 4 / (widen_h + pack)).max(16));
+        // Backward: the tile, a converted weight block and a float32 d_weight accumulator.
+        let narrow = !a.weight.in_place();
+        let per_col = rows * s + widen_w + if narrow { d * s } else { 0 } + pack;
+        let fixed = rows * (widen_h + pack);
+        let cols = (ours.saturating_sub(fixed) / per_col)
+            .clamp(MIN_COLS, MAX_COLS)
+            .min(v);
+        Plan {
+            rows,
+            cols,
+            gemm_threads,
+            keep: false,
+        }
     }
-    true
 }
 
 fn check<T>(what: &str, s: &[T], want: usize) -> Result<()> {
@@ -230,20 +341,20 @@ fn check<T>(what: &str, s: &[T], want: usize) -> Result<()> {
     Ok(())
 }
 
-/// The loss of `hidden @ weight.T + bias` against class-index targets, reduced as asked; per-row
-/// losses go into `losses` (for `"none"`) and the gradients, scaled by `upstream`, into `grads`.
-/// Every target is validated (and the operands' sizes checked) before anything is written.
-/// Returns the reduced loss (NaN for `"none"`, or when interrupted, see [`crate::pool`]).
-pub fn linear_cross_entropy<T: Float>(
+/// Every slice's length against the shape, before anything is written.
+fn check_sizes<T>(
     a: &LinearCe<'_, T>,
-    reduction: Reduction,
     upstream: LinUpstream<'_>,
-    mut losses: Option<&mut [f64]>,
-    mut grads: Option<LinearGrads<'_, T>>,
-) -> Result<f64> {
+    losses: Option<&[f64]>,
+    grads: Option<&LinearGrads<'_, T>>,
+) -> Result<()> {
     let (n, d, v) = (a.n, a.d, a.v);
-    check("hidden", a.hidden, n * d)?;
-    check("weight", a.weight, v * d)?;
+    if let Operand::Slice(h) = a.hidden {
+        check("hidden", h, n * d)?;
+    }
+    if let Operand::Slice(w) = a.weight {
+        check("weight", w, v * d)?;
+    }
     check("targets", a.targets, n)?;
     if let Some(b) = a.bias {
         check("bias", b, v)?;
@@ -251,29 +362,36 @@ pub fn linear_cross_entropy<T: Float>(
     if let Some(w) = &a.opts.weight {
         check("class_weight", w, v)?;
     }
-    if let Some(l) = losses.as_deref() {
+    if let Some(l) = losses {
         check("losses", l, n)?;
     }
     if let LinUpstream::PerRow(u) = upstream {
         check("grad_output", u, n)?;
     }
-    if let Some(g) = grads.as_ref() {
+    if let Some(g) = grads {
         check("d_hidden", g.d_hidden, n * d)?;
-        check("d_weight", g.d_weight, v * d)?;
+        if let RowsOut::Slice(dw) = &g.d_weight {
+            check("d_weight", dw, v * d)?;
+        }
         if let Some(db) = g.d_bias.as_deref() {
             check("d_bias", db, v)?;
         }
     }
+    Ok(())
+}
+
+/// Checks every target and returns the `"mean"` denominator (the targets' class weights).
+fn validate_targets<T: Float>(a: &LinearCe<'_, T>) -> Result<f64> {
     let mut denominator = 0.0;
     for (i, &t) in a.targets.iter().enumerate() {
         if t == a.ignore_index {
             continue;
         }
-        if t < 0 || t as u64 >= v as u64 {
+        if t < 0 || t as u64 >= a.v as u64 {
             return Err(Error::ClassIndex {
                 index: t,
                 position: vec![i],
-                classes: v,
+                classes: a.v,
             });
         }
         denominator += a
@@ -282,174 +400,323 @@ pub fn linear_cross_entropy<T: Float>(
             .as_ref()
             .map_or(1.0, |w| w[t as usize].to_f64());
     }
+    Ok(denominator)
+}
+
+/// What the per-row results need besides the statistics.
+struct RowResults<'c, 'l> {
+    upstream: LinUpstream<'c>,
+    /// The scale of every row's gradient for a scalar upstream.
+    uniform: f64,
+    losses: Option<&'l mut [f64]>,
+    /// The sum of the losses so far, rows in order.
+    total: f64,
+}
+
+impl RowResults<'_, '_> {
+    /// Rows `r0..` are final: their losses, and what their gradients need into `out`.
+    fn finish<T: Float>(
+        &mut self,
+        stats: &[RowStats],
+        r0: usize,
+        o: &CeOptions<T>,
+        v: usize,
+        out: &mut Vec<RowGrad<T>>,
+    ) {
+        for (i, st) in stats.iter().enumerate() {
+            let scale = match self.upstream {
+                LinUpstream::PerRow(u) => u[r0 + i],
+                LinUpstream::Scalar(_) => self.uniform,
+            };
+            let (loss, rg) = st.finish(o, v, scale);
+            if let Some(l) = self.losses.as_deref_mut() {
+                l[r0 + i] = loss;
+            }
+            self.total += loss;
+            out.push(rg);
+        }
+    }
+}
+
+fn tile_opts<'o, T: Float>(a: &LinearCe<'o, T>, c0: usize, kb: usize) -> TileOpts<'o, T> {
+    TileOpts {
+        weight: a.opts.weight.as_deref().map(|w| &w[c0..c0 + kb]),
+        softcap: a.opts.softcap,
+        smoothing: a.opts.label_smoothing > 0.0,
+    }
+}
+
+fn row_targets<'a, T>(
+    a: &'a LinearCe<'_, T>,
+    r0: usize,
+    r1: usize,
+) -> impl Iterator<Item = RowStats> + 'a {
+    a.targets[r0..r1]
+        .iter()
+        .map(|&t| RowStats::new((t != a.ignore_index).then_some(t as usize)))
+}
+
+/// The recompute schedule's forward sweep: every row's loss into `rows`, and (when `grads`
+/// asks) what its gradient needs. False when interrupted.
+///
+/// One tile at a time, its product spread over the threads by gemm and its rows folded in
+/// parallel: every GEMM runs on this thread, so gemm's per-call buffers come from one
+/// allocator arena (products run on the pool's threads left each thread's arena holding its
+/// own, and the peak grew with the thread count).
+fn forward<T: Float>(
+    a: &LinearCe<'_, T>,
+    plan: &Plan,
+    rows: &mut RowResults<'_, '_>,
+    mut row_grads: Option<&mut Vec<RowGrad<T>>>,
+    threads: usize,
+) -> bool {
+    let (n, d, v) = (a.n, a.d, a.v);
+    // Every buffer at its largest, once.
+    let (nb_max, kb_max) = (plan.rows.min(n), plan.cols.min(v));
+    let mut tile = Vec::with_capacity(nb_max * kb_max);
+    let mut hs = Vec::with_capacity(if a.hidden.in_place() { 0 } else { nb_max * d });
+    let mut ws = Vec::with_capacity(if a.weight.in_place() { 0 } else { kb_max * d });
+    let mut discard = Vec::new();
+    for r0 in (0..n).step_by(plan.rows) {
+        let nb = plan.rows.min(n - r0);
+        let h = a.hidden.rows(r0, r0 + nb, d, &mut hs);
+        let mut stats: Vec<RowStats> = row_targets(a, r0, r0 + nb).collect();
+        for c0 in (0..v).step_by(plan.cols) {
+            if should_stop() {
+                return false;
+            }
+            let kb = plan.cols.min(v - c0);
+            let w = a.weight.rows(c0, c0 + kb, d, &mut ws);
+            tile.resize(nb * kb, T::ZERO);
+            let b = a.bias.map(|b| &b[c0..c0 + kb]);
+            logits_into(&mut tile, kb, (nb, kb, d), h, w, b, threads);
+            // Folding straight into the running sums gives the bits of folding each block
+            // into sums of its own and adding those in class order.
+            let o = tile_opts(a, c0, kb);
+            for_tile_rows(&mut tile, kb, &mut stats, |t, st| {
+                fold_tile(t, kb, c0, st, o, &mut Vec::new())
+            });
+        }
+        let out = row_grads.as_deref_mut().unwrap_or(&mut discard);
+        rows.finish(&stats, r0, a.opts, v, out);
+        discard.clear();
+    }
+    true
+}
+
+/// The recompute schedule's backward sweep, class block by class block. False when
+/// interrupted.
+fn backward<T: Float>(
+    a: &LinearCe<'_, T>,
+    plan: &Plan,
+    row_grads: &[RowGrad<T>],
+    g: &mut LinearGrads<'_, T>,
+    threads: usize,
+) -> bool {
+    let (n, d, v) = (a.n, a.d, a.v);
+    let LinearGrads {
+        d_hidden,
+        d_weight,
+        d_bias,
+    } = g;
+    // Every buffer at its largest, once (see `forward`).
+    let (rows, cols) = (plan.rows.min(n), plan.cols.min(v));
+    let mut tile = Vec::with_capacity(rows * cols);
+    let mut hs = Vec::with_capacity(if a.hidden.in_place() { 0 } else { rows * d });
+    let mut ws = Vec::with_capacity(if a.weight.in_place() { 0 } else { cols * d });
+    let narrow = matches!(d_weight, RowsOut::Rows(_));
+    let mut acc = Vec::with_capacity(if narrow { cols * d } else { 0 });
+    let mut sums = Vec::with_capacity(cols);
+    let mut grads_here: Vec<RowGrad<T>> = Vec::with_capacity(plan.rows);
+    for c0 in (0..v).step_by(plan.cols) {
+        let kb = plan.cols.min(v - c0);
+        let w = a.weight.rows(c0, c0 + kb, d, &mut ws);
+        let bias = a.bias.map(|b| &b[c0..c0 + kb]);
+        let dw: &mut [T] = match d_weight {
+            RowsOut::Slice(s) => &mut s[c0 * d..(c0 + kb) * d],
+            RowsOut::Rows(_) => {
+                acc.resize(kb * d, T::ZERO);
+                &mut acc[..]
+            }
+        };
+        if n == 0 {
+            dw.fill(T::ZERO);
+        }
+        sums.clear();
+        sums.resize(kb, 0.0);
+        for r0 in (0..n).step_by(plan.rows) {
+            if should_stop() {
+                return false;
+            }
+            let nb = plan.rows.min(n - r0);
+            let h = a.hidden.rows(r0, r0 + nb, d, &mut hs);
+            tile.resize(nb * kb, T::ZERO);
+            logits_into(&mut tile, kb, (nb, kb, d), h, w, bias, threads);
+            let o = tile_opts(a, c0, kb);
+            grads_here.clear();
+            grads_here.extend_from_slice(&row_grads[r0..r0 + nb]);
+            for_tile_rows(&mut tile, kb, &mut grads_here, |t, rg| {
+                grad_tile(t, kb, c0, rg, o)
+            });
+            if d_bias.is_some() {
+                add_column_sums(&mut sums, &tile, kb);
+            }
+            let dh = &mut d_hidden[r0 * d..(r0 + nb) * d];
+            product(
+                dh,
+                d,
+                c0 > 0,
+                (nb, d, kb),
+                (&tile[..], kb, 1),
+                (w, d, 1),
+                threads,
+            );
+            product(
+                dw,
+                d,
+                r0 > 0,
+                (kb, d, nb),
+                (&tile[..], 1, kb),
+                (h, d, 1),
+                threads,
+            );
+        }
+        if let RowsOut::Rows(store) = d_weight {
+            store(c0, &acc[..kb * d]);
+        }
+        if let Some(db) = d_bias.as_deref_mut() {
+            for (o, &s) in db[c0..c0 + kb].iter_mut().zip(&sums) {
+                *o = T::from_f64(s);
+            }
+        }
+    }
+    true
+}
+
+/// The keep schedule: loss and gradients, row block by row block, three products each. False
+/// when interrupted.
+fn keep<T: Float>(
+    a: &LinearCe<'_, T>,
+    plan: &Plan,
+    rows: &mut RowResults<'_, '_>,
+    mut g: Option<&mut LinearGrads<'_, T>>,
+    threads: usize,
+) -> bool {
+    let (n, d, v) = (a.n, a.d, a.v);
+    let Operand::Slice(weight) = a.weight else {
+        unreachable!("the plan keeps logits only with the weight in place")
+    };
+    if let Some(RowsOut::Slice(d_weight)) = g.as_mut().map(|g| &mut g.d_weight) {
+        if n == 0 {
+            d_weight.fill(T::ZERO); // no row block writes it
+        }
+    }
+    let mut sums = g
+        .as_ref()
+        .and_then(|g| g.d_bias.as_ref())
+        .map(|_| vec![0.0f64; v]);
+    let mut z = vec![T::ZERO; plan.rows.min(n) * v];
+    let mut hs = Vec::with_capacity(if a.hidden.in_place() {
+        0
+    } else {
+        plan.rows.min(n) * d
+    });
+    let mut row_grads = Vec::with_capacity(plan.rows);
+    for r0 in (0..n).step_by(plan.rows) {
+        let nb = plan.rows.min(n - r0);
+        let h = a.hidden.rows(r0, r0 + nb, d, &mut hs);
+        let z = &mut z[..nb * v];
+        for c0 in (0..v).step_by(plan.cols) {
+            if should_stop() {
+                return false;
+            }
+            let kb = plan.cols.min(v - c0);
+            let w = &weight[c0 * d..(c0 + kb) * d];
+            let b = a.bias.map(|b| &b[c0..c0 + kb]);
+            logits_into(&mut z[c0..], v, (nb, kb, d), h, w, b, threads);
+        }
+        let mut stats: Vec<RowStats> = row_targets(a, r0, r0 + nb).collect();
+        let o = tile_opts(a, 0, v);
+        for_tile_rows(z, v, &mut stats, |t, st| {
+            fold_tile(t, v, 0, st, o, &mut Vec::new())
+        });
+        row_grads.clear();
+        rows.finish(&stats, r0, a.opts, v, &mut row_grads);
+        let Some(g) = g.as_mut() else { continue };
+        let RowsOut::Slice(d_weight) = &mut g.d_weight else {
+            unreachable!("the plan keeps logits only with d_weight in place")
+        };
+        for_tile_rows(z, v, &mut row_grads, |t, rg| grad_tile(t, v, 0, rg, o));
+        if let Some(s) = sums.as_mut() {
+            add_column_sums(s, z, v);
+        }
+        let dh = &mut g.d_hidden[r0 * d..(r0 + nb) * d];
+        product(dh, d, false, (nb, d, v), (z, v, 1), (weight, d, 1), threads);
+        product(
+            d_weight,
+            d,
+            r0 > 0,
+            (v, d, nb),
+            (z, 1, v),
+            (h, d, 1),
+            threads,
+        );
+    }
+    if let (Some(db), Some(s)) = (g.and_then(|g| g.d_bias.as_deref_mut()), sums) {
+        for (o, &s) in db.iter_mut().zip(&s) {
+            *o = T::from_f64(s);
+        }
+    }
+    true
+}
+
+/// The loss of `hidden @ weight.T + bias` against class-index targets, reduced as asked; per-row
+/// losses go into `losses` (for `"none"`) and the gradients, scaled by `upstream`, into `grads`.
+/// Every target is validated (and the operands' sizes checked) before anything is written.
+/// Returns the reduced loss (NaN for `"none"`, or when interrupted, see [`crate::pool`]).
+pub fn linear_cross_entropy<T: Float>(
+    a: &LinearCe<'_, T>,
+    reduction: Reduction,
+    upstream: LinUpstream<'_>,
+    losses: Option<&mut [f64]>,
+    mut grads: Option<LinearGrads<'_, T>>,
+) -> Result<f64> {
+    check_sizes(a, upstream, losses.as_deref(), grads.as_ref())?;
+    let denominator = validate_targets(a)?;
     let uniform = match (reduction, upstream) {
         (Reduction::Mean, LinUpstream::Scalar(g)) => g / denominator,
         (_, LinUpstream::Scalar(g)) => g,
         (_, LinUpstream::PerRow(_)) => f64::NAN,
     };
-    let eps = a.opts.label_smoothing;
-    let mut d_bias = grads
-        .as_ref()
-        .and_then(|g| g.d_bias.as_ref())
-        .map(|_| vec![0.0f64; v]);
+    let mut rows = RowResults {
+        upstream,
+        uniform,
+        losses,
+        total: 0.0,
+    };
+    let threads = in_pool(|threads| threads);
+    let plan = Plan::new(a, grads.as_ref(), threads);
+    let threads = plan.gemm_threads;
     if let Some(g) = grads.as_mut() {
-        // Blocks that never run leave these empty sums.
-        if n == 0 {
-            g.d_weight.fill(T::ZERO);
-        }
-        if v == 0 {
-            g.d_hidden.fill(T::ZERO);
+        if a.v == 0 {
+            g.d_hidden.fill(T::ZERO); // no class block writes it
         }
     }
-
-    // One forward tile per thread; the first is also the backward sweep's, wider.
-    let rows = ROW_BLOCK.min(n);
-    let tiles: Vec<Mutex<Vec<T>>> = (0..in_pool(|threads| threads))
-        .map(|i| {
-            let width = if i == 0 && grads.is_some() {
-                VOCAB_BLOCK
-            } else {
-                FORWARD_BLOCK
-            };
-            Mutex::new(vec![T::ZERO; rows * width.min(v)])
-        })
-        .collect();
-    let mut total = 0.0;
-    for r0 in (0..n).step_by(ROW_BLOCK) {
-        let nb = ROW_BLOCK.min(n - r0);
-        let hidden_block = &a.hidden[r0 * d..(r0 + nb) * d];
-        let row_targets: Vec<Option<usize>> = a.targets[r0..r0 + nb]
-            .iter()
-            .map(|&t| (t != a.ignore_index).then_some(t as usize))
-            .collect();
-        let mut stats: Vec<RowStats> = row_targets.iter().map(|&t| RowStats::new(t)).collect();
-        // The logits of this row block against classes c0..c0+kb, into the tile, the GEMM's
-        // pieces in parallel or (`here`) on this thread.
-        let block_logits = |tile: &mut [T], c0: usize, kb: usize, here: bool| {
-            let product = Product {
-                m: nb,
-                n: kb,
-                k: d,
-                lhs: (hidden_block, d as isize, 1),
-                // weight.T: row kk, column jj is weight[c0 + jj][kk]
-                rhs: (&a.weight[c0 * d..(c0 + kb) * d], 1, d as isize),
-            };
-            if here {
-                product.run_here(tile, kb as isize, false);
-            } else {
-                product.run(tile, kb as isize, false);
-            }
-            if let Some(b) = a.bias {
-                for row in tile.chunks_exact_mut(kb) {
-                    for (z, &bj) in row.iter_mut().zip(&b[c0..c0 + kb]) {
-                        *z += bj;
-                    }
-                }
-            }
-        };
-        let logits = |tile: &mut [T], c0: usize, kb: usize| block_logits(tile, c0, kb, false);
-        let logits_here = |tile: &mut [T], c0: usize, kb: usize| block_logits(tile, c0, kb, true);
-        let tile_opts = |c0: usize, kb: usize| TileOpts {
-            weight: a.opts.weight.as_deref().map(|w| &w[c0..c0 + kb]),
-            softcap: a.opts.softcap,
-            smoothing: eps > 0.0,
-        };
-
-        // Forward: whole class blocks in parallel, each computed and folded by one thread into
-        // stats of its own, combined in class-block order (so any thread count gives the
-        // same bits), with no barrier inside a block (splitting each block's GEMM over the
-        // threads, as the backward sweep does, scaled worse: see BENCHMARKS.md).
-        let blocks = v.div_ceil(FORWARD_BLOCK);
-        let fold_block = |j: usize| {
-            let (c0, kb) = (j * FORWARD_BLOCK, FORWARD_BLOCK.min(v - j * FORWARD_BLOCK));
-            let slot = rayon::current_thread_index().unwrap_or(0) % tiles.len();
-            // Uncontended: a thread runs one block at a time and only ever takes its own slot.
-            let mut buf = tiles[slot].lock().unwrap_or_else(|e| e.into_inner());
-            let t = &mut buf[..nb * kb];
-            logits_here(t, c0, kb);
-            let mut st: Vec<RowStats> = row_targets.iter().map(|&t| RowStats::new(t)).collect();
-            fold_tile(t, kb, c0, &mut st, tile_opts(c0, kb), &mut Vec::new());
-            st
-        };
-        for wave in (0..blocks).collect::<Vec<_>>().chunks(WAVE_BLOCKS) {
-            if should_stop() {
-                return Ok(f64::NAN);
-            }
-            let parts: Vec<Vec<RowStats>> = in_pool(|threads| {
-                if threads == 1 {
-                    wave.iter().map(|&j| fold_block(j)).collect()
-                } else {
-                    wave.par_iter().map(|&j| fold_block(j)).collect()
-                }
-            });
-            for part in &parts {
-                for (s, p) in stats.iter_mut().zip(part) {
-                    s.absorb(p);
-                }
-            }
+    let done = match grads.as_mut() {
+        _ if plan.keep => keep(a, &plan, &mut rows, grads.as_mut(), threads),
+        Some(g) => {
+            let mut row_grads = Vec::with_capacity(a.n);
+            forward(a, &plan, &mut rows, Some(&mut row_grads), threads)
+                && backward(a, &plan, &row_grads, g, threads)
         }
-
-        let mut row_grads = Vec::with_capacity(nb);
-        for (i, st) in stats.iter().enumerate() {
-            let scale = match upstream {
-                LinUpstream::PerRow(u) => u[r0 + i],
-                LinUpstream::Scalar(_) => uniform,
-            };
-            let (loss, rg) = st.finish(a.opts, v, scale);
-            if let Some(l) = losses.as_deref_mut() {
-                l[r0 + i] = loss;
-            }
-            total += loss;
-            row_grads.push(rg);
-        }
-
-        let Some(g) = grads.as_mut() else { continue };
-        let mut tile = tiles[0].lock().unwrap_or_else(|e| e.into_inner());
-        let backward = sweep(&mut tile, nb, v, &logits, &tile_opts, |t, c0, kb, o| {
-            for_tile_rows(t, kb, &mut row_grads, |rows, rg| {
-                grad_tile(rows, kb, c0, rg, o)
-            });
-            if let Some(db) = d_bias.as_mut() {
-                for row in t.chunks_exact(kb) {
-                    for (acc, &gj) in db[c0..c0 + kb].iter_mut().zip(row) {
-                        *acc += gj.to_f64();
-                    }
-                }
-            }
-            let t: &[T] = t;
-            // d_hidden[r0..] (+)= G @ weight[c0..c0+kb]
-            Product {
-                m: nb,
-                n: d,
-                k: kb,
-                lhs: (t, kb as isize, 1),
-                rhs: (&a.weight[c0 * d..(c0 + kb) * d], d as isize, 1),
-            }
-            .run(&mut g.d_hidden[r0 * d..(r0 + nb) * d], d as isize, c0 > 0);
-            // d_weight[c0..c0+kb] (+)= G.T @ hidden[r0..]
-            Product {
-                m: kb,
-                n: d,
-                k: nb,
-                lhs: (t, 1, kb as isize),
-                rhs: (hidden_block, d as isize, 1),
-            }
-            .run(&mut g.d_weight[c0 * d..(c0 + kb) * d], d as isize, r0 > 0);
-        });
-        if !backward {
-            return Ok(f64::NAN);
-        }
-    }
-    if let (Some(g), Some(db)) = (grads.as_mut(), d_bias) {
-        if let Some(out) = g.d_bias.as_deref_mut() {
-            for (o, &s) in out.iter_mut().zip(&db) {
-                *o = T::from_f64(s);
-            }
-        }
+        None => forward(a, &plan, &mut rows, None, threads),
+    };
+    if !done {
+        return Ok(f64::NAN);
     }
     Ok(match reduction {
-        Reduction::Mean => total / denominator,
-        Reduction::Sum => total,
+        Reduction::Mean => rows.total / denominator,
+        Reduction::Sum => rows.total,
         Reduction::None => f64::NAN,
     })
 }
@@ -458,16 +725,20 @@ pub fn linear_cross_entropy<T: Float>(
 mod tests {
     use super::*;
 
-    /// The fused form against `cross_entropy_and_grad` of the materialized logits, with shapes
-    /// that cross the row and class tile boundaries, and with 1 and 2 threads.
-    #[test]
-    fn matches_the_materialized_logits_for_any_thread_count() {
-        let (n, d, v) = (ROW_BLOCK + 9, 5, VOCAB_BLOCK + 13);
+    struct Case {
+        n: usize,
+        d: usize,
+        v: usize,
+        h: Vec<f64>,
+        w: Vec<f64>,
+        b: Vec<f64>,
+        t: Vec<i64>,
+        opts: CeOptions<f64>,
+    }
+
+    fn case(n: usize, d: usize, v: usize) -> Case {
         let val = |i: usize, m: usize| ((i * m % 1009) as f64 / 1009.0 - 0.5) * 2.0;
-        let h: Vec<f64> = (0..n * d).map(|i| val(i, 7919)).collect();
-        let w: Vec<f64> = (0..v * d).map(|i| val(i, 104729)).collect();
-        let b: Vec<f64> = (0..v).map(|i| val(i, 31)).collect();
-        let t: Vec<i64> = (0..n)
+        let t = (0..n)
             .map(|i| {
                 if i % 5 == 0 {
                     -100
@@ -476,73 +747,158 @@ mod tests {
                 }
             })
             .collect();
-        let opts = CeOptions {
-            label_smoothing: 0.1,
-            z_loss: 1e-3,
-            softcap: Some(4.0),
-            ..CeOptions::<f64>::plain(v)
+        Case {
+            n,
+            d,
+            v,
+            h: (0..n * d).map(|i| val(i, 7919)).collect(),
+            w: (0..v * d).map(|i| val(i, 104729)).collect(),
+            b: (0..v).map(|i| val(i, 31)).collect(),
+            t,
+            opts: CeOptions {
+                label_smoothing: 0.1,
+                z_loss: 1e-3,
+                softcap: Some(4.0),
+                ..CeOptions::<f64>::plain(v)
+            },
+        }
+    }
+
+    /// Loss and gradients with `threads` threads, the weight read in place or through
+    /// `Operand::Rows`, d_weight written in place or through `RowsOut::Rows`.
+    fn run(
+        c: &Case,
+        threads: usize,
+        max_memory: usize,
+        by_rows: bool,
+    ) -> (f64, Vec<f64>, Vec<f64>, Vec<f64>) {
+        crate::set_num_threads(threads).unwrap();
+        let load = |r0: usize, r1: usize, s: &mut Vec<f64>| {
+            s.clear();
+            s.extend_from_slice(&c.w[r0 * c.d..r1 * c.d]);
         };
+        let (mut dh, mut dw, mut db) = (vec![0.0; c.n * c.d], vec![0.0; c.v * c.d], vec![0.0; c.v]);
+        let mut dw_rows = dw.clone();
+        let d = c.d;
+        let mut store =
+            |r0: usize, rows: &[f64]| dw_rows[r0 * d..r0 * d + rows.len()].copy_from_slice(rows);
+        let args = LinearCe {
+            hidden: Operand::Slice(&c.h),
+            weight: if by_rows {
+                Operand::Rows(&load)
+            } else {
+                Operand::Slice(&c.w)
+            },
+            bias: Some(&c.b),
+            targets: &c.t,
+            ignore_index: -100,
+            n: c.n,
+            d: c.d,
+            v: c.v,
+            opts: &c.opts,
+            max_memory,
+        };
+        let grads = LinearGrads {
+            d_hidden: &mut dh,
+            d_weight: if by_rows {
+                RowsOut::Rows(&mut store)
+            } else {
+                RowsOut::Slice(&mut dw)
+            },
+            d_bias: Some(&mut db),
+        };
+        let loss = linear_cross_entropy(
+            &args,
+            Reduction::Mean,
+            LinUpstream::Scalar(1.0),
+            None,
+            Some(grads),
+        )
+        .unwrap();
+        if by_rows {
+            dw = dw_rows;
+        }
+        (loss, dh, dw, db)
+    }
+
+    /// The fused form against `cross_entropy_and_grad` of the materialized logits, with shapes
+    /// that cross the row and class block boundaries, both schedules, operands in place or
+    /// converted by rows, and 1, 2 and 3 threads (bitwise the same).
+    #[test]
+    fn matches_the_materialized_logits_for_any_thread_count() {
+        let c = case(ROW_BLOCK + 9, 5, 2 * MAX_COLS + 13);
+        let (n, d, v) = (c.n, c.d, c.v);
         let logits: Vec<f64> = (0..n * v)
             .map(|i| {
-                let (r, c) = (i / v, i % v);
-                b[c] + (0..d).map(|k| h[r * d + k] * w[c * d + k]).sum::<f64>()
+                let (r, k) = (i / v, i % v);
+                c.b[k] + (0..d).map(|j| c.h[r * d + j] * c.w[k * d + j]).sum::<f64>()
             })
             .collect();
         let mut g = vec![0.0; n * v];
         let want =
-            crate::cross_entropy_and_grad(&logits, v, &t, &opts, Reduction::Mean, &mut g, None)
+            crate::cross_entropy_and_grad(&logits, v, &c.t, &c.opts, Reduction::Mean, &mut g, None)
                 .unwrap();
-
-        let mut runs = Vec::new();
-        for threads in [1, 2] {
-            crate::set_num_threads(threads).unwrap();
-            let (mut dh, mut dw, mut db) = (vec![0.0; n * d], vec![0.0; v * d], vec![0.0; v]);
-            let args = LinearCe {
-                hidden: &h,
-                weight: &w,
-                bias: Some(&b),
-                targets: &t,
-                ignore_index: -100,
-                n,
-                d,
-                v,
-                opts: &opts,
-            };
-            let grads = LinearGrads {
-                d_hidden: &mut dh,
-                d_weight: &mut dw,
-                d_bias: Some(&mut db),
-            };
-            let loss = linear_cross_entropy(
-                &args,
-                Reduction::Mean,
-                LinUpstream::Scalar(1.0),
-                None,
-                Some(grads),
-            )
-            .unwrap();
-            assert!((loss - want).abs() < 1e-12 * want.abs(), "{loss} vs {want}");
-            for k in 0..d {
-                let r = 3;
-                let dh_want: f64 = (0..v).map(|c| g[r * v + c] * w[c * d + k]).sum();
-                assert!((dh[r * d + k] - dh_want).abs() < 1e-12, "d_hidden");
-                let c = VOCAB_BLOCK + 2;
-                let dw_want: f64 = (0..n).map(|r| g[r * v + c] * h[r * d + k]).sum();
-                assert!((dw[c * d + k] - dw_want).abs() < 1e-12, "d_weight");
+        // 1 MiB: recompute with several class blocks; 64 MiB: keep, in two row blocks.
+        for (max_memory, keeps) in [(1 << 20, false), (64 << 20, true)] {
+            for by_rows in [false, true] {
+                let mut runs = Vec::new();
+                for threads in [1, 2, 3] {
+                    let (loss, dh, dw, db) = run(&c, threads, max_memory, by_rows);
+                    assert!((loss - want).abs() < 1e-12 * want.abs(), "{loss} vs {want}");
+                    for k in 0..d {
+                        let r = 3;
+                        let dh_want: f64 = (0..v).map(|j| g[r * v + j] * c.w[j * d + k]).sum();
+                        assert!((dh[r * d + k] - dh_want).abs() < 1e-12, "d_hidden");
+                        let j = MAX_COLS + 2;
+                        let dw_want: f64 = (0..n).map(|r| g[r * v + j] * c.h[r * d + k]).sum();
+                        assert!((dw[j * d + k] - dw_want).abs() < 1e-12, "d_weight");
+                    }
+                    let db_want: f64 = (0..n).map(|r| g[r * v + 7]).sum();
+                    assert!((db[7] - db_want).abs() < 1e-12, "d_bias");
+                    runs.push((loss.to_bits(), dh, dw, db));
+                }
+                assert!(
+                    runs.windows(2).all(|w| w[0] == w[1]),
+                    "results depend on the thread count"
+                );
             }
-            let db_want: f64 = (0..n).map(|r| g[r * v + 7]).sum();
-            assert!((db[7] - db_want).abs() < 1e-12, "d_bias");
-            runs.push((loss.to_bits(), dh, dw, db));
+            let plan = |threads| {
+                let a = LinearCe {
+                    hidden: Operand::Slice(&c.h),
+                    weight: Operand::Slice(&c.w),
+                    bias: None,
+                    targets: &c.t,
+                    ignore_index: -100,
+                    n,
+                    d,
+                    v,
+                    opts: &c.opts,
+                    max_memory,
+                };
+                let (mut dh, mut dw) = (vec![0.0; n * d], vec![0.0; v * d]);
+                let g = LinearGrads {
+                    d_hidden: &mut dh,
+                    d_weight: RowsOut::Slice(&mut dw),
+                    d_bias: None,
+                };
+                Plan::new(&a, Some(&g), threads)
+            };
+            let p = plan(1);
+            assert_eq!(p.keep, keeps, "{p:?}");
+            assert!(p.keep || p.cols < v, "{p:?}");
+            assert!(p.keep || p.cols * p.rows * 8 <= max_memory / 4, "{p:?}");
+            let many = plan(64).gemm_threads;
+            assert!(many * GEMM_THREAD_BYTES <= (max_memory / 4).max(GEMM_THREAD_BYTES));
+            assert!(p.keep && p.rows < n || !p.keep, "{p:?}");
         }
-        assert!(runs[0] == runs[1], "results depend on the thread count");
     }
 
     #[test]
     fn an_out_of_range_target_writes_nothing() {
         let opts = CeOptions::<f32>::plain(3);
         let args = LinearCe {
-            hidden: &[1.0; 4],
-            weight: &[1.0; 6],
+            hidden: Operand::Slice(&[1.0; 4]),
+            weight: Operand::Slice(&[1.0; 6]),
             bias: None,
             targets: &[0, 3],
             ignore_index: -100,
@@ -550,11 +906,12 @@ mod tests {
             d: 2,
             v: 3,
             opts: &opts,
+            max_memory: DEFAULT_MAX_MEMORY,
         };
         let (mut dh, mut dw) = (vec![7.0f32; 4], vec![7.0f32; 6]);
         let grads = LinearGrads {
             d_hidden: &mut dh,
-            d_weight: &mut dw,
+            d_weight: RowsOut::Slice(&mut dw),
             d_bias: None,
         };
         let err = linear_cross_entropy(

@@ -54,6 +54,9 @@ OPTIONS = [
     {"reduction": "sum", "label_smoothing": 0.1, "class_weight": "random"},
     {"reduction": "none", "softcap": 2.0, "z_loss": 1e-3},
     {"reduction": "sum", "ignore_index": 3},
+    {"ignore_index": 3},  # a positive ignore_index under "mean"
+    {"label_smoothing": 0.1, "class_weight": "random"},  # under "mean"
+    {"softcap": 3.0, "class_weight": "random"},
 ]
 
 
@@ -68,7 +71,8 @@ def resolve(kw, v, seed=1):
 @pytest.mark.parametrize("kw", OPTIONS, ids=lambda kw: ",".join(kw) or "defaults")
 @pytest.mark.parametrize("shape", [(5, 3, 7), (600, 33, 2100), (1, 8, 1)], ids=str)
 def test_matches_the_materialized_reference(dtype, kw, shape):
-    """(600, 33, 2100) crosses the 512-row and 2048-class tile boundaries."""
+    """At the default budget every shape here keeps its logits (see the schedule tests for
+    the recompute path and its tile boundaries)."""
     n, d, v = shape
     h, w, t, b = operands(n, d, v, dtype)
     kw = resolve(kw, v)
@@ -180,6 +184,12 @@ def test_errors(fn):
         ((H, W, T), {"reduction": "max"}, ValueError, "reduction must be"),
         ((H.astype(complex), W, T), {}, TypeError, "hidden has unsupported dtype complex128"),
         ((H, W, T), {"softcap": -1.0}, ValueError, "softcap must be None or"),
+        (
+            (H, W, T),
+            {"max_memory_bytes": 0},
+            ValueError,
+            "max_memory_bytes must be a positive number of bytes, got 0",
+        ),
     ]
     for args, kw, exc, match in cases:
         with pytest.raises(exc, match=match):
@@ -229,9 +239,181 @@ def test_linear_functions_are_in_the_fuzz_cases():
 
 def test_option_grid_is_complete():
     """Every keyword of the signature appears in OPTIONS (or in the tests above)."""
-    used = set(itertools.chain.from_iterable(OPTIONS)) | {"grad_output", "bias"}
+    # max_memory_bytes: test_every_schedule_and_tile_boundary
+    used = set(itertools.chain.from_iterable(OPTIONS)) | {"grad_output", "bias", "max_memory_bytes"}
     want = {"class_weight", "ignore_index", "reduction", "label_smoothing", "z_loss", "softcap"}
+    want |= {"max_memory_bytes"}
     assert want <= used
 
 
 assert set(TOLERANCE) == set(GEMM_TOLERANCE)
+
+
+def check_all(got, want, dtypes):
+    assert len(got) == len(want)
+    for g, wnt, dt in zip(got, want, dtypes):
+        assert_gemm_close(g, wnt, dt)
+
+
+# Budgets that force each schedule at (700, 24, 9000): 64 KiB and 1 MiB recompute (64 KiB in
+# tiles of 85 rows x 64 classes: many row blocks, class blocks and forward waves), 16 MiB keeps
+# the logits of a few row blocks in turn, 1 GiB keeps all rows at once.
+BUDGETS = [1 << 16, 1 << 20, 16 << 20, 1 << 30]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("budget", BUDGETS, ids=lambda b: f"{b >> 10}KiB")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_schedule_and_tile_boundary(dtype, budget, bias):
+    """V > 8192 (several forward waves at the small budgets), rows across row blocks, with
+    and without bias, under label smoothing and class weights; loss and gradients against the
+    float64 reference, and the loss alone equal to the loss of the gradient call when both
+    take the same schedule (the recompute path's forward is shared)."""
+    n, d, v = 700, 24, 9000
+    h, w, t, b = operands(n, d, v, dtype, seed=3, bias=bias)
+    kw = resolve({"label_smoothing": 0.1, "class_weight": "random", "z_loss": 1e-3}, v)
+    want = ref.linear_cross_entropy_and_grad(h, w, t, b, **kw)
+    got = sce_rs.linear_cross_entropy_and_grad(h, w, t, b, max_memory_bytes=budget, **kw)
+    check_all(got, want, [dtype] * 4)
+    loss = sce_rs.linear_cross_entropy(h, w, t, b, max_memory_bytes=budget, **kw)
+    assert_gemm_close(loss, want[0], dtype)
+
+
+MIXED = [
+    # (hidden, weight, bias): the loss takes NumPy's promotion of all three, each gradient
+    # its operand's dtype
+    (np.float32, ml_dtypes.bfloat16, None),
+    (ml_dtypes.bfloat16, np.float32, np.float16),
+    (np.float16, np.float64, np.float32),
+    (ml_dtypes.bfloat16, ml_dtypes.bfloat16, np.float32),
+    (np.float16, ml_dtypes.bfloat16, ml_dtypes.bfloat16),
+]
+
+
+@pytest.mark.parametrize("budget", [1 << 16, 16 << 20], ids=["64KiB", "16MiB"])
+@pytest.mark.parametrize(
+    "dtypes",
+    MIXED,
+    ids=lambda ds: "-".join(dtype_name(np.empty(0, d)) if d else "none" for d in ds),
+)
+def test_mixed_and_half_dtypes_follow_numpy_promotion(dtypes, budget):
+    hd, wd, bd = dtypes
+    n, d, v = 300, 20, 5000
+    h, w, t, b = operands(n, d, v, np.float64, seed=4, bias=bd is not None)
+    h, w = h.astype(hd), w.astype(wd)
+    b = None if b is None else b.astype(bd)
+    kw = {"label_smoothing": 0.05}
+    want = ref.linear_cross_entropy_and_grad(h, w, t, b, **kw)
+    got = sce_rs.linear_cross_entropy_and_grad(h, w, t, b, max_memory_bytes=budget, **kw)
+    # NumPy's promotion, and float32 for the half types (NumPy has no bfloat16-float16 rule)
+    loss_dtype = np.float64 if np.float64 in dtypes else np.float32
+    assert got[0].dtype == loss_dtype
+    assert got[1].dtype == hd and got[2].dtype == wd
+    # Each result is off by its own dtype's rounding, or by the half inputs' effect on a
+    # float32 computation (the loss) at most.
+    half = [x for x in (hd, wd, bd) if x is not None and np.dtype(x).itemsize == 2]
+    loss_tol = half[0] if half else loss_dtype
+    outs = [loss_tol, hd, wd] + ([bd] if b is not None else [])
+    check_all(got, want, outs)
+
+
+def test_every_instruction_set():
+    """Every SIMD level this CPU runs (the tile kernels; gemm picks its own at import), on
+    both schedules: the same results as the float64 reference, and bitwise the same across
+    levels for the GEMM part is not expected (exp differs), so each is checked on its own."""
+    from test_isa import LEVELS
+
+    h, w, t, b = operands(600, 16, 9000, np.float32, seed=6)
+    kw = resolve({"softcap": 4.0, "class_weight": "random"}, 9000)
+    want = ref.linear_cross_entropy_and_grad(h, w, t, b, **kw)
+    before = sce_rs.simd_backend()
+    seen = []
+    try:
+        for level in LEVELS:
+            chosen = sce_rs._force_simd_backend(level)
+            if chosen in seen:
+                continue
+            seen.append(chosen)
+            for budget in (1 << 16, 16 << 20):
+                got = sce_rs.linear_cross_entropy_and_grad(
+                    h, w, t, b, max_memory_bytes=budget, **kw
+                )
+                check_all(got, want, [np.float32] * 4)
+    finally:
+        sce_rs._force_simd_backend(before)
+    assert seen
+
+
+def test_the_torch_wrapper_across_tiles():
+    """sce_rs.torch.linear_cross_entropy at a shape whose logits do not fit the default budget
+    (class blocks of the recompute path), forward and backward against PyTorch's own."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    from sce_rs import torch as st
+
+    n, d, v = 200, 16, 40000
+    h, w, t, b = operands(n, d, v, np.float32, seed=7)
+    hw = torch.from_numpy(h).double().requires_grad_()
+    ww = torch.from_numpy(w).double().requires_grad_()
+    bw = torch.from_numpy(b).double().requires_grad_()
+    tt = torch.from_numpy(t)
+    want = F.cross_entropy(F.linear(hw, ww, bw), tt, label_smoothing=0.1)
+    want.backward()
+    hs = torch.from_numpy(h).requires_grad_()
+    ws = torch.from_numpy(w).requires_grad_()
+    bs = torch.from_numpy(b).requires_grad_()
+    got = st.linear_cross_entropy(hs, ws, tt, linear_bias=bs, label_smoothing=0.1)
+    got.backward()
+    pairs = [(got, want), (hs.grad, hw.grad), (ws.grad, ww.grad), (bs.grad, bw.grad)]
+    for g, wnt in pairs:
+        assert_gemm_close(g.detach().numpy(), wnt.detach().numpy(), np.float32)
+
+
+PEAK = """
+import json, numpy as np, ml_dtypes, sce_rs
+def rss(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+n, d, v, threads, dtype = {n}, {d}, {v}, {threads}, {dtype}
+sce_rs.set_num_threads(threads)
+rng = np.random.default_rng(0)
+# float32 straight from the generator: a freed temporary under 32 MiB would raise glibc's
+# mmap threshold, after which it serves every buffer from its heap and fragmentation alone
+# added up to 12 MiB to a first call's peak
+h = rng.standard_normal(size=(n, d), dtype=np.float32).astype(dtype, copy=False)
+w = rng.standard_normal(size=(v, d), dtype=np.float32).astype(dtype, copy=False)
+t = rng.integers(0, v, size=n)
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = rss("VmRSS")
+loss, dh, dw = sce_rs.linear_cross_entropy_and_grad(h, w, t)
+extra = rss("VmHWM") - base - dh.nbytes - dw.nbytes
+print(json.dumps({{"extra_mib": extra / 2**20}}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmHWM from /proc")
+@pytest.mark.parametrize("threads", [2, 8])
+@pytest.mark.parametrize(
+    "shape", [(2048, 1024, 8192), (2048, 512, 65536)], ids=["keeps", "recomputes"]
+)
+def test_peak_memory_holds_the_budget_on_any_thread_count(shape, threads):
+    """The first call in a fresh process (the pool, gemm's per-thread buffers and all), with
+    more threads than this machine has cores: within the default 16 MiB, on either schedule
+    (float32 logits here are 64 and 512 MiB)."""
+    n, d, v = shape
+    got = run_child(PEAK.format(n=n, d=d, v=v, threads=threads, dtype="np.float32"), timeout=600)
+    assert got["extra_mib"] <= 16, got
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmHWM from /proc")
+def test_peak_memory_of_bfloat16_operands():
+    """bfloat16 hidden and weight are widened block by block: beyond 16 MiB only d_hidden's
+    float32 accumulator (4 x N x D bytes), nothing of the size of the weight."""
+    n, d, v = 1024, 512, 65536  # bfloat16 weight 64 MiB, its float32 copy would be 128 MiB
+    code = PEAK.format(n=n, d=d, v=v, threads=2, dtype="ml_dtypes.bfloat16")
+    got = run_child(code, timeout=600)
+    assert got["extra_mib"] <= 16 + 4 * n * d / 2**20, got

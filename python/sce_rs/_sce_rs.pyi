@@ -131,6 +131,7 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    max_memory_bytes: int = 16777216,
 ) -> _Result: ...
 def linear_cross_entropy_and_grad(
     hidden: ArrayLike,
@@ -145,6 +146,7 @@ def linear_cross_entropy_and_grad(
     z_loss: float = 0.0,
     softcap: float | None = None,
     grad_output: ArrayLike | None = None,
+    max_memory_bytes: int = 16777216,
 ) -> tuple[_Result, ...]: ...
 def _token_logprobs(
     logits: ArrayLike,

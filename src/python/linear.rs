@@ -1,6 +1,10 @@
 //! `linear_cross_entropy` and `linear_cross_entropy_and_grad`: argument checks and conversion
 //! for [`crate::linear`]. Operands that already are C-contiguous in the compute type are read
-//! in place; any other layout or dtype is converted once into a contiguous copy.
+//! in place; any other layout or dtype (float16/bfloat16, a mixed dtype, strides) is converted
+//! one block of rows at a time, as the core asks for it, and `d_weight` is written back block
+//! by block, so no whole copy of `hidden`, `weight` or `d_weight` is made. `d_hidden` of a
+//! half dtype is accumulated in a float32 copy (the `4 x N x D` bytes API.md allows); the bias
+//! (`V` values) is converted whole.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -15,8 +19,9 @@ use super::scalars::{Int, Real};
 use crate::dtype::DType;
 use crate::error::fmt_index;
 use crate::float::Float;
-use crate::linear::{LinUpstream, LinearCe, LinearGrads};
+use crate::linear::{LinUpstream, LinearCe, LinearGrads, Operand, RowsOut, DEFAULT_MAX_MEMORY};
 use crate::ops::{CeOptions, Reduction};
+use crate::strided::View;
 
 /// The keyword arguments both functions share.
 struct LinearArgs<'a, 'py> {
@@ -28,10 +33,23 @@ struct LinearArgs<'a, 'py> {
     z_loss: f64,
     softcap: Option<f64>,
     grad_output: Option<&'a Bound<'py, PyAny>>,
+    max_memory_bytes: i64,
 }
 
 fn shape_error(f: &str, msg: String) -> PyErr {
     PyValueError::new_err(format!("{f}: {msg}"))
+}
+
+/// Rows `r0..r1` of `view`, converted to `T`, into `scratch` (replacing its contents).
+fn load_rows<T: Float>(view: &View<'_>, r0: usize, r1: usize, scratch: &mut Vec<T>) {
+    if view.loads_in_place(T::DTYPE, r0, r1) {
+        let mut unused = Vec::new();
+        let rows = view.load::<T>(r0, r1, &mut unused);
+        scratch.clear();
+        scratch.extend_from_slice(rows);
+    } else {
+        view.load::<T>(r0, r1, scratch); // not in place, so this fills `scratch`
+    }
 }
 
 fn linear<'py>(
@@ -95,6 +113,18 @@ fn linear<'py>(
             ));
         }
     }
+    let max_memory = usize::try_from(o.max_memory_bytes)
+        .ok()
+        .filter(|&m| m > 0)
+        .ok_or_else(|| {
+            shape_error(
+                f,
+                format!(
+                    "max_memory_bytes must be a positive number of bytes, got {}",
+                    o.max_memory_bytes
+                ),
+            )
+        })?;
     let reduction = parse_reduction(py, f, o.reduction)?;
     check_options(
         py,
@@ -122,7 +152,10 @@ fn linear<'py>(
         (1.0, None)
     };
 
-    let dt = promote(h.dtype, w.dtype);
+    // NumPy's promotion over every operand the logits are made of, the bias included.
+    let dt = b.as_ref().map_or(promote(h.dtype, w.dtype), |b| {
+        promote(promote(h.dtype, w.dtype), b.dtype)
+    });
     let mut grads = if with_grad {
         let db = match &b {
             Some(b) => Some(Arr::empty(py, &[v], b.dtype.result(), b)?),
@@ -165,19 +198,22 @@ fn linear<'py>(
         .map(|l| l.view_mut(None))
         .transpose()
         .map_err(out_err)?;
-    // Operands not already contiguous in the compute type are converted into one copy each.
+    // The only whole copies: the bias and a half-precision d_hidden's float32 accumulator.
     let compute = dt.compute();
-    let copies: usize = [(&hv, n * d), (&wv, v * d)]
-        .into_iter()
-        .chain(bv.as_ref().map(|b| (b, v)))
-        .filter(|(view, rows)| !view.loads_in_place(compute, 0, *rows / view.k().max(1)))
-        .map(|(_, elems)| elems * compute.size())
-        .sum();
+    let copies = bv
+        .as_ref()
+        .filter(|b| !b.loads_in_place(compute, 0, v))
+        .map_or(0, |_| v * compute.size())
+        + gv.as_ref()
+            .filter(|(dh, _, _)| !dh.stores_in_place(compute, 0, n))
+            .map_or(0, |_| n * d * compute.size());
     ensure_allocatable(f, copies)?;
     let work = n.saturating_mul(v).saturating_mul(d.max(1));
     let total = run(py, f, work, 0, || {
         with_compute!(dt, T => {
             let (mut sh, mut sw, mut sb, mut si, mut su) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let load_h = |r0: usize, r1: usize, s: &mut Vec<T>| load_rows(&hv, r0, r1, s);
+            let load_w = |r0: usize, r1: usize, s: &mut Vec<T>| load_rows(&wv, r0, r1, s);
             {
                 let opts = CeOptions::<T> {
                     weight: class_weight.as_ref().map(|w| w.iter().map(|&x| T::from_f64(x)).collect()),
@@ -187,8 +223,16 @@ fn linear<'py>(
                     softcap: o.softcap,
                 };
                 let args = LinearCe {
-                    hidden: hv.load::<T>(0, n, &mut sh),
-                    weight: wv.load::<T>(0, v, &mut sw),
+                    hidden: if hv.loads_in_place(T::DTYPE, 0, n) {
+                        Operand::Slice(hv.load::<T>(0, n, &mut sh))
+                    } else {
+                        Operand::Rows(&load_h)
+                    },
+                    weight: if wv.loads_in_place(T::DTYPE, 0, v) {
+                        Operand::Slice(wv.load::<T>(0, v, &mut sw))
+                    } else {
+                        Operand::Rows(&load_w)
+                    },
                     bias: bv.as_ref().map(|b| b.load::<T>(0, v, &mut sb)),
                     targets: tv.load_index(0, n, &mut si),
                     ignore_index: o.ignore_index,
@@ -196,6 +240,7 @@ fn linear<'py>(
                     d,
                     v,
                     opts: &opts,
+                    max_memory,
                 };
                 let up = match &uv {
                     Some(u) => LinUpstream::PerRow(u.load::<f64>(0, n, &mut su)),
@@ -206,16 +251,30 @@ fn linear<'py>(
                     None => crate::linear::linear_cross_entropy(&args, reduction, up, row_losses.as_deref_mut(), None),
                     Some((dhv, dwv, dbv)) => {
                         let (mut s1, mut s2, mut s3) = (Vec::new(), Vec::new(), Vec::new());
-                        let mut with_grads = |d_hidden: &mut [T], d_weight: &mut [T], d_bias: Option<&mut [T]>| {
-                            let g = LinearGrads { d_hidden, d_weight, d_bias };
-                            crate::linear::linear_cross_entropy(&args, reduction, up, row_losses.as_deref_mut(), Some(g))
-                        };
-                        dhv.all().store::<T, _>(&mut s1, |dh| {
-                            dwv.all().store::<T, _>(&mut s2, |dw| match dbv {
-                                Some(dbv) => dbv.all().store::<T, _>(&mut s3, |db| with_grads(dh, dw, Some(db))),
-                                None => with_grads(dh, dw, None),
+                        let mut db = dbv.as_ref().map(|_| vec![T::ZERO; v]);
+                        let res = if dwv.stores_in_place(T::DTYPE, 0, v) {
+                            dhv.all().store::<T, _>(&mut s1, |d_hidden| {
+                                dwv.all().store::<T, _>(&mut s2, |dw| {
+                                    let g = LinearGrads { d_hidden, d_weight: RowsOut::Slice(dw), d_bias: db.as_deref_mut() };
+                                    crate::linear::linear_cross_entropy(&args, reduction, up, row_losses.as_deref_mut(), Some(g))
+                                })
                             })
-                        })
+                        } else {
+                            // d_weight block by block through a block-sized scratch
+                            let mut dw_rows = dwv.all();
+                            let mut store_w = |r0: usize, rows: &[T]| {
+                                let r1 = r0 + rows.len() / d.max(1);
+                                dw_rows.sub(r0..r1).store::<T, _>(&mut s2, |dst| dst.copy_from_slice(rows))
+                            };
+                            dhv.all().store::<T, _>(&mut s1, |d_hidden| {
+                                let g = LinearGrads { d_hidden, d_weight: RowsOut::Rows(&mut store_w), d_bias: db.as_deref_mut() };
+                                crate::linear::linear_cross_entropy(&args, reduction, up, row_losses.as_deref_mut(), Some(g))
+                            })
+                        };
+                        if let (Some(dbv), Some(db)) = (dbv, &db) {
+                            dbv.all().store::<T, _>(&mut s3, |out| out.copy_from_slice(db));
+                        }
+                        res
                     }
                 };
                 if let (Some(lv), Some(rl)) = (lv.as_mut(), &row_losses) {
@@ -272,6 +331,11 @@ fn rename_weight(py: Python<'_>, e: PyErr) -> PyErr {
 ///     A weight per class, shape `(V,)` (`cross_entropy`'s `weight`).
 /// ignore_index, reduction, label_smoothing, z_loss, softcap
 ///     As in `cross_entropy`.
+/// max_memory_bytes : int, optional
+///     The scratch the call may use (16 MiB by default): blocks of logits, float16/bfloat16
+///     operands widened block by block, the GEMMs' packing. It never grows with `V` nor with
+///     the thread count; a larger budget lets a row block's logits be kept (three products
+///     instead of four for the gradients).
 ///
 /// Returns
 /// -------
@@ -286,7 +350,7 @@ fn rename_weight(py: Python<'_>, e: PyErr) -> PyErr {
 /// >>> sce_rs.linear_cross_entropy(h, w, np.array([0, 1])).round(4)
 /// np.float64(0.3526)
 #[pyfunction]
-#[pyo3(signature = (hidden, weight, target, bias=None, *, class_weight=None, ignore_index=Int(-100), reduction="mean", label_smoothing=Real(0.0), z_loss=Real(0.0), softcap=None), text_signature = "(hidden, weight, target, bias=None, *, class_weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None)")]
+#[pyo3(signature = (hidden, weight, target, bias=None, *, class_weight=None, ignore_index=Int(-100), reduction="mean", label_smoothing=Real(0.0), z_loss=Real(0.0), softcap=None, max_memory_bytes=Int(DEFAULT_MAX_MEMORY as i64)), text_signature = "(hidden, weight, target, bias=None, *, class_weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None, max_memory_bytes=16777216)")]
 #[allow(clippy::too_many_arguments)]
 pub fn linear_cross_entropy<'py>(
     py: Python<'py>,
@@ -300,6 +364,7 @@ pub fn linear_cross_entropy<'py>(
     label_smoothing: Real,
     z_loss: Real,
     softcap: Option<Real>,
+    max_memory_bytes: Int,
 ) -> PyResult<Bound<'py, PyAny>> {
     let o = LinearArgs {
         bias,
@@ -310,6 +375,7 @@ pub fn linear_cross_entropy<'py>(
         z_loss: z_loss.0,
         softcap: softcap.map(|c| c.0),
         grad_output: None,
+        max_memory_bytes: max_memory_bytes.0,
     };
     linear(py, "linear_cross_entropy", false, hidden, weight, target, o)
 }
@@ -318,7 +384,7 @@ pub fn linear_cross_entropy<'py>(
 ///
 /// Parameters
 /// ----------
-/// hidden, weight, target, bias, class_weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+/// hidden, weight, target, bias, class_weight, ignore_index, reduction, label_smoothing, z_loss, softcap, max_memory_bytes
 ///     As in `linear_cross_entropy`.
 /// grad_output : array_like, optional
 ///     The upstream gradient: a scalar for a reduced loss, `(N,)` for `"none"`.
@@ -327,7 +393,7 @@ pub fn linear_cross_entropy<'py>(
 /// -------
 /// tuple
 ///     The loss, then the gradients of `hidden`, `weight` and (when given) `bias`, each in its
-///     operand's shape and dtype.
+///     operand's shape and dtype (accumulated in float32 for float16/bfloat16).
 ///
 /// Examples
 /// --------
@@ -339,7 +405,7 @@ pub fn linear_cross_entropy<'py>(
 /// array([[-0.2149,  0.1473],
 ///        [ 0.0463, -0.2168]])
 #[pyfunction]
-#[pyo3(signature = (hidden, weight, target, bias=None, *, class_weight=None, ignore_index=Int(-100), reduction="mean", label_smoothing=Real(0.0), z_loss=Real(0.0), softcap=None, grad_output=None), text_signature = "(hidden, weight, target, bias=None, *, class_weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=None)")]
+#[pyo3(signature = (hidden, weight, target, bias=None, *, class_weight=None, ignore_index=Int(-100), reduction="mean", label_smoothing=Real(0.0), z_loss=Real(0.0), softcap=None, grad_output=None, max_memory_bytes=Int(DEFAULT_MAX_MEMORY as i64)), text_signature = "(hidden, weight, target, bias=None, *, class_weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=None, max_memory_bytes=16777216)")]
 #[allow(clippy::too_many_arguments)]
 pub fn linear_cross_entropy_and_grad<'py>(
     py: Python<'py>,
@@ -354,6 +420,7 @@ pub fn linear_cross_entropy_and_grad<'py>(
     z_loss: Real,
     softcap: Option<Real>,
     grad_output: Option<&Bound<'py, PyAny>>,
+    max_memory_bytes: Int,
 ) -> PyResult<Bound<'py, PyAny>> {
     let o = LinearArgs {
         bias,
@@ -364,6 +431,7 @@ pub fn linear_cross_entropy_and_grad<'py>(
         z_loss: z_loss.0,
         softcap: softcap.map(|c| c.0),
         grad_output,
+        max_memory_bytes: max_memory_bytes.0,
     };
     linear(
         py,
