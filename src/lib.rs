@@ -61,7 +61,7 @@ fn check_rows(what: &str, len: usize, k: usize) -> Result<usize> {
             Err(Error::Shape(format!("{what}: k = 0 needs an empty slice")))
         };
     }
-    if len % k != 0 {
+    if !len.is_multiple_of(k) {
         return Err(Error::Shape(format!(
             "{what}: length {len} is not a multiple of the row length {k}"
         )));

@@ -118,7 +118,9 @@ impl Layout {
                 _ => false,
             };
         let off = self.row_offset(r0);
-        let aligned = (base as usize).wrapping_add(off as usize) % dtype.size() == 0;
+        let aligned = (base as usize)
+            .wrapping_add(off as usize)
+            .is_multiple_of(dtype.size());
         (rows_step_evenly && aligned).then_some(off)
     }
 
