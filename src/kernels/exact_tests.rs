@@ -15,7 +15,9 @@
 //! Before `log1p` these results were off by up to 100% (a loss of 0 for 4.2e-18).
 
 use crate::float::Float;
-use crate::linear::{linear_cross_entropy, LinUpstream, LinearCe, LinearGrads};
+use crate::linear::{
+    linear_cross_entropy, LinUpstream, LinearCe, LinearGrads, Operand, RowsOut, DEFAULT_MAX_MEMORY,
+};
 use crate::{CeOptions, Reduction};
 
 /// The bound of the module header for a row of `k` whose largest `|x - max|` that still adds
@@ -206,8 +208,8 @@ fn check_linear<T: Float>(v: usize) {
         let (_, rest, t) = reference(row);
         let tol = tol::<T>(v, spread(row));
         let a = LinearCe {
-            hidden: &[T::ONE],
-            weight: row,
+            hidden: Operand::Slice(&[T::ONE]),
+            weight: Operand::Slice(row),
             bias: None,
             targets: &[t as i64],
             ignore_index: -100,
@@ -215,11 +217,12 @@ fn check_linear<T: Float>(v: usize) {
             d: 1,
             v,
             opts: &opts,
+            max_memory: DEFAULT_MAX_MEMORY,
         };
         let (mut dh, mut dw) = (vec![T::ZERO; 1], vec![T::ZERO; v]);
         let grads = LinearGrads {
             d_hidden: &mut dh,
-            d_weight: &mut dw,
+            d_weight: RowsOut::Slice(&mut dw),
             d_bias: None,
         };
         let up = LinUpstream::Scalar(1.0);
