@@ -1,6 +1,7 @@
-"""The cross-language table: sce_rs's Rust API and the Rust peers (from the criterion run of
-benches/peers), then sce_rs from Python, PyTorch and JAX timed now on the same shapes, in the
-same mode (every result allocated fresh, as candle's are), printed as Markdown.
+"""The cross-language table: sce_rs's Rust API and the Rust peers, candle-nn and burn (from the
+criterion run of benches/peers; burn's column is empty unless it ran with `--features burn`),
+then sce_rs from Python, PyTorch and JAX timed now on the same shapes, in the same mode (every
+result allocated fresh, as the Rust peers' are), printed as Markdown.
 
     make bench-peers                       # cargo bench in benches/peers, then this script
     .venv/bin/python benchmarks/rust_peers_table.py [--threads 1] [--repeat 7] [--json FILE]
@@ -91,6 +92,7 @@ def main() -> None:
             row: dict[str, float | None] = {
                 "sce_rs (Rust)": rust.get((group, op, "sce_rs")),
                 "candle (Rust)": rust.get((group, op, "candle")),
+                "burn (Rust)": rust.get((group, op, "burn")),
             }
             row["sce_rs (Python)"] = measure.time_it(
                 sce_rs_allocating(op, x, t), args.repeat, per_call
@@ -105,7 +107,7 @@ def main() -> None:
 
     info = report.machine(args.threads)
     print(f"{report.heading(info, args.repeat)}; Rust: criterion medians, benches/peers\n")
-    cols = ["sce_rs (Rust)", "sce_rs (Python)", "candle (Rust)", *PYTHON_PEERS]
+    cols = ["sce_rs (Rust)", "sce_rs (Python)", "candle (Rust)", "burn (Rust)", *PYTHON_PEERS]
     print("| case | op | " + " | ".join(cols) + " |")
     print("| --- | --- |" + " ---: |" * len(cols))
     for r in rows:

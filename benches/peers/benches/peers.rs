@@ -8,6 +8,11 @@
 //! `softmax_out` row (into a reused buffer) has no candle counterpart and is a yardstick only.
 //! Every call reads the same inputs: neither library writes over them.
 //!
+//! With the `burn` feature, burn 0.22 on its pure-Rust CPU backend (`Device::flex()`; burn 0.22
+//! deprecated its ndarray backend for this one): `activation::softmax`, `activation::log_softmax`,
+//! and for the loss over class indices what burn-nn's `CrossEntropyLoss` computes,
+//! `log_softmax` then `gather` then `mean` (burn-tensor's own `loss` takes probabilities).
+//!
 //! `make bench-peers` (this crate's `cargo bench`, then benchmarks/rust_peers_table.py for the
 //! table), or a filter: `cargo bench -- 8192x1000`. Threads: `SCE_RS_BENCH_THREADS` (default 1)
 //! for sce_rs's pool and candle's (Rayon's global pool, through `RAYON_NUM_THREADS`).
@@ -38,7 +43,17 @@ impl Stream {
     }
 }
 
-fn rows<T: Float + WithDType>(c: &mut Criterion, dtype: &str, n: usize, k: usize) {
+/// The element types every library here takes (f32, f64).
+#[cfg(not(feature = "burn"))]
+trait Elem: Float + WithDType {}
+#[cfg(not(feature = "burn"))]
+impl<T: Float + WithDType> Elem for T {}
+#[cfg(feature = "burn")]
+trait Elem: Float + WithDType + burn_tensor::Element {}
+#[cfg(feature = "burn")]
+impl<T: Float + WithDType + burn_tensor::Element> Elem for T {}
+
+fn rows<T: Elem>(c: &mut Criterion, dtype: &str, n: usize, k: usize) {
     let mut s = Stream(0x9E37_79B9_7F4A_7C15);
     let x: Vec<T> = s.logits(n * k);
     let t = s.targets(n, k);
@@ -125,7 +140,53 @@ fn rows<T: Float + WithDType>(c: &mut Criterion, dtype: &str, n: usize, k: usize
             (loss.to_scalar::<T>().unwrap(), grad)
         })
     });
+    #[cfg(feature = "burn")]
+    burn::rows(&mut g, &x, &t, n, k);
     g.finish();
+}
+
+#[cfg(feature = "burn")]
+mod burn {
+    use burn_tensor::{activation, Device, Int, Tensor, TensorData};
+    use criterion::measurement::WallTime;
+    use criterion::{BenchmarkGroup, BenchmarkId};
+    use std::hint::black_box;
+
+    /// burn's rows of one group; every op ends with a device sync, so that nothing is left
+    /// pending when the clock stops.
+    pub fn rows<T: sce_rs::Float + burn_tensor::Element>(
+        g: &mut BenchmarkGroup<'_, WallTime>,
+        x: &[T],
+        t: &[i64],
+        n: usize,
+        k: usize,
+    ) {
+        let device = Device::flex();
+        let xt = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [n, k]), &device);
+        let tt = Tensor::<2, Int>::from_data(TensorData::new(t.to_vec(), [n, 1]), &device);
+        let sync = || device.sync().unwrap();
+        g.bench_function(BenchmarkId::new("softmax", "burn"), |b| {
+            b.iter(|| {
+                let y = activation::softmax(black_box(xt.clone()), 1);
+                sync();
+                y
+            })
+        });
+        g.bench_function(BenchmarkId::new("log_softmax", "burn"), |b| {
+            b.iter(|| {
+                let y = activation::log_softmax(black_box(xt.clone()), 1);
+                sync();
+                y
+            })
+        });
+        g.bench_function(BenchmarkId::new("cross_entropy", "burn"), |b| {
+            b.iter(|| {
+                let lp = activation::log_softmax(black_box(xt.clone()), 1);
+                let loss = lp.gather(1, tt.clone()).mean().neg();
+                loss.into_scalar::<f64>()
+            })
+        });
+    }
 }
 
 fn all(c: &mut Criterion) {
