@@ -76,6 +76,10 @@ fn rows<T: Elem>(c: &mut Criterion, dtype: &str, n: usize, k: usize) {
 
     let mut g = c.benchmark_group(format!("{dtype} {n}x{k}"));
     g.throughput(Throughput::Elements((n * k) as u64));
+    // Thirteen rows a group: shorter than criterion's defaults, so the whole run takes minutes.
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
     if n * k >= 1 << 20 {
         g.sample_size(10).measurement_time(Duration::from_secs(3));
     }
