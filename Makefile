@@ -70,3 +70,11 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) target
+
+## bench-peers: sce_rs's Rust API against candle-nn and burn (benches/peers: a crate of its own, which
+## `cargo test`, `cargo bench` and the wheel never compile), then the cross-language table with
+## sce_rs from Python, PyTorch and JAX on the same shapes
+.PHONY: bench-peers
+bench-peers: dev
+	cd benches/peers && cargo bench --bench peers --features burn
+	$(PY) benchmarks/rust_peers_table.py

@@ -1,0 +1,1 @@
+//! Nothing but the benches (benches/peers.rs): see Cargo.toml.
