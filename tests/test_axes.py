@@ -113,8 +113,14 @@ def ref_scaled(x, b, axis):
 def test_b_and_return_sign(axis):
     rng = np.random.default_rng(5)
     x = rng.normal(size=SHAPE)
-    for b in (rng.uniform(0.1, 2, SHAPE), rng.normal(size=SHAPE), rng.normal(size=5),
-              rng.uniform(size=(4, 1)), np.float64(3.0), np.zeros(SHAPE)):
+    for b in (
+        rng.uniform(0.1, 2, SHAPE),
+        rng.normal(size=SHAPE),
+        rng.normal(size=5),
+        rng.uniform(size=(4, 1)),
+        np.float64(3.0),
+        np.zeros(SHAPE),
+    ):
         want, sign = ref_scaled(x, b, axis)
         lse, s = sce_rs.logsumexp(x, axis=axis, b=b, return_sign=True)
         assert_close(lse, want)
@@ -136,9 +142,12 @@ def test_b_edge_values_and_dtypes():
     assert np.isnan(sce_rs.logsumexp([1.0, 2.0], b=[1.0, np.nan]))
     assert np.isnan(sce_rs.logsumexp([np.inf, 2.0], b=[0.0, 1.0]))  # inf * 0
     assert sce_rs.logsumexp([1.0, 2.0], b=[1.0, 0.0]) == 1.0
-    for xd, bd, want in [(np.float32, np.float32, np.float32), (np.float32, np.float64,
-                         np.float64), (np.int64, np.int32, np.float64),
-                         (np.float32, np.int8, np.float32)]:
+    for xd, bd, want in [
+        (np.float32, np.float32, np.float32),
+        (np.float32, np.float64, np.float64),
+        (np.int64, np.int32, np.float64),
+        (np.float32, np.int8, np.float32),
+    ]:
         r = sce_rs.logsumexp(np.array([2, 1], xd), b=np.array([1, 2], bd))
         assert r.dtype == want
         assert_close(r, np.log(np.exp(2) + 2 * np.exp(1)), np.empty(0, want))

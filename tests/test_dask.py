@@ -81,9 +81,10 @@ def test_class_axis_and_chunks_along_it():
         np.testing.assert_array_equal(got.compute(), want)
     assert_reduced(sd.cross_entropy(dx, dt, axis=1), sce_rs.cross_entropy(x, t, axis=1))
     logp = sce_rs.log_softmax(x, axis=1)
-    assert_reduced(sd.nll_loss(da.from_array(logp, chunks=(3, 9, 5)), dt, axis=1,
-                               weight=np.arange(1.0, 10.0)),
-                   sce_rs.nll_loss(logp, t, axis=1, weight=np.arange(1.0, 10.0)))
+    assert_reduced(
+        sd.nll_loss(da.from_array(logp, chunks=(3, 9, 5)), dt, axis=1, weight=np.arange(1.0, 10.0)),
+        sce_rs.nll_loss(logp, t, axis=1, weight=np.arange(1.0, 10.0)),
+    )
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -93,10 +94,10 @@ def test_binary_losses(reduction):
     y = rng.random(size=(50, 6)).astype(np.float32)
     w, pw = np.linspace(0.5, 1.5, 6), np.linspace(0.1, 4.0, 6)
     dx, dy = da.from_array(x, chunks=(9, 4)), da.from_array(y, chunks=(20, 6))
-    got = sd.binary_cross_entropy_with_logits(dx, dy, weight=w, pos_weight=pw,
-                                              reduction=reduction)
-    want = sce_rs.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=pw,
-                                                   reduction=reduction)
+    got = sd.binary_cross_entropy_with_logits(dx, dy, weight=w, pos_weight=pw, reduction=reduction)
+    want = sce_rs.binary_cross_entropy_with_logits(
+        x, y, weight=w, pos_weight=pw, reduction=reduction
+    )
     p = sce_rs.softmax(x)
     got_p = sd.binary_cross_entropy(da.from_array(p, chunks=7), dy, reduction=reduction)
     want_p = sce_rs.binary_cross_entropy(p, y, reduction=reduction)
@@ -133,15 +134,21 @@ def test_on_a_local_cluster():
     chunks equals the single-machine mean, and the gradient is the same array."""
     x, t = data(np.float32, n=4000, k=300, seed=3)
     weight = np.linspace(0.1, 3.0, 300)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         dx, dt = chunked(x, 500), chunked(t, 500)
         loss, grad = sd.cross_entropy_and_grad(dx, dt, weight=weight, label_smoothing=0.05)
         loss, grad = client.compute([loss, grad], sync=True)
         workers = client.run(lambda: __import__("os").getpid())
         assert len(set(workers.values())) == 2
-    want_loss, want_grad = sce_rs.cross_entropy_and_grad(x, t, weight=weight,
-                                                         label_smoothing=0.05)
+    want_loss, want_grad = sce_rs.cross_entropy_and_grad(x, t, weight=weight, label_smoothing=0.05)
     np.testing.assert_allclose(loss, want_loss, rtol=REDUCED_RTOL[np.float32], atol=0)
     assert_close(grad, want_grad)

@@ -38,12 +38,18 @@ def test_equals_optax_on_its_documented_cases():
     soft = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     idx = jnp.array([0, 1])
     for ours, theirs in (
-        (sj.cross_entropy(logits, soft, reduction="none"),
-         optax.softmax_cross_entropy(logits, soft)),
-        (sj.cross_entropy(logits, idx, reduction="none"),
-         optax.softmax_cross_entropy_with_integer_labels(logits, idx)),
-        (sj.binary_cross_entropy_with_logits(logits, soft, reduction="none"),
-         optax.sigmoid_binary_cross_entropy(logits, soft)),
+        (
+            sj.cross_entropy(logits, soft, reduction="none"),
+            optax.softmax_cross_entropy(logits, soft),
+        ),
+        (
+            sj.cross_entropy(logits, idx, reduction="none"),
+            optax.softmax_cross_entropy_with_integer_labels(logits, idx),
+        ),
+        (
+            sj.binary_cross_entropy_with_logits(logits, soft, reduction="none"),
+            optax.sigmoid_binary_cross_entropy(logits, soft),
+        ),
     ):
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
         assert_close(np.asarray(ours), np.asarray(theirs))
@@ -58,12 +64,18 @@ def test_equals_optax_with_gradients(axis):
     soft = jax.nn.softmax(jnp.asarray(rng.normal(size=x.shape)), axis=axis)
     probs = jnp.asarray(rng.uniform(size=x.shape))
     pairs = [
-        (lambda x: sj.cross_entropy(x, idx, axis=axis, reduction="none"),
-         lambda x: optax.softmax_cross_entropy_with_integer_labels(x, idx, axis=axis)),
-        (lambda x: sj.cross_entropy(x, soft, axis=axis, reduction="none"),
-         lambda x: optax.softmax_cross_entropy(x, soft, axis=axis)),
-        (lambda x: sj.binary_cross_entropy_with_logits(x, probs, reduction="none"),
-         lambda x: optax.sigmoid_binary_cross_entropy(x, probs)),
+        (
+            lambda x: sj.cross_entropy(x, idx, axis=axis, reduction="none"),
+            lambda x: optax.softmax_cross_entropy_with_integer_labels(x, idx, axis=axis),
+        ),
+        (
+            lambda x: sj.cross_entropy(x, soft, axis=axis, reduction="none"),
+            lambda x: optax.softmax_cross_entropy(x, soft, axis=axis),
+        ),
+        (
+            lambda x: sj.binary_cross_entropy_with_logits(x, probs, reduction="none"),
+            lambda x: optax.sigmoid_binary_cross_entropy(x, probs),
+        ),
     ]
     for ours, theirs in pairs:
         assert_close(np.asarray(jax.jit(ours)(x)), np.asarray(theirs(x)))
@@ -82,10 +94,10 @@ def test_reductions_and_options_equal_the_numpy_kernels():
     t = jnp.asarray(rng.integers(0, 5, 7)).at[3].set(-100)
     cw = jnp.asarray(rng.uniform(0.5, 1.5, 5))
     for reduction in ("mean", "sum", "none"):
-        opts = dict(weight=cw, reduction=reduction, label_smoothing=0.1, z_loss=0.01,
-                    softcap=4.0)
-        loss, grad = sce_rs.cross_entropy_and_grad(np.asarray(x), np.asarray(t), **{
-            **opts, "weight": np.asarray(cw)})
+        opts = dict(weight=cw, reduction=reduction, label_smoothing=0.1, z_loss=0.01, softcap=4.0)
+        loss, grad = sce_rs.cross_entropy_and_grad(
+            np.asarray(x), np.asarray(t), **{**opts, "weight": np.asarray(cw)}
+        )
         f = jax.jit(lambda x, opts=opts: sj.cross_entropy(x, t, **opts).sum())
         assert_close(np.asarray(f(x)), np.sum(loss))
         assert_close(np.asarray(jax.grad(f)(x)), grad)
@@ -100,16 +112,30 @@ def test_check_grads_float64(reduction):
     w = jnp.asarray(rng.normal(size=(5, 3)))
     b = jnp.asarray(rng.normal(size=5))
     kw = dict(reduction=reduction)
-    check_grads(lambda x: sj.cross_entropy(x, t, label_smoothing=0.1, **kw), (x,), order=1,
-                modes=["rev"])
-    check_grads(lambda x: sj.cross_entropy(x, soft, z_loss=0.01, **kw), (x,), order=1,
-                modes=["rev"])
-    check_grads(lambda x: sj.binary_cross_entropy_with_logits(x, soft, pos_weight=b, **kw),
-                (x,), order=1, modes=["rev"])
-    check_grads(lambda h, w, b: sj.linear_cross_entropy(h, w, t, b, softcap=3.0, **kw),
-                (h, w, b), order=1, modes=["rev"])
-    check_grads(lambda h, w: sj.linear_cross_entropy(h, w, t, class_weight=b ** 2, **kw),
-                (h, w), order=1, modes=["rev"])
+    check_grads(
+        lambda x: sj.cross_entropy(x, t, label_smoothing=0.1, **kw), (x,), order=1, modes=["rev"]
+    )
+    check_grads(
+        lambda x: sj.cross_entropy(x, soft, z_loss=0.01, **kw), (x,), order=1, modes=["rev"]
+    )
+    check_grads(
+        lambda x: sj.binary_cross_entropy_with_logits(x, soft, pos_weight=b, **kw),
+        (x,),
+        order=1,
+        modes=["rev"],
+    )
+    check_grads(
+        lambda h, w, b: sj.linear_cross_entropy(h, w, t, b, softcap=3.0, **kw),
+        (h, w, b),
+        order=1,
+        modes=["rev"],
+    )
+    check_grads(
+        lambda h, w: sj.linear_cross_entropy(h, w, t, class_weight=b**2, **kw),
+        (h, w),
+        order=1,
+        modes=["rev"],
+    )
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -126,8 +152,9 @@ def test_linear_equals_the_materialized_logits(reduction):
         return (sj.cross_entropy(x @ w.T + b, t, reduction=reduction) ** 2).sum()
 
     assert_close(np.asarray(jax.jit(fused)(x, w, b)), np.asarray(plain(x, w, b)))
-    for a, e in zip(jax.jit(jax.grad(fused, (0, 1, 2)))(x, w, b),
-                    jax.grad(plain, (0, 1, 2))(x, w, b)):
+    for a, e in zip(
+        jax.jit(jax.grad(fused, (0, 1, 2)))(x, w, b), jax.grad(plain, (0, 1, 2))(x, w, b)
+    ):
         assert_close(np.asarray(a), np.asarray(e))
 
 

@@ -38,8 +38,7 @@ print(sce_rs.__version__, sce_rs.simd_backend())
 
 
 def run(*args, **kwargs):
-    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=900,
-                          **kwargs)
+    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=900, **kwargs)
 
 
 def fresh_venv(path: Path) -> Path:
@@ -69,8 +68,16 @@ def test_wheel_is_abi3_and_works_in_a_fresh_venv(dist, tmp_path):
     # One wheel for every CPython from 3.9 on: the stable ABI, built for the lowest version.
     assert "-cp39-abi3-" in wheel.name, wheel.name
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("torch.py", "_torch_ops.py", "jax.py", "dask.py", "_interop.py", "_axes.py",
-                   "py.typed", "_sce_rs.pyi"):
+    for module in (
+        "torch.py",
+        "_torch_ops.py",
+        "jax.py",
+        "dask.py",
+        "_interop.py",
+        "_axes.py",
+        "py.typed",
+        "_sce_rs.pyi",
+    ):
         assert f"sce_rs/{module}" in names
     assert install_and_check(tmp_path, str(wheel)).startswith("0.")
 

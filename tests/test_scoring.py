@@ -304,10 +304,12 @@ def test_property_any_values_any_axis(data):
     t = data.draw(hnp.arrays(np.int64, rows, elements=st.integers(-1, k - 1)))
     top_k = data.draw(st.integers(0, k))
     temperature = data.draw(st.sampled_from([1.0, 0.5, 3.0]))
-    got = sce_rs.token_logprobs(x, t, axis=axis, ignore_index=-1, top_k=top_k,
-                                temperature=temperature)
-    want = ref.token_logprobs(x, t, axis=axis, ignore_index=-1, top_k=top_k,
-                              temperature=temperature)
+    got = sce_rs.token_logprobs(
+        x, t, axis=axis, ignore_index=-1, top_k=top_k, temperature=temperature
+    )
+    want = ref.token_logprobs(
+        x, t, axis=axis, ignore_index=-1, top_k=top_k, temperature=temperature
+    )
     assert_scores(got, want, x)
 
 

@@ -17,8 +17,12 @@ from test_linear import assert_gemm_close  # noqa: E402
 import sce_rs.torch as st  # noqa: E402  (after the skip: it imports torch)
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
-         torch.bfloat16: "bfloat16"}
+NAMES = {
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+}
 
 
 def np_of(t):
@@ -59,16 +63,18 @@ def ce_case(shape, soft, options, seed=0):
     k = shape[1] if len(shape) > 1 else shape[0]
     tshape = shape[:1] + shape[2:] if len(shape) > 1 else ()
     if soft:
-        target = torch.softmax(torch.randn(shape, generator=gen, dtype=torch.float64), dim=1 if
-                               len(shape) > 1 else 0)
+        target = torch.softmax(
+            torch.randn(shape, generator=gen, dtype=torch.float64), dim=1 if len(shape) > 1 else 0
+        )
     else:
         target = torch.randint(0, k, tshape, generator=gen)
         if options and target.dim():
             target.view(-1)[1] = 7  # ignored
     kw = {}
     if options:
-        kw = dict(weight=torch.rand(k, generator=gen, dtype=torch.float64) + 0.5,
-                  label_smoothing=0.2)
+        kw = dict(
+            weight=torch.rand(k, generator=gen, dtype=torch.float64) + 0.5, label_smoothing=0.2
+        )
         if not soft:  # PyTorch refuses ignore_index with probability targets
             kw["ignore_index"] = 7
     return x, target, kw
@@ -84,9 +90,13 @@ def test_cross_entropy_matches_torch(shape, options, soft, reduction, dtype):
     weight = kw.pop("weight", None)
 
     def ours(a):
-        return st.cross_entropy(a, target.to(dtype) if soft else target,
-                                weight=None if weight is None else weight.to(dtype),
-                                reduction=reduction, **kw)
+        return st.cross_entropy(
+            a,
+            target.to(dtype) if soft else target,
+            weight=None if weight is None else weight.to(dtype),
+            reduction=reduction,
+            **kw,
+        )
 
     def ref(a):
         return F.cross_entropy(a, target, weight=weight, reduction=reduction, **kw)
@@ -105,10 +115,13 @@ def test_bce_with_logits_matches_torch(shape, reduction, dtype):
     pw = torch.rand(shape[-1:], generator=gen, dtype=torch.float64) * 3
     check_against_torch(
         lambda a: st.binary_cross_entropy_with_logits(
-            a, y.to(dtype), w.to(dtype), reduction=reduction, pos_weight=pw.to(dtype)),
-        lambda a: F.binary_cross_entropy_with_logits(
-            a, y, w, reduction=reduction, pos_weight=pw),
-        [x], reduction, dtype)
+            a, y.to(dtype), w.to(dtype), reduction=reduction, pos_weight=pw.to(dtype)
+        ),
+        lambda a: F.binary_cross_entropy_with_logits(a, y, w, reduction=reduction, pos_weight=pw),
+        [x],
+        reduction,
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=NAMES.get)
@@ -124,16 +137,26 @@ def test_linear_cross_entropy_matches_torch(options, reduction, dtype):
     kw = {}
     if options:
         t[3] = -5
-        kw = dict(weight=torch.rand(v, generator=gen, dtype=torch.float64) + 0.5,
-                  ignore_index=-5, label_smoothing=0.1)
+        kw = dict(
+            weight=torch.rand(v, generator=gen, dtype=torch.float64) + 0.5,
+            ignore_index=-5,
+            label_smoothing=0.1,
+        )
     cw = kw.pop("weight", None)
     ours_in = [a.to(dtype).clone().requires_grad_() for a in (h, w, b)]
     ref_in = [a.clone().requires_grad_() for a in (h, w, b)]
-    ours = st.linear_cross_entropy(ours_in[0], ours_in[1], t, linear_bias=ours_in[2],
-                                   weight=None if cw is None else cw.to(dtype),
-                                   reduction=reduction, **kw)
-    ref = F.linear_cross_entropy(ref_in[0], ref_in[1], t, linear_bias=ref_in[2], weight=cw,
-                                 reduction=reduction, **kw)
+    ours = st.linear_cross_entropy(
+        ours_in[0],
+        ours_in[1],
+        t,
+        linear_bias=ours_in[2],
+        weight=None if cw is None else cw.to(dtype),
+        reduction=reduction,
+        **kw,
+    )
+    ref = F.linear_cross_entropy(
+        ref_in[0], ref_in[1], t, linear_bias=ref_in[2], weight=cw, reduction=reduction, **kw
+    )
     g = torch.rand(ref.shape, generator=gen, dtype=torch.float64) + 0.5
     ours.backward(g.to(dtype))
     ref.backward(g)
@@ -165,12 +188,22 @@ def test_linear_cross_entropy_unbatched_and_half():
 GRADCHECK_CASES = {
     "ce-index": lambda x, t, p: st.cross_entropy(x, t, reduction="sum"),
     "ce-options": lambda x, t, p: st.cross_entropy(
-        x, t, weight=torch.arange(1.0, 6.0, dtype=torch.float64), ignore_index=2,
-        label_smoothing=0.3, z_loss=0.01, softcap=3.0),
+        x,
+        t,
+        weight=torch.arange(1.0, 6.0, dtype=torch.float64),
+        ignore_index=2,
+        label_smoothing=0.3,
+        z_loss=0.01,
+        softcap=3.0,
+    ),
     "ce-prob": lambda x, t, p: st.cross_entropy(x, p, reduction="none", label_smoothing=0.1),
     "bce": lambda x, t, p: st.binary_cross_entropy_with_logits(
-        x, p, torch.linspace(0.5, 1.5, 5, dtype=torch.float64),
-        pos_weight=torch.linspace(0.2, 3.0, 5, dtype=torch.float64), reduction="none"),
+        x,
+        p,
+        torch.linspace(0.5, 1.5, 5, dtype=torch.float64),
+        pos_weight=torch.linspace(0.2, 3.0, 5, dtype=torch.float64),
+        reduction="none",
+    ),
 }
 
 
@@ -192,8 +225,10 @@ def test_gradcheck_linear(reduction):
     t = torch.tensor([0, 8, 3, -100, 5, 1, 1])
     assert torch.autograd.gradcheck(
         lambda h, w, b: st.linear_cross_entropy(
-            h, w, t, linear_bias=b, reduction=reduction, label_smoothing=0.2, z_loss=0.01),
-        (h, w, b))
+            h, w, t, linear_bias=b, reduction=reduction, label_smoothing=0.2, z_loss=0.01
+        ),
+        (h, w, b),
+    )
 
 
 def test_modules_match_torch_modules():
@@ -202,15 +237,26 @@ def test_modules_match_torch_modules():
     t = torch.randint(0, 6, (10,), generator=gen)
     w = torch.rand(6, generator=gen, dtype=torch.float64)
     pairs = [
-        (st.CrossEntropyLoss(w, label_smoothing=0.1), torch.nn.CrossEntropyLoss(
-            w, label_smoothing=0.1), t),
+        (
+            st.CrossEntropyLoss(w, label_smoothing=0.1),
+            torch.nn.CrossEntropyLoss(w, label_smoothing=0.1),
+            t,
+        ),
         (st.CrossEntropyLoss(reduction="sum"), torch.nn.CrossEntropyLoss(reduction="sum"), t),
-        (st.BCEWithLogitsLoss(pos_weight=w), torch.nn.BCEWithLogitsLoss(pos_weight=w),
-         torch.rand(10, 6, generator=gen, dtype=torch.float64)),
+        (
+            st.BCEWithLogitsLoss(pos_weight=w),
+            torch.nn.BCEWithLogitsLoss(pos_weight=w),
+            torch.rand(10, 6, generator=gen, dtype=torch.float64),
+        ),
     ]
     with pytest.warns(UserWarning, match="size_average"):  # PyTorch's legacy arguments
-        pairs.append((st.CrossEntropyLoss(size_average=False),
-                      torch.nn.CrossEntropyLoss(size_average=False), t))
+        pairs.append(
+            (
+                st.CrossEntropyLoss(size_average=False),
+                torch.nn.CrossEntropyLoss(size_average=False),
+                t,
+            )
+        )
     for ours, ref, target in pairs:
         assert isinstance(ours, type(ref))
         assert_close(ours(x, target).item(), ref(x, target).item())
@@ -295,7 +341,8 @@ def test_layouts_and_zero_copy():
         view = st._to_numpy(x, "input")
         assert view.dtype.itemsize == x.element_size()
         assert view.ctypes.data == x.data_ptr() and view.strides == tuple(
-            s * x.element_size() for s in x.stride())
+            s * x.element_size() for s in x.stride()
+        )
 
 
 def test_memory_is_one_gradient_or_none():
@@ -344,10 +391,12 @@ def test_errors_are_clear():
 
 # torch.compile / torch.export: the losses are torch.library custom operators there.
 _needs_custom_op = pytest.mark.skipif(
-    not st._ops.AVAILABLE, reason="torch.library.custom_op needs PyTorch >= 2.4")
+    not st._ops.AVAILABLE, reason="torch.library.custom_op needs PyTorch >= 2.4"
+)
 # Inductor's own use of a deprecated torch API (torch 2.13), not ours.
 _inductor_warning = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+)
 
 
 def compiler_test(f):
@@ -371,15 +420,20 @@ def compile_cases():
     lin_mod = st.LinearCrossEntropyLoss(5, 7, bias=True, dtype=torch.float64)
     return [
         ("ce", lambda x: st.cross_entropy(x, t, z_loss=0.01), x),
-        ("ce_soft_none", lambda x: st.cross_entropy(
-            x, soft, reduction="none", label_smoothing=0.2, softcap=3.0), x),
+        (
+            "ce_soft_none",
+            lambda x: st.cross_entropy(x, soft, reduction="none", label_smoothing=0.2, softcap=3.0),
+            x,
+        ),
         ("ce_module", lambda x: 2 * ce_mod(x, t), x),
-        ("bce_none", lambda x: st.binary_cross_entropy_with_logits(
-            x, soft, reduction="none"), x),
+        ("bce_none", lambda x: st.binary_cross_entropy_with_logits(x, soft, reduction="none"), x),
         ("bce_module", lambda x: bce_mod(x, soft), x),
         ("linear", lambda x: st.linear_cross_entropy(x, w, t7, linear_bias=b), x),
-        ("linear_none", lambda x: st.linear_cross_entropy(
-            x, w, t7, reduction="none", label_smoothing=0.1), x),
+        (
+            "linear_none",
+            lambda x: st.linear_cross_entropy(x, w, t7, reduction="none", label_smoothing=0.1),
+            x,
+        ),
         ("linear_module", lambda x: 3 * lin_mod(x, t7), x),
     ]
 
@@ -396,8 +450,10 @@ def test_compile_fullgraph_equals_eager(case):
     for f in (fn, compiled):
         xi = x.clone().requires_grad_()
         loss = f(xi)
-        g = torch.rand(loss.shape, generator=torch.Generator().manual_seed(1),
-                       dtype=loss.dtype) + 0.5
+        g = (
+            torch.rand(loss.shape, generator=torch.Generator().manual_seed(1), dtype=loss.dtype)
+            + 0.5
+        )
         loss.backward(g)
         results.append((loss.detach(), xi.grad))
         with torch.no_grad():  # the loss-only operator
@@ -445,11 +501,17 @@ def test_export_gives_a_program_that_runs(which):
     torch.manual_seed(4)
     x = torch.randn(5, 4, dtype=torch.float64)
     if which == "ce":
-        model, t, op = _Head(st.CrossEntropyLoss(label_smoothing=0.1)), torch.tensor(
-            [0, 5, 2, 1, 3]), "cross_entropy"
+        model, t, op = (
+            _Head(st.CrossEntropyLoss(label_smoothing=0.1)),
+            torch.tensor([0, 5, 2, 1, 3]),
+            "cross_entropy",
+        )
     elif which == "bce":
-        model, t, op = _Head(st.BCEWithLogitsLoss()), torch.rand(
-            5, 6, dtype=torch.float64), "binary_cross_entropy_with_logits"
+        model, t, op = (
+            _Head(st.BCEWithLogitsLoss()),
+            torch.rand(5, 6, dtype=torch.float64),
+            "binary_cross_entropy_with_logits",
+        )
     else:
         model = st.LinearCrossEntropyLoss(4, 9, bias=True, dtype=torch.float64)
         t, op = torch.tensor([0, 8, 2, 1, 3]), "linear_cross_entropy"
@@ -484,8 +546,7 @@ def opcheck_cases():
             (bce + suffix, (r(4, 4), soft, cw, cw, "mean")),
             (bce + suffix, (r(3, 4), soft[:3], None, None, "none")),
             (lin + suffix, (r(4, 3), r(5, 3), r(5), t, None, -100, "mean", 0.0, 0.0, None)),
-            (lin + suffix, (r(4, 3), r(5, 3), None, t, cw[:1].expand(5), 3, "sum", 0.1, 0.0,
-                            2.0)),
+            (lin + suffix, (r(4, 3), r(5, 3), None, t, cw[:1].expand(5), 3, "sum", 0.1, 0.0, 2.0)),
         ]
     cases.append((lin, (r(4, 3), r(5, 3), r(5), t, None, -100, "none", 0.0, 0.01, None)))
     return cases
@@ -516,7 +577,8 @@ def test_operators_share_memory_with_numpy(monkeypatch):
     x = torch.randn(6, 9, dtype=torch.float32).t()  # non-contiguous: read in place too
     t = torch.randint(0, 6, (9,))
     loss, grad = torch.ops.sce_rs.cross_entropy_and_grad(
-        x, t, None, 1, -100, "none", 0.0, 0.0, None)
+        x, t, None, 1, -100, "none", 0.0, 0.0, None
+    )
     assert seen["x"].ctypes.data == x.data_ptr()
     assert grad.data_ptr() == seen["out"][1].ctypes.data
     assert loss.data_ptr() == seen["out"][0].ctypes.data
@@ -529,8 +591,9 @@ def test_operators_check_versions():
     lin = torch.nn.Linear(3, 5, dtype=torch.float64)
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True) * 1.0
     t = torch.tensor([0, 1, 2, 4])
-    loss = torch.ops.sce_rs.linear_cross_entropy(x, lin.weight, lin.bias, t, None, -100, "none",
-                                                 0.0, 0.0, None)
+    loss = torch.ops.sce_rs.linear_cross_entropy(
+        x, lin.weight, lin.bias, t, None, -100, "none", 0.0, 0.0, None
+    )
     with torch.no_grad():
         x.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -566,9 +629,10 @@ def test_inplace_is_eager_only():
     h = torch.randn(4, 3)
     lin = torch.nn.Linear(3, 5)
     t = torch.tensor([0, 1, 2, 4])
-    for loss in (lambda: st.cross_entropy(lin(h), t, inplace=True),
-                 lambda: st.binary_cross_entropy_with_logits(lin(h), torch.rand(4, 5),
-                                                             inplace=True)):
+    for loss in (
+        lambda: st.cross_entropy(lin(h), t, inplace=True),
+        lambda: st.binary_cross_entropy_with_logits(lin(h), torch.rand(4, 5), inplace=True),
+    ):
         with pytest.raises(Exception, match="eagerly only"):
             torch.compile(loss, fullgraph=True, backend="eager")()
         loss().backward()  # eagerly it works as before
@@ -588,8 +652,10 @@ def test_training_loop_follows_torch(variant):
     labels = (data[:, :5].argmax(1) + (data[:, 5] > 1).long()) % 5
     models = [mlp(0).double(), mlp(0).double()]
     if variant == "linear_head":
-        heads = [torch.nn.LinearCrossEntropyLoss(32, 5, bias=True, dtype=torch.float64),
-                 st.LinearCrossEntropyLoss(32, 5, bias=True, dtype=torch.float64)]
+        heads = [
+            torch.nn.LinearCrossEntropyLoss(32, 5, bias=True, dtype=torch.float64),
+            st.LinearCrossEntropyLoss(32, 5, bias=True, dtype=torch.float64),
+        ]
         heads[1].load_state_dict(heads[0].state_dict())
         models = [torch.nn.ModuleList([m[:2], h]) for m, h in zip(models, heads)]
     opts = [torch.optim.SGD(m.parameters(), lr=0.5, momentum=0.9) for m in models]
@@ -603,9 +669,13 @@ def test_training_loop_follows_torch(variant):
                 loss = model[1](model[0](data[batch]), labels[batch])
             else:
                 logits = model(data[batch])
-                loss = (F.cross_entropy(logits, labels[batch], label_smoothing=0.05) if i == 0
-                        else st.cross_entropy(logits, labels[batch], label_smoothing=0.05,
-                                              inplace=variant == "inplace"))
+                loss = (
+                    F.cross_entropy(logits, labels[batch], label_smoothing=0.05)
+                    if i == 0
+                    else st.cross_entropy(
+                        logits, labels[batch], label_smoothing=0.05, inplace=variant == "inplace"
+                    )
+                )
             loss.backward()
             opt.step()
             losses.append(loss.item())

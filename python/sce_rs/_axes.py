@@ -124,8 +124,11 @@ def logsumexp(
 
 def _shaped(r: Any, shape: tuple, axes: tuple, keepdims: bool) -> Any:
     """A reduction's result over `axes` of an array of `shape`, NumPy's way."""
-    kept = (1 if i in axes else n for i, n in enumerate(shape)) if keepdims else (
-        n for i, n in enumerate(shape) if i not in axes)
+    kept = (
+        (1 if i in axes else n for i, n in enumerate(shape))
+        if keepdims
+        else (n for i, n in enumerate(shape) if i not in axes)
+    )
     r = np.asarray(r).reshape(tuple(kept))
     return r[()] if r.ndim == 0 else r
 
@@ -149,8 +152,11 @@ def _scaled(x: np.ndarray, b: np.ndarray, axes: tuple[int, ...]) -> tuple:
     hi, lo = np.maximum(lp, ln), np.minimum(lp, ln)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         # +inf on both sides is inf - inf: NaN, as SciPy gives.
-        lse = np.where(hi == np.inf, np.where(lo == np.inf, np.nan, np.inf),
-                       np.where(hi == -np.inf, -np.inf, hi + np.log1p(-np.exp(lo - hi))))
+        lse = np.where(
+            hi == np.inf,
+            np.where(lo == np.inf, np.nan, np.inf),
+            np.where(hi == -np.inf, -np.inf, hi + np.log1p(-np.exp(lo - hi))),
+        )
     sign = np.where(lp > ln, 1.0, np.where(lp < ln, -1.0, 0.0))
     lse = np.where(nan, np.nan, lse).astype(dtype, copy=False)
     sign = np.where(np.isnan(lse), np.nan, sign).astype(dtype, copy=False)

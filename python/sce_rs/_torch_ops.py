@@ -78,27 +78,54 @@ def _tensor(a: Any, dtype: torch.dtype) -> Tensor:
 
 # What each loss's arguments become in its NumPy kernel's call: (positional, keywords, the
 # differentiable tensors).
-def _ce_call(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss,
-             softcap):
-    kwargs = dict(axis=axis, weight=_np(weight, "weight"), ignore_index=ignore_index,
-                  reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-                  softcap=softcap)
+def _ce_call(
+    input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss, softcap
+):
+    kwargs = dict(
+        axis=axis,
+        weight=_np(weight, "weight"),
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
     return (_np(input, "input"), _np(target, "target")), kwargs, (input,)
 
 
 def _bce_call(input, target, weight, pos_weight, reduction):
-    kwargs = dict(weight=_np(weight, "weight"), pos_weight=_np(pos_weight, "pos_weight"),
-                  reduction=reduction)
+    kwargs = dict(
+        weight=_np(weight, "weight"), pos_weight=_np(pos_weight, "pos_weight"), reduction=reduction
+    )
     return (_np(input, "input"), _np(target, "target")), kwargs, (input,)
 
 
-def _linear_call(input, linear_weight, linear_bias, target, weight, ignore_index, reduction,
-                 label_smoothing, z_loss, softcap):
-    kwargs = dict(class_weight=_np(weight, "weight"), ignore_index=ignore_index,
-                  reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-                  softcap=softcap)
-    args = (_np(input, "input"), _np(linear_weight, "linear_weight"), _np(target, "target"),
-            _np(linear_bias, "linear_bias"))
+def _linear_call(
+    input,
+    linear_weight,
+    linear_bias,
+    target,
+    weight,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss,
+    softcap,
+):
+    kwargs = dict(
+        class_weight=_np(weight, "weight"),
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
+    args = (
+        _np(input, "input"),
+        _np(linear_weight, "linear_weight"),
+        _np(target, "target"),
+        _np(linear_bias, "linear_bias"),
+    )
     return args, kwargs, (input, linear_weight, linear_bias)
 
 
@@ -108,7 +135,7 @@ def _loss_shape(name: str, input: Tensor, reduction: str, axis: int | None) -> A
     if name == "linear_cross_entropy":
         return input.shape[:1]
     if name == "cross_entropy" and axis is not None:
-        return input.shape[:axis] + input.shape[axis + 1:] if input.dim() >= 2 else ()
+        return input.shape[:axis] + input.shape[axis + 1 :] if input.dim() >= 2 else ()
     return input.shape
 
 
@@ -128,8 +155,10 @@ def _define(name: str, schema: str, call: Callable, reduction_at: int) -> None:
         if len(grads) < n_grads:  # no bias: an empty stand-in (an operator returns tensors)
             grads.append(None)
         loss = _tensor(loss, wrt[0].dtype)
-        out = [torch.empty(0, dtype=wrt[0].dtype) if a is None else _tensor(a, t.dtype)
-               for a, t in zip(grads, wrt)]
+        out = [
+            torch.empty(0, dtype=wrt[0].dtype) if a is None else _tensor(a, t.dtype)
+            for a, t in zip(grads, wrt)
+        ]
         return (loss, *out)
 
     def loss_impl(*args):
@@ -151,8 +180,10 @@ def _define(name: str, schema: str, call: Callable, reduction_at: int) -> None:
         return input.new_empty(_loss_shape(name, input, reduction, axis))
 
     def fake_fused(*args):
-        grads = [args[0].new_empty(0) if t is None else args[0].new_empty(t.shape, dtype=t.dtype)
-                 for t in call_wrt(args)]  # contiguous, as the kernels' arrays are
+        grads = [
+            args[0].new_empty(0) if t is None else args[0].new_empty(t.shape, dtype=t.dtype)
+            for t in call_wrt(args)
+        ]  # contiguous, as the kernels' arrays are
         return (fake_loss(*args), *grads)
 
     def fake_grad(*args):
@@ -160,8 +191,12 @@ def _define(name: str, schema: str, call: Callable, reduction_at: int) -> None:
 
     def op(suffix, impl, extra_args, n_out):
         outs = "Tensor" if n_out == 1 else f"({', '.join(['Tensor'] * n_out)})"
-        return torch.library.custom_op(f"sce_rs::{name}{suffix}", impl, mutates_args=(),
-                                       schema=f"({schema}{extra_args}) -> {outs}")
+        return torch.library.custom_op(
+            f"sce_rs::{name}{suffix}",
+            impl,
+            mutates_args=(),
+            schema=f"({schema}{extra_args}) -> {outs}",
+        )
 
     loss_op = op("", loss_impl, "", 1)
     fused_op = op("_and_grad", fused_impl, "", 1 + n_grads)
@@ -197,8 +232,10 @@ def _define(name: str, schema: str, call: Callable, reduction_at: int) -> None:
         # The losses are linear in grad_output row by row: the gradient kept for
         # grad_output = 1 only needs scaling.
         if ctx.reduction == "none" and n_grads == 3:
-            raise RuntimeError("sce_rs::linear_cross_entropy_and_grad with reduction='none' "
-                               "cannot be scaled afterwards; use sce_rs::linear_cross_entropy")
+            raise RuntimeError(
+                "sce_rs::linear_cross_entropy_and_grad with reduction='none' "
+                "cannot be scaled afterwards; use sce_rs::linear_cross_entropy"
+            )
         if grad_output.dim() > 0 and ctx.axis is not None:
             grad_output = grad_output.unsqueeze(ctx.axis)
         grads = [g * grad_output.to(g.dtype) for g in ctx.saved_tensors]

@@ -78,9 +78,7 @@ def _divide(total: np.ndarray, count: np.ndarray) -> np.ndarray:
 
 
 def _mean(total: da.Array, count: Any, out: type) -> da.Array:
-    return da.blockwise(_divide, "", total, "", da.asarray(count), "", dtype=np.float64).astype(
-        out
-    )
+    return da.blockwise(_divide, "", total, "", da.asarray(count), "", dtype=np.float64).astype(out)
 
 
 def _rowwise(fn, x: Any, axis: int, name: str) -> da.Array:
@@ -106,8 +104,9 @@ def logsumexp(x: Any, axis: int = -1, *, keepdims: bool = False) -> da.Array:
     fn = functools.partial(sce_rs.logsumexp, axis=axis, keepdims=keepdims)
     # With keepdims the class axis (one chunk) comes back with length 1.
     adjust = {ix[axis]: 1} if keepdims else None
-    return da.blockwise(fn, out, x, ix, dtype=_float(x.dtype), concatenate=True,
-                        adjust_chunks=adjust)
+    return da.blockwise(
+        fn, out, x, ix, dtype=_float(x.dtype), concatenate=True, adjust_chunks=adjust
+    )
 
 
 class _Loss:
@@ -129,15 +128,17 @@ class _Loss:
                 f"axis={self.axis}: expected {rows_shape} (class indices) or {x.shape} "
                 "(probabilities)"
             )
-        chunks = x.chunks if self.soft else tuple(
-            c for i, c in enumerate(x.chunks) if i != self.axis)
+        chunks = (
+            x.chunks if self.soft else tuple(c for i, c in enumerate(x.chunks) if i != self.axis)
+        )
         self.x, self.t = x, t.rechunk(chunks)
         self.weight = None if weight is None else np.asarray(weight)
         self.ignore_index = ignore_index
 
     def map(self, fn, out: str, *extra: Any, dtype) -> da.Array:
-        return da.blockwise(fn, out, self.x, self.ix, self.t, self.it, *extra, dtype=dtype,
-                            concatenate=True)
+        return da.blockwise(
+            fn, out, self.x, self.ix, self.t, self.it, *extra, dtype=dtype, concatenate=True
+        )
 
     def denominator(self) -> Any:
         """What "mean" divides by, exactly as the single-machine kernel (and PyTorch) does."""
@@ -166,16 +167,32 @@ def _check_reduction(reduction: str, name: str) -> None:
         raise ValueError(f"{name}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def cross_entropy(input: Any, target: Any, *, axis: int = -1, weight: Any = None,
-                  ignore_index: int = -100, reduction: str = "mean", **options: Any) -> da.Array:
+def cross_entropy(
+    input: Any,
+    target: Any,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    **options: Any,
+) -> da.Array:
     """``sce_rs.cross_entropy`` over chunks, with exact reductions; ``options`` are
     ``label_smoothing``, ``z_loss`` and ``softcap``."""
-    return _multiclass("cross_entropy", input, target, axis, weight, ignore_index, reduction,
-                       options)
+    return _multiclass(
+        "cross_entropy", input, target, axis, weight, ignore_index, reduction, options
+    )
 
 
-def nll_loss(input: Any, target: Any, *, axis: int = -1, weight: Any = None,
-             ignore_index: int = -100, reduction: str = "mean") -> da.Array:
+def nll_loss(
+    input: Any,
+    target: Any,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> da.Array:
     """``sce_rs.nll_loss`` over chunks, with exact reductions."""
     return _multiclass("nll_loss", input, target, axis, weight, ignore_index, reduction, {})
 
@@ -183,37 +200,69 @@ def nll_loss(input: Any, target: Any, *, axis: int = -1, weight: Any = None,
 def _multiclass(name, input, target, axis, weight, ignore_index, reduction, options):
     _check_reduction(reduction, name)
     c = _Loss(name, input, target, axis, weight, ignore_index)
-    fn = functools.partial(getattr(sce_rs, name), axis=c.axis, weight=c.weight,
-                           ignore_index=ignore_index, reduction="none", **options)
+    fn = functools.partial(
+        getattr(sce_rs, name),
+        axis=c.axis,
+        weight=c.weight,
+        ignore_index=ignore_index,
+        reduction="none",
+        **options,
+    )
     per_row = c.map(fn, c.rows, dtype=_float(c.x.dtype))
     return c.reduce(per_row, reduction)
 
 
-def cross_entropy_and_grad(input: Any, target: Any, *, axis: int = -1, weight: Any = None,
-                           ignore_index: int = -100, reduction: str = "mean",
-                           grad_output: Any = None, **options: Any) -> tuple[da.Array, da.Array]:
+def cross_entropy_and_grad(
+    input: Any,
+    target: Any,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    grad_output: Any = None,
+    **options: Any,
+) -> tuple[da.Array, da.Array]:
     """``(loss, grad)`` as ``sce_rs.cross_entropy_and_grad``, both lazy. The gradient of each
     chunk is scaled by ``grad_output`` (divided by the whole mean's denominator for "mean")
     inside the fused kernel; the loss takes a second, read-only pass."""
-    loss = cross_entropy(input, target, axis=axis, weight=weight, ignore_index=ignore_index,
-                         reduction=reduction, **options)
+    loss = cross_entropy(
+        input,
+        target,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        **options,
+    )
     c = _Loss("cross_entropy_and_grad", input, target, axis, weight, ignore_index)
 
     def kernel(xb: Any, tb: Any, **call: Any) -> Any:
-        return sce_rs.cross_entropy_and_grad(xb, tb, axis=c.axis, weight=c.weight,
-                                             ignore_index=ignore_index, **options, **call)
+        return sce_rs.cross_entropy_and_grad(
+            xb, tb, axis=c.axis, weight=c.weight, ignore_index=ignore_index, **options, **call
+        )
 
     g = 1.0 if grad_output is None else grad_output
     if reduction == "none":
         g = da.broadcast_to(da.asarray(g), loss.shape).rechunk(loss.chunks)
-        grad = c.map(lambda xb, tb, gb: kernel(xb, tb, reduction="none", grad_output=gb)[1],
-                     c.ix, g, c.rows, dtype=_float(c.x.dtype))
+        grad = c.map(
+            lambda xb, tb, gb: kernel(xb, tb, reduction="none", grad_output=gb)[1],
+            c.ix,
+            g,
+            c.rows,
+            dtype=_float(c.x.dtype),
+        )
         return loss, grad
     scale = da.asarray(g, dtype=np.float64)
     if reduction == "mean":
         scale = _mean(scale, c.denominator(), np.float64)
-    grad = c.map(lambda xb, tb, s: kernel(xb, tb, reduction="sum", grad_output=s)[1],
-                 c.ix, scale, "", dtype=_float(c.x.dtype))
+    grad = c.map(
+        lambda xb, tb, s: kernel(xb, tb, reduction="sum", grad_output=s)[1],
+        c.ix,
+        scale,
+        "",
+        dtype=_float(c.x.dtype),
+    )
     return loss, grad
 
 
@@ -241,18 +290,24 @@ def _elementwise(name, input, target, reduction, arrays):
     return total.astype(out) if reduction == "sum" else _mean(total, x.size, out)
 
 
-def binary_cross_entropy(input: Any, target: Any, *, weight: Any = None,
-                         reduction: str = "mean") -> da.Array:
+def binary_cross_entropy(
+    input: Any, target: Any, *, weight: Any = None, reduction: str = "mean"
+) -> da.Array:
     """``sce_rs.binary_cross_entropy`` over chunks, with exact reductions."""
     return _elementwise("binary_cross_entropy", input, target, reduction, {"weight": weight})
 
 
-def binary_cross_entropy_with_logits(input: Any, target: Any, *, weight: Any = None,
-                                     pos_weight: Any = None,
-                                     reduction: str = "mean") -> da.Array:
+def binary_cross_entropy_with_logits(
+    input: Any, target: Any, *, weight: Any = None, pos_weight: Any = None, reduction: str = "mean"
+) -> da.Array:
     """``sce_rs.binary_cross_entropy_with_logits`` over chunks, with exact reductions."""
-    return _elementwise("binary_cross_entropy_with_logits", input, target, reduction,
-                        {"weight": weight, "pos_weight": pos_weight})
+    return _elementwise(
+        "binary_cross_entropy_with_logits",
+        input,
+        target,
+        reduction,
+        {"weight": weight, "pos_weight": pos_weight},
+    )
 
 
 __all__ += ["perplexity", "token_logprobs"]
@@ -269,13 +324,22 @@ def _score_rows(name: str, logits: Any, target: Any, axis: int):
     t = da.asarray(target)
     rows_shape = tuple(n for i, n in enumerate(x.shape) if i != axis)
     if t.shape != rows_shape:
-        raise ValueError(f"{name}: target of shape {t.shape} does not fit logits of shape "
-                         f"{x.shape} with axis={axis}: expected {rows_shape}")
+        raise ValueError(
+            f"{name}: target of shape {t.shape} does not fit logits of shape "
+            f"{x.shape} with axis={axis}: expected {rows_shape}"
+        )
     return x, axis, ix, rows, t.rechunk(tuple(c for i, c in enumerate(x.chunks) if i != axis))
 
 
-def token_logprobs(logits: Any, target: Any = None, *, axis: int = -1, ignore_index: int = -100,
-                   top_k: int = 0, temperature: float = 1.0) -> sce_rs.TokenLogprobs:
+def token_logprobs(
+    logits: Any,
+    target: Any = None,
+    *,
+    axis: int = -1,
+    ignore_index: int = -100,
+    top_k: int = 0,
+    temperature: float = 1.0,
+) -> sce_rs.TokenLogprobs:
     """``sce_rs.token_logprobs`` over row chunks: a ``TokenLogprobs`` of lazy Dask arrays.
 
     One kernel call per chunk computes every field; they travel packed in one float64 array
@@ -287,16 +351,18 @@ def token_logprobs(logits: Any, target: Any = None, *, axis: int = -1, ignore_in
     width = (4 if has_t else 1) + 2 * top_k
 
     def block(xb, tb=None):
-        r = sce_rs.token_logprobs(xb, tb, axis=axis, ignore_index=ignore_index, top_k=top_k,
-                                  temperature=temperature)
+        r = sce_rs.token_logprobs(
+            xb, tb, axis=axis, ignore_index=ignore_index, top_k=top_k, temperature=temperature
+        )
         per_row = [r.entropy] + ([r.logprob, r.is_greedy, r.rank] if has_t else [])
         cols = [np.asarray(c, np.float64)[..., None] for c in per_row]
         cols += [np.asarray(r.top_ids, np.float64), np.asarray(r.top_logprobs, np.float64)]
         return np.concatenate(cols, axis=-1)
 
     args = [x, ix] + ([t, rows] if has_t else [])
-    packed = da.blockwise(block, rows + "z", *args, new_axes={"z": width}, dtype=np.float64,
-                          concatenate=True)
+    packed = da.blockwise(
+        block, rows + "z", *args, new_axes={"z": width}, dtype=np.float64, concatenate=True
+    )
     out = _float(x.dtype)
     tops = 4 if has_t else 1
     return sce_rs.TokenLogprobs(
@@ -304,13 +370,14 @@ def token_logprobs(logits: Any, target: Any = None, *, axis: int = -1, ignore_in
         is_greedy=packed[..., 2].astype(bool) if has_t else None,
         rank=packed[..., 3].astype(np.int64) if has_t else None,
         entropy=packed[..., 0].astype(out),
-        top_ids=packed[..., tops:tops + top_k].astype(np.int64),
-        top_logprobs=packed[..., tops + top_k:].astype(out),
+        top_ids=packed[..., tops : tops + top_k].astype(np.int64),
+        top_logprobs=packed[..., tops + top_k :].astype(out),
     )
 
 
-def perplexity(logits: Any, target: Any, *, axis: int = -1, ignore_index: int = -100,
-               state: Any = None) -> tuple[da.Array, tuple[da.Array, da.Array]]:
+def perplexity(
+    logits: Any, target: Any, *, axis: int = -1, ignore_index: int = -100, state: Any = None
+) -> tuple[da.Array, tuple[da.Array, da.Array]]:
     """``sce_rs.perplexity`` over row chunks: ``(ppl, (nll_sum, count))`` as lazy 0-d arrays.
 
     Each chunk's ``(nll_sum, count)`` comes from the kernel in float64 and the chunks' are
@@ -323,8 +390,18 @@ def perplexity(logits: Any, target: Any, *, axis: int = -1, ignore_index: int = 
         _, (nll, count) = sce_rs.perplexity(xb, tb, axis=axis, ignore_index=ignore_index)
         return np.array([nll, count], np.float64).reshape((1,) * len(rows) + (2,))
 
-    sums = da.blockwise(block, rows + "z", x, ix, t, rows, new_axes={"z": 2}, dtype=np.float64,
-                        concatenate=True, adjust_chunks={r: 1 for r in rows})
+    sums = da.blockwise(
+        block,
+        rows + "z",
+        x,
+        ix,
+        t,
+        rows,
+        new_axes={"z": 2},
+        dtype=np.float64,
+        concatenate=True,
+        adjust_chunks={r: 1 for r in rows},
+    )
     total = sums.sum(axis=tuple(range(len(rows))), dtype=np.float64)
     prev_nll, prev_count = (0.0, 0) if state is None else state
     nll = total[0] + prev_nll

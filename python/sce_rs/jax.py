@@ -68,8 +68,14 @@ def cross_entropy(
     input = jnp.asarray(input)
     if not -input.ndim <= axis < max(input.ndim, 1):
         raise np.exceptions.AxisError(axis, input.ndim)
-    options = _options(axis=axis, ignore_index=ignore_index, reduction=reduction,
-                       label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+    options = _options(
+        axis=axis,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
     arrays = [input, jnp.asarray(target)] + ([] if weight is None else [jnp.asarray(weight)])
     fn = _loss("cross_entropy", 1, _ce_layout, weight is not None, options)
     return fn(*arrays)
@@ -93,8 +99,9 @@ def binary_cross_entropy_with_logits(
     present = (weight is not None, pos_weight is not None)
     arrays = [jnp.asarray(input), jnp.asarray(target)]
     arrays += [jnp.asarray(a) for a in (weight, pos_weight) if a is not None]
-    fn = _loss("binary_cross_entropy_with_logits", 1, _bce_layout, present,
-               _options(reduction=reduction))
+    fn = _loss(
+        "binary_cross_entropy_with_logits", 1, _bce_layout, present, _options(reduction=reduction)
+    )
     return fn(*arrays)
 
 
@@ -120,21 +127,34 @@ def linear_cross_entropy(
     >>> bool(jnp.allclose(linear_cross_entropy(h, w, t), cross_entropy(h @ w.T, t)))
     True
     """
-    options = _options(ignore_index=ignore_index, reduction=reduction,
-                       label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+    options = _options(
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
     diff = [jnp.asarray(hidden), jnp.asarray(weight)] + (
-        [] if bias is None else [jnp.asarray(bias)])
-    arrays = diff + [jnp.asarray(target)] + (
-        [] if class_weight is None else [jnp.asarray(class_weight)])
-    fn = _loss("linear_cross_entropy", len(diff), _linear_layout,
-               (bias is not None, class_weight is not None), options)
+        [] if bias is None else [jnp.asarray(bias)]
+    )
+    arrays = (
+        diff + [jnp.asarray(target)] + ([] if class_weight is None else [jnp.asarray(class_weight)])
+    )
+    fn = _loss(
+        "linear_cross_entropy",
+        len(diff),
+        _linear_layout,
+        (bias is not None, class_weight is not None),
+        options,
+    )
     return fn(*arrays)
 
 
 def _options(**kwargs: Any) -> tuple:
     if kwargs.get("reduction") not in ("mean", "sum", "none"):
         raise ValueError(
-            f"reduction must be 'mean', 'sum' or 'none', got {kwargs.get('reduction')!r}")
+            f"reduction must be 'mean', 'sum' or 'none', got {kwargs.get('reduction')!r}"
+        )
     return tuple(sorted(kwargs.items()))
 
 
@@ -153,9 +173,10 @@ def _bce_layout(arrays: _Arrays, present: tuple[bool, bool]) -> tuple[tuple, dic
 def _linear_layout(arrays: _Arrays, present: tuple[bool, bool]) -> tuple[tuple, dict]:
     has_bias, has_class_weight = present
     bias = arrays[2] if has_bias else None
-    rest = arrays[2 + has_bias:]
+    rest = arrays[2 + has_bias :]
     return (arrays[0], arrays[1], rest[0], bias), {
-        "class_weight": rest[1] if has_class_weight else None}
+        "class_weight": rest[1] if has_class_weight else None
+    }
 
 
 def _loss_shape(name: str, x: Any, options: dict) -> tuple:

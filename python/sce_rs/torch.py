@@ -193,8 +193,17 @@ def cross_entropy(
     if _ops.compiling():
         _ops.refuse_inplace(inplace)
         reduction = _reduction(size_average, reduce, reduction)
-        inputs = (input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss,
-                  softcap)
+        inputs = (
+            input,
+            target,
+            weight,
+            axis,
+            ignore_index,
+            reduction,
+            label_smoothing,
+            z_loss,
+            softcap,
+        )
         return _ops.call("cross_entropy", inputs, input.requires_grad)
     kwargs = dict(
         axis=axis,
@@ -233,9 +242,7 @@ def binary_cross_entropy_with_logits(
         reduction=_reduction(size_average, reduce, reduction),
     )
     args = (_to_numpy(target, "target"),)
-    return _FusedLoss.apply(
-        "binary_cross_entropy_with_logits", input, inplace, None, args, kwargs
-    )
+    return _FusedLoss.apply("binary_cross_entropy_with_logits", input, inplace, None, args, kwargs)
 
 
 def _no_target_grad(*tensors: Tensor | None) -> None:
@@ -322,12 +329,21 @@ def linear_cross_entropy(
         input, target = input.unsqueeze(0), target.reshape(1)
     if _ops.compiling():
         ignore = -100 if ignore_index is None else ignore_index
-        inputs = (input, linear_weight, linear_bias, target, weight, ignore, reduction,
-                  label_smoothing, z_loss, softcap)
+        inputs = (
+            input,
+            linear_weight,
+            linear_bias,
+            target,
+            weight,
+            ignore,
+            reduction,
+            label_smoothing,
+            z_loss,
+            softcap,
+        )
         # reduction='none' cannot rescale gradients kept from the forward pass (see
         # _LinearLoss): its backward calls the kernel with the real grad_output.
-        needs = any(t is not None and t.requires_grad
-                    for t in (input, linear_weight, linear_bias))
+        needs = any(t is not None and t.requires_grad for t in (input, linear_weight, linear_bias))
         loss = _ops.call("linear_cross_entropy", inputs, needs and reduction != "none")
         return loss.reshape(()) if unbatched and reduction == "none" else loss
     kwargs = dict(
@@ -338,9 +354,7 @@ def linear_cross_entropy(
         z_loss=z_loss,
         softcap=softcap,
     )
-    loss = _LinearLoss.apply(
-        input, linear_weight, linear_bias, _to_numpy(target, "target"), kwargs
-    )
+    loss = _LinearLoss.apply(input, linear_weight, linear_bias, _to_numpy(target, "target"), kwargs)
     return loss.reshape(()) if unbatched and reduction == "none" else loss
 
 
@@ -470,7 +484,6 @@ def token_logprobs(
     x: Any = _to_numpy(logits, "logits")  # an array: None only comes back for None
     t = _to_numpy(target, "target")
     fields = _core._token_logprobs(
-
         x, t, axis=dim, ignore_index=ignore_index, top_k=top_k, temperature=temperature
     )
 
