@@ -122,6 +122,8 @@ OPTION_VALUES = {
     "z_loss": REALS,
     "softcap": REALS,
     "keepdims": st.sampled_from([True, False, 0, "yes", None]),
+    "top_k": st.one_of(st.integers(-2, 8), st.sampled_from([2**70, 1.5, None, "3"])),
+    "temperature": REALS,
 }
 
 
@@ -218,6 +220,10 @@ CASES = {
         grad_output=True,
     ),
     "nll_loss": dict(second="target", options=("axis", "weight", "ignore_index", "reduction")),
+    "token_logprobs": dict(
+        second="target", options=("axis", "ignore_index", "top_k", "temperature")
+    ),
+    "perplexity": dict(second="target", options=("axis", "ignore_index")),
     "binary_cross_entropy": dict(second="same", options=("weight", "reduction")),
     "binary_cross_entropy_with_logits": dict(
         second="same", options=("weight", "pos_weight", "reduction")
@@ -252,7 +258,8 @@ def test_fuzz_entry_point(name):
 
 
 def test_fuzz_cases_cover_every_public_function():
-    tools = {"get_num_threads", "set_num_threads", "simd_backend", "__version__"}
+    # Not functions of arrays: the runtime's switches, and the scoring result's type.
+    tools = {"get_num_threads", "set_num_threads", "simd_backend", "__version__", "TokenLogprobs"}
     assert set(CASES) == set(sce_rs.__all__) - tools
 
 
