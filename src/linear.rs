@@ -43,6 +43,8 @@ pub const DEFAULT_MAX_MEMORY: usize = 16 << 20;
 /// Rows per block of the recompute schedule: the GEMMs' `M` (forward, `d_hidden`) and `K`
 /// (`d_weight`).
 const ROW_BLOCK: usize = 512;
+/// The most rows of `hidden` one block converts (for the binding's allocation check).
+pub const LINEAR_MAX_ROWS: usize = ROW_BLOCK;
 /// The fewest rows a block of the keep schedule may have: below this, `d_weight`'s product
 /// (inner dimension = rows) passes over all of `d_weight` too often, and recomputing wins
 /// (2 threads, AVX-512, 1024 x 1024 -> 32000 with gradients: blocks of 114 rows 1.30x the
@@ -51,6 +53,8 @@ const MIN_KEEP_ROWS: usize = 256;
 /// Class blocks never narrower (the GEMMs' efficiency) nor wider (one tile's scratch) than this.
 const MIN_COLS: usize = 64;
 const MAX_COLS: usize = 4096;
+/// The most rows of `weight` one block converts (for the binding's allocation check).
+pub const LINEAR_MAX_COLS: usize = MAX_COLS;
 /// What each thread running a product touches of gemm's own per-thread buffer (an `mc x kc`
 /// panel of the left operand, at most 384 x 512 float32 today), rounded up.
 const GEMM_THREAD_BYTES: usize = 1 << 20;

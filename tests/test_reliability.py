@@ -341,8 +341,9 @@ def test_impossible_scratch_is_a_memory_error_not_an_abort():
         import json, numpy as np, sce_rs
         big = np.broadcast_to(np.float32(0), (1, 2**40))
         ones = np.broadcast_to(1.0, (2**40,))
-        hidden = np.zeros((1, 2**16), np.float32)
-        weight = np.broadcast_to(np.zeros(2**16, np.float32), (2**24, 2**16))
+        # the fused linear form converts operands a block of rows at a time: rows of D = 2^40
+        hidden = big
+        weight = np.broadcast_to(np.float32(0), (4, 2**40))
         calls = {
             "logsumexp": lambda: sce_rs.logsumexp(big),
             "cross_entropy": lambda: sce_rs.cross_entropy(big, [0]),

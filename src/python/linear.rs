@@ -19,7 +19,10 @@ use super::scalars::{Int, Real};
 use crate::dtype::DType;
 use crate::error::fmt_index;
 use crate::float::Float;
-use crate::linear::{LinUpstream, LinearCe, LinearGrads, Operand, RowsOut, DEFAULT_MAX_MEMORY};
+use crate::linear::{
+    LinUpstream, LinearCe, LinearGrads, Operand, RowsOut, DEFAULT_MAX_MEMORY, LINEAR_MAX_COLS,
+    LINEAR_MAX_ROWS,
+};
 use crate::ops::{CeOptions, Reduction};
 use crate::strided::View;
 
@@ -206,8 +209,25 @@ fn linear<'py>(
         .map_or(0, |_| v * compute.size())
         + gv.as_ref()
             .filter(|(dh, _, _)| !dh.stores_in_place(compute, 0, n))
-            .map_or(0, |_| n * d * compute.size());
-    ensure_allocatable(f, copies)?;
+            .map_or(0, |_| n.saturating_mul(d).saturating_mul(compute.size()));
+    // Operands converted block by block: at most a block of rows of hidden, and a block of
+    // weight rows with its float32 d_weight accumulator, each of D values (the plan's bounds).
+    // A zero-stride view can describe a D of 2^40 in a few bytes: a MemoryError, not an abort.
+    let row_bytes = d.saturating_mul(compute.size());
+    let h_rows = if hv.loads_in_place(compute, 0, n) {
+        0
+    } else {
+        n.min(LINEAR_MAX_ROWS)
+    };
+    let w_rows = if wv.loads_in_place(compute, 0, v) {
+        0
+    } else {
+        2 * v.min(LINEAR_MAX_COLS)
+    };
+    ensure_allocatable(
+        f,
+        copies.saturating_add(row_bytes.saturating_mul(h_rows + w_rows)),
+    )?;
     let work = n.saturating_mul(v).saturating_mul(d.max(1));
     let total = run(py, f, work, 0, || {
         with_compute!(dt, T => {
