@@ -138,6 +138,20 @@ impl Layout {
     /// without overlapping fail it too; they are rare enough to be refused.
     #[cfg_attr(not(feature = "python"), allow(dead_code))] // the binding's
     fn distinct_elements(&self) -> bool {
+        if self.n_rows == 0 || self.k == 0 {
+            return true;
+        }
+        let size = self.dtype.size() as isize;
+        // PERF: fresh results and C-contiguous `out=` (every call's common case) without the
+        // allocation and sort below.
+        let c_rows = matches!(self.outer.as_slice(), [] | [(_, _)])
+            && self
+                .outer
+                .first()
+                .is_none_or(|&(_, st)| st == size * self.k as isize);
+        if self.k_stride == size && c_rows {
+            return true;
+        }
         let mut axes: Vec<(usize, usize)> = self
             .outer
             .iter()
@@ -145,9 +159,6 @@ impl Layout {
             .chain(std::iter::once((self.k, self.k_stride.unsigned_abs())))
             .filter(|&(len, _)| len > 1)
             .collect();
-        if axes.iter().any(|&(len, _)| len == 0) || self.n_rows == 0 || self.k == 0 {
-            return true;
-        }
         axes.sort_by_key(|&(_, st)| st);
         let mut extent = self.dtype.size();
         for (len, st) in axes {
