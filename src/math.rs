@@ -230,20 +230,22 @@ pub fn ln_f64(x: f64) -> f64 {
     }
 }
 
-/// `ln(1 + x)`, branch-free like [`ln_f64`], for the `ln s` of a row whose maximum dominates
-/// its sum: `s = 1 + rest` with `rest` far below 1 would round the rest away before `ln`. With
-/// `u = 1 + x` rounded, `ln(1 + x) = ln u + ln(1 + c/u)` where `c = x - (u - 1)` is the
-/// rounding error of `u` (exact for `x` in `[-1, 1]`, and negligible beside `ln u >= ln 2`
-/// above), so `ln u + c/u` leaves an error of order `(c/u)^2`, far below an ULP. Measured by the
-/// tests against `std`'s `ln_1p` over sweeps of `[-1, 2^60]` (log-spaced down to subnormals
-/// near 0, dense near 0 and 1): at most 2 ULP apart. `log1p(-1) = -inf`, `log1p(+inf) = +inf`,
-/// NaN and `x < -1` give NaN.
+/// `log1p(x)` where `use_log1p`, else `ln(y)`, with one logarithm and selects instead of a
+/// branch, so that a loop picking one or the other per row vectorizes and never mispredicts.
+/// The `ln(y)` half is bitwise [`ln_f64`]. The `log1p` half is for the `ln s` of a row whose
+/// maximum dominates its sum: `s = 1 + rest` with `rest` far below 1 would round the rest away
+/// before `ln`. With `u = 1 + x` rounded, `ln(1 + x) = ln u + ln(1 + c/u)` where
+/// `c = x - (u - 1)` is the rounding error of `u` (exact for `x` in `[-1, 1]`, and negligible
+/// beside `ln u >= ln 2` above), so `ln u + c/u` leaves an error of order `(c/u)^2`, far below
+/// an ULP. Measured by the tests against `std`'s `ln_1p` over sweeps of `[-1, 2^60]`
+/// (log-spaced down to subnormals near 0, dense near 0 and 1): at most 2 ULP apart.
+/// `log1p(-1) = -inf`, `log1p(+inf) = +inf`, NaN and `x < -1` give NaN.
 #[inline(always)]
-pub fn log1p_f64(x: f64) -> f64 {
-    let u = 1.0 + x;
+pub fn log1p_or_ln(use_log1p: bool, x: f64, y: f64) -> f64 {
+    let u = if use_log1p { 1.0 + x } else { y };
     // For u outside the positive finite numbers, ln_f64 alone has the answer (and u - 1 would
-    // make the correction NaN).
-    let c = if u > 0.0 && u < f64::INFINITY {
+    // make the correction NaN). ln_f64 never returns -0, so adding the 0 keeps its bits.
+    let c = if use_log1p && u > 0.0 && u < f64::INFINITY {
         (x - (u - 1.0)) / u
     } else {
         0.0
@@ -254,6 +256,11 @@ pub fn log1p_f64(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log1p half of [`log1p_or_ln`] alone.
+    fn log1p_f64(x: f64) -> f64 {
+        log1p_or_ln(true, x, 0.0)
+    }
 
     /// ln_f64 against std's ln: dense sweeps of [0.5, 2] (where ln is smallest relative to x),
     /// of the sums a row can have ([1, 2^40]), log-spaced over the whole positive range with
@@ -275,6 +282,8 @@ mod tests {
             .chain(near_one)
         {
             let (got, want) = (ln_f64(x), x.ln());
+            // The ln half of log1p_or_ln keeps ln_f64's bits (it adds a 0).
+            assert_eq!(log1p_or_ln(false, x, x).to_bits(), got.to_bits(), "x={x}");
             if want == 0.0 {
                 assert_eq!(got, 0.0, "x={x}");
                 continue;
@@ -289,6 +298,13 @@ mod tests {
         assert!(ln_f64(f64::NEG_INFINITY).is_nan());
         assert_eq!(ln_f64(f64::from_bits(1)), f64::from_bits(1).ln());
         assert_eq!(ln_f64(f64::MAX), f64::MAX.ln());
+        for y in [0.0, -0.0, f64::INFINITY, f64::NAN, -1.0, f64::NEG_INFINITY] {
+            let (got, want) = (log1p_or_ln(false, 0.5, y), ln_f64(y));
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "y={y}"
+            );
+        }
     }
 
     /// log1p_f64 against std's ln_1p: log-spaced over `[2^-1074, 2^60]` and its negatives down
