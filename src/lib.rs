@@ -17,7 +17,8 @@
 //! - `pool`: the thread pool and the fixed block schedule behind thread-count independent
 //!   results.
 //! - `ops`: whole-array operations on strided views, with their checks (what both these slice
-//!   functions and the Python binding call); `long_rows`: a few very long rows, split within.
+//!   functions and the Python binding call), one file per job; `ops::long_rows`: a few very
+//!   long rows, split within.
 //!
 //! ```
 //! let x = [2.0f64, 1.0, 0.1];
@@ -34,7 +35,6 @@ pub(crate) mod float;
 pub(crate) mod isa;
 pub(crate) mod kernels;
 pub mod linear;
-pub(crate) mod long_rows;
 pub(crate) mod math;
 pub(crate) mod ops;
 pub(crate) mod pool;

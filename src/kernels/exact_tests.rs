@@ -192,7 +192,7 @@ fn rows_float64() {
 #[test]
 fn split_rows_both_types() {
     let k = (1 << 16) + 1000;
-    assert!(crate::long_rows::applies(3, k));
+    assert!(crate::ops::long_rows::applies(3, k));
     for n in [1, 3] {
         check_rows::<f32>(k, n);
         check_rows::<f64>(k, n);

@@ -3,7 +3,7 @@
 //! and the coefficients of its gradient ([`RowStats::finish`], a [`RowGrad`]), and each block
 //! then turned into its gradient ([`RowGrad::at`], [`RowGrad::set_target`], [`cap_slope`]).
 //! The row kernel ([`super::cross_entropy`]) folds a row as one block, its short-row groups
-//! with the sums already taken, the split long rows ([`crate::long_rows`]) one segment per
+//! with the sums already taken, the split long rows ([`crate::ops::long_rows`]) one segment per
 //! thread, the fused linear cross-entropy ([`super::linear`]) one tile of classes at a time.
 //! The formulas are those of the [`super::cross_entropy`] header.
 //!
@@ -339,9 +339,9 @@ pub(crate) mod tests {
     /// The split long-row path is the online fold over its segments, in order, bit for bit.
     #[test]
     fn split_rows_are_the_fold_over_segments() {
-        let seg = crate::long_rows::SEGMENT;
+        let seg = crate::ops::long_rows::SEGMENT;
         let k = 2 * seg + 1234;
-        assert!(crate::long_rows::applies(1, k));
+        assert!(crate::ops::long_rows::applies(1, k));
         let mut x = logits(k, 0xC0FFEE, 16.0);
         x[seg + 17] = 40.0; // a dominating maximum, the target, in the middle segment
         for o in option_sets(k) {

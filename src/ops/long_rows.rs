@@ -1,23 +1,24 @@
-//! Rows too few to keep the threads busy and long enough to cut (a single row of a million
-//! classes): [`crate::ops::row_map`] and [`crate::ops::multiclass_loss`] (cross-entropy on
-//! class indices) hand such arrays here. Each row is cut into segments of
-//! `SEGMENT` elements; the segments' maxima and exp-sums are computed in parallel and combined
-//! in segment order (rescaled to the row's maximum, in `f64`), then the segments of the
-//! output are written in parallel. Cross-entropy folds and differentiates its segments with
-//! the tile kernels of the fused linear cross-entropy ([`crate::kernels::linear`]). An output
-//! written over its input (`out=x`) is read and overwritten segment by segment, each by its own
-//! thread, with no copy of the row. Segments depend only on the row length, so results are
-//! the same for any thread count; they can differ from the unsplit path in the last bits,
-//! since the exp-sum is grouped differently.
+//! The strategy for rows too few to keep the threads busy and long enough to cut (a single
+//! row of a million classes): [`super::row_map`] and [`super::multiclass_loss`]
+//! (cross-entropy on class indices) hand such arrays here; this module uses only the shared
+//! types of [`super`]. Each row is cut into segments of `SEGMENT` elements; the segments'
+//! maxima and exp-sums are computed in parallel and combined in segment order (rescaled to the
+//! row's maximum, in `f64`), then the segments of the output are written in parallel.
+//! Cross-entropy folds and differentiates its segments with the tile kernels of the fused
+//! linear cross-entropy ([`crate::kernels::linear`]). An output written over its input
+//! (`out=x`) is read and overwritten segment by segment, each by its own thread, with no copy
+//! of the row. Segments depend only on the row length, so results are the same for any thread
+//! count; they can differ from the unsplit path in the last bits, since the exp-sum is grouped
+//! differently.
 
 use rayon::prelude::*;
 
+use super::{RowMap, Src, Upstream};
 use crate::float::Float;
 use crate::kernels::cross_entropy::CeOptions;
 use crate::kernels::linear::{fold_tile, grad_tile, RowStats, TileOpts};
 use crate::kernels::softmax::{exp_scaled, lse_of, segment_sums};
 use crate::kernels::ExpSum;
-use crate::ops::{RowMap, Src, Upstream};
 use crate::pool::{in_pool, should_stop};
 use crate::strided::{View, ViewMut};
 
