@@ -257,6 +257,7 @@ pub fn cap_slope<T: Float>(z: T, inv_c: T) -> T {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::isa::Level;
     use crate::kernels::cross_entropy::{cross_entropy, RowTarget, Scale};
     use crate::kernels::linear::{fold_tile, grad_tile, TileOpts};
 
@@ -301,10 +302,13 @@ pub(crate) mod tests {
 
     /// The fused linear path's tile kernels, given a whole row as one tile, are the row kernel
     /// bit for bit: loss and gradient, every option set, targets at the maximum and elsewhere,
-    /// rows offset far from 0 and rows whose maximum dominates.
+    /// rows offset far from 0 and rows whose maximum dominates; at every level the CPU has.
     #[test]
     fn one_tile_is_the_row_kernel() {
-        for k in [1, 10, 100, 3000] {
+        for (isa, k) in Level::supported()
+            .into_iter()
+            .flat_map(|isa| [1, 10, 100, 3000].map(|k| (isa, k)))
+        {
             let mut x = logits(4 * k, 0x51ED ^ k as u64, 20.0);
             x[k..2 * k].iter_mut().for_each(|v| *v += 1e4);
             x[2 * k..3 * k].iter_mut().for_each(|v| *v -= 60.0);
@@ -315,7 +319,7 @@ pub(crate) mod tests {
                     // The row kernel, dispatched to the same instruction set as the tiles.
                     let (mut want, mut want_loss) = (vec![0f32; k], [0.0]);
                     let g = Some((&mut want[..], Scale::Uniform(0.75)));
-                    cross_entropy(row, k, |_| RowTarget::Class(t), &o, g, &mut want_loss);
+                    cross_entropy(isa, row, k, |_| RowTarget::Class(t), &o, g, &mut want_loss);
                     let want_loss = want_loss[0];
                     let mut cap = Vec::new();
                     let opts = TileOpts {
@@ -324,11 +328,11 @@ pub(crate) mod tests {
                         smoothing: o.label_smoothing > 0.0,
                     };
                     let mut st = [RowStats::new(Some(t))];
-                    fold_tile(row, k, 0, &mut st, opts, &mut cap);
+                    fold_tile(isa, row, k, 0, &mut st, opts, &mut cap);
                     let (loss, rg) = st[0].finish(&o, k, 0.75);
                     let mut got = row.to_vec();
-                    grad_tile(&mut got, k, 0, &[rg], opts);
-                    let what = format!("k={k} row {i} {o:?}");
+                    grad_tile(isa, &mut got, k, 0, &[rg], opts);
+                    let what = format!("{isa:?} k={k} row {i} {o:?}");
                     assert_eq!(loss.to_bits(), want_loss.to_bits(), "loss {what}");
                     assert!(same(&got, &want), "grad {what}");
                 }
@@ -342,6 +346,8 @@ pub(crate) mod tests {
         let seg = crate::ops::long_rows::SEGMENT;
         let k = 2 * seg + 1234;
         assert!(crate::ops::long_rows::applies(1, k));
+        // The level the slice API below reads.
+        let isa = Level::active();
         let mut x = logits(k, 0xC0FFEE, 16.0);
         x[seg + 17] = 40.0; // a dominating maximum, the target, in the middle segment
         for o in option_sets(k) {
@@ -368,6 +374,7 @@ pub(crate) mod tests {
                     let mut st = [RowStats::new(Some(t))];
                     let c0 = i * seg;
                     fold_tile(
+                        isa,
                         part,
                         part.len(),
                         c0,
@@ -381,7 +388,7 @@ pub(crate) mod tests {
                 let mut want = x.clone();
                 for (i, part) in want.chunks_mut(seg).enumerate() {
                     let len = part.len();
-                    grad_tile(part, len, i * seg, &[rg], opts(i * seg, len));
+                    grad_tile(isa, part, len, i * seg, &[rg], opts(i * seg, len));
                 }
                 let what = format!("t={t} {o:?}");
                 assert_eq!(losses[0].to_bits(), loss.to_bits(), "loss {what}");

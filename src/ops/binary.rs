@@ -1,5 +1,7 @@
 //! The elementwise binary cross-entropies over whole arrays (on probabilities and on logits,
 //! with the gradient for logits), block by block on the kernels of [`crate::kernels::binary`].
+//! Those kernels work in `f64` with the standard library's `exp` and `log1p` and are not
+//! dispatched by instruction set, so these operations take no [`crate::isa::Level`].
 
 use super::{block_scale, check_out, pieces, Reduction, Src, Upstream};
 use crate::error::{Error, Result};

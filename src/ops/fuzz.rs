@@ -5,6 +5,7 @@
 //! the number of cases (proptest's default 256).
 use super::*;
 use crate::dtype::DType;
+use crate::isa::Level;
 use crate::strided::c_strides;
 use proptest::prelude::*;
 
@@ -146,12 +147,13 @@ proptest! {
         let opts32 = CeOptions { label_smoothing: ls, ..CeOptions::<f32>::plain(k) };
         let t = Targets::Index { view: &tv, ignore_index: IGNORE, shape: &outer };
         let lv_opt = (reduction == Reduction::None).then_some(&mut lv);
+        let isa = Level::active();
         let res = if single {
-            row_map::<f32>(RowMap::Softmax, Src::View(&x), &mut sv).unwrap();
-            multiclass_loss::<f32>(Loss::CrossEntropy(&opts32), Src::View(&x), t, reduction, Upstream::Scalar(1.0), lv_opt, Some(&mut gv))
+            row_map::<f32>(isa, RowMap::Softmax, Src::View(&x), &mut sv).unwrap();
+            multiclass_loss::<f32>(isa, Loss::CrossEntropy(&opts32), Src::View(&x), t, reduction, Upstream::Scalar(1.0), lv_opt, Some(&mut gv))
         } else {
-            row_map::<f64>(RowMap::Softmax, Src::View(&x), &mut sv).unwrap();
-            multiclass_loss::<f64>(Loss::CrossEntropy(&opts64), Src::View(&x), t, reduction, Upstream::Scalar(1.0), lv_opt, Some(&mut gv))
+            row_map::<f64>(isa, RowMap::Softmax, Src::View(&x), &mut sv).unwrap();
+            multiclass_loss::<f64>(isa, Loss::CrossEntropy(&opts64), Src::View(&x), t, reduction, Upstream::Scalar(1.0), lv_opt, Some(&mut gv))
         };
         drop((gv, lv, sv));
 

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::{RowMap, Src, Upstream};
 use crate::float::Float;
+use crate::isa::Level;
 use crate::kernels::cross_entropy::CeOptions;
 use crate::kernels::linear::{fold_tile, grad_tile, RowStats, TileOpts};
 use crate::kernels::softmax::{exp_scaled, lse_of, segment_sums};
@@ -103,8 +104,10 @@ fn combine<T: Float>(parts: &[(T, ExpSum)]) -> (T, ExpSum) {
 
 /// The softmax family on one row: reads `xs` (or `o` itself when `xs` is `None`: in place)
 /// and writes `o` (one element for logsumexp, `k` otherwise).
-fn map_row<T: Float>(map: RowMap, xs: Option<&[T]>, o: &mut [T]) {
-    let (m, s) = combine(&per_segment(xs.unwrap_or(o), |_, seg| segment_sums(seg)));
+fn map_row<T: Float>(isa: Level, map: RowMap, xs: Option<&[T]>, o: &mut [T]) {
+    let (m, s) = combine(&per_segment(xs.unwrap_or(o), |_, seg| {
+        segment_sums(isa, seg)
+    }));
     match map {
         RowMap::LogSumExp => {
             let row = xs.unwrap_or(o);
@@ -117,7 +120,7 @@ fn map_row<T: Float>(map: RowMap, xs: Option<&[T]>, o: &mut [T]) {
                 let mut held = Vec::new();
                 let xi = input_segment(xs, i, oi, &mut held);
                 if map == RowMap::Softmax {
-                    exp_scaled(xi, m, inv_s, oi);
+                    exp_scaled(isa, xi, m, inv_s, oi);
                 } else {
                     for (ov, &v) in oi.iter_mut().zip(xi) {
                         *ov = (v - m) - ln_s;
@@ -130,7 +133,7 @@ fn map_row<T: Float>(map: RowMap, xs: Option<&[T]>, o: &mut [T]) {
 }
 
 /// `row_map` for the softmax family on rows that [`applies`] says to split.
-pub fn row_map<T: Float>(map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) {
+pub fn row_map<T: Float>(isa: Level, map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) {
     let (mut sx, mut so) = (Vec::new(), Vec::new());
     let n = out.rows();
     let mut all = out.all();
@@ -142,11 +145,11 @@ pub fn row_map<T: Float>(map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) {
         match x {
             Src::View(v) => {
                 let xs = v.load::<T>(r, r + 1, &mut sx);
-                row.store::<T, _>(&mut so, |o| map_row(map, Some(xs), o));
+                row.store::<T, _>(&mut so, |o| map_row(isa, map, Some(xs), o));
             }
             // Written over its input: each segment is read and overwritten in place by its own
             // thread, instead of the row being copied first on one thread.
-            Src::Out => row.update::<T, _>(&mut so, |o| map_row(map, None, o)),
+            Src::Out => row.update::<T, _>(&mut so, |o| map_row(isa, map, None, o)),
         }
     }
 }
@@ -154,6 +157,7 @@ pub fn row_map<T: Float>(map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) {
 /// The loss of one row (read from `xs`, or from `g` itself when `xs` is `None`) and, when `g`
 /// is given, `scale * d loss / d x` written into it.
 fn ce_row<T: Float>(
+    isa: Level,
     xs: Option<&[T]>,
     g: Option<&mut [T]>,
     target: Option<usize>,
@@ -175,6 +179,7 @@ fn ce_row<T: Float>(
         let c0 = i * SEGMENT;
         let mut st = [RowStats::new(target)];
         fold_tile(
+            isa,
             seg,
             seg.len(),
             c0,
@@ -195,7 +200,7 @@ fn ce_row<T: Float>(
             if let Some(xs) = xs {
                 gi.copy_from_slice(&xs[c0..c0 + gi.len()]);
             }
-            grad_tile(gi, gi.len(), c0, &[rg], opts(c0, gi.len()));
+            grad_tile(isa, gi, gi.len(), c0, &[rg], opts(c0, gi.len()));
         });
     }
     loss
@@ -206,6 +211,7 @@ fn ce_row<T: Float>(
 /// row losses, in row order. `uniform` is the gradient scale under a scalar upstream.
 #[allow(clippy::too_many_arguments)]
 pub fn cross_entropy<T: Float>(
+    isa: Level,
     x: Src<'_>,
     targets: &View<'_>,
     ignore_index: i64,
@@ -235,15 +241,22 @@ pub fn cross_entropy<T: Float>(
         let loss = match (x, g_row.as_mut()) {
             (Src::View(v), Some(gr)) => {
                 let xs = v.load::<T>(r, r + 1, &mut sx);
-                gr.store::<T, _>(&mut sg, |g| ce_row(Some(xs), Some(g), target, o, scale))
+                gr.store::<T, _>(&mut sg, |g| {
+                    ce_row(isa, Some(xs), Some(g), target, o, scale)
+                })
             }
-            (Src::View(v), None) => {
-                ce_row(Some(v.load::<T>(r, r + 1, &mut sx)), None, target, o, scale)
-            }
+            (Src::View(v), None) => ce_row(
+                isa,
+                Some(v.load::<T>(r, r + 1, &mut sx)),
+                None,
+                target,
+                o,
+                scale,
+            ),
             // Written over its logits: each segment is folded, then overwritten by its
             // gradient, in place on its own thread (no copy of the row).
             (Src::Out, Some(gr)) => {
-                gr.update::<T, _>(&mut sg, |g| ce_row(None, Some(g), target, o, scale))
+                gr.update::<T, _>(&mut sg, |g| ce_row(isa, None, Some(g), target, o, scale))
             }
             (Src::Out, None) => unreachable!("ops::Src::check gives an in-place input its output"),
         };

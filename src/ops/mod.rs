@@ -18,7 +18,9 @@
 //! Each function is generic over the compute type `T` (`f32` or `f64`); views of any storage
 //! dtype are widened into `T` per block by [`View::load`] and results rounded once on the way
 //! out by [`View::store`]. Inputs are validated here before anything is written, so an error
-//! never leaves a caller's `out=` buffer half-written.
+//! never leaves a caller's `out=` buffer half-written. The dispatched kernels take the
+//! instruction set as a [`Level`](crate::isa::Level) argument: each entry point receives it from its caller,
+//! which reads it once per call.
 
 pub(crate) mod binary;
 #[cfg(test)]
@@ -196,6 +198,7 @@ fn pieces<'v>(v: Option<&'v mut ViewMut<'_>>, n: usize, k: usize) -> Vec<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isa::Level;
 
     #[test]
     fn options_validate_themselves_and_keep_the_weight_total() {
@@ -226,6 +229,7 @@ mod tests {
         };
         let o = CeOptions::<f64>::plain(2);
         let r = multiclass_loss(
+            Level::active(),
             Loss::CrossEntropy(&o),
             Src::Out,
             targets,
@@ -237,6 +241,7 @@ mod tests {
         assert!(matches!(r, Err(Error::Value(_))), "{r:?}");
         let mut out = [0.0f64; 2];
         let r = row_map::<f64>(
+            Level::active(),
             RowMap::LogSumExp,
             Src::Out,
             &mut ViewMut::of_slice(&mut out, 2),

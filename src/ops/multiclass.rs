@@ -8,6 +8,7 @@
 use super::{block_scale, check_out, long_rows, pieces, CeOptions, Reduction, Src, Upstream};
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::isa::Level;
 use crate::kernels::{self, cross_entropy::RowTarget};
 use crate::pool::{for_blocks_with, ordered_sum};
 use crate::strided::{View, ViewMut};
@@ -137,6 +138,7 @@ pub(crate) fn mean_denominator<T: Float>(
 /// validated before anything is written.
 #[allow(clippy::too_many_arguments)]
 pub fn multiclass_loss<T: Float>(
+    isa: Level,
     loss: Loss<'_, T>,
     x: Src<'_>,
     targets: Targets<'_>,
@@ -185,6 +187,7 @@ pub fn multiclass_loss<T: Float>(
     {
         if long_rows::applies(n, k) {
             let total = long_rows::cross_entropy::<T>(
+                isa,
                 x,
                 view,
                 ignore_index,
@@ -230,6 +233,7 @@ pub fn multiclass_loss<T: Float>(
                 let scale = block_scale(upstream, uniform, r.clone(), &mut su);
                 gp.store::<T, _>(&mut sg, |g| {
                     kernels::cross_entropy::cross_entropy(
+                        isa,
                         xs,
                         k,
                         target,
@@ -240,7 +244,7 @@ pub fn multiclass_loss<T: Float>(
                 });
             }
             (Loss::CrossEntropy(o), None) => {
-                kernels::cross_entropy::cross_entropy(xs, k, target, o, None, &mut row_losses)
+                kernels::cross_entropy::cross_entropy(isa, xs, k, target, o, None, &mut row_losses)
             }
             (Loss::Nll(w), _) => kernels::cross_entropy::nll(xs, k, target, w, &mut row_losses),
         }

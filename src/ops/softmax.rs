@@ -6,12 +6,13 @@
 use super::{check_out, long_rows, pieces, RowMap, Src};
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::isa::Level;
 use crate::kernels;
 use crate::pool::for_blocks_with;
 use crate::strided::{View, ViewMut};
 
 /// Applies `map` to every row of `x`, writing `out` (same rows; row length per [`RowMap`]).
-pub fn row_map<T: Float>(map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) -> Result<()> {
+pub fn row_map<T: Float>(isa: Level, map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) -> Result<()> {
     let (n, k) = x.check(Some(out))?;
     check_out("out", out, n, map.out_k(k))?;
     if matches!(x, Src::Out) && map.out_k(k) != k {
@@ -20,7 +21,7 @@ pub fn row_map<T: Float>(map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) -> Resu
         )));
     }
     if map != RowMap::SoftmaxJacobian && long_rows::applies(n, k) {
-        long_rows::row_map::<T>(map, x, out);
+        long_rows::row_map::<T>(isa, map, x, out);
         return Ok(());
     }
     for_blocks_with(n, k, pieces(Some(out), n, k), |r, piece| {
@@ -28,10 +29,10 @@ pub fn row_map<T: Float>(map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) -> Resu
         let (mut sx, mut so) = (Vec::new(), Vec::new());
         let xs = x.load::<T>(r, Some(&piece), &mut sx);
         piece.store::<T, _>(&mut so, |o| match map {
-            RowMap::Softmax => kernels::softmax::softmax(xs, k, o),
-            RowMap::LogSoftmax => kernels::softmax::log_softmax(xs, k, o),
-            RowMap::SoftmaxJacobian => kernels::softmax::softmax_jacobian(xs, k, o),
-            RowMap::LogSumExp => kernels::softmax::logsumexp(xs, k, o),
+            RowMap::Softmax => kernels::softmax::softmax(isa, xs, k, o),
+            RowMap::LogSoftmax => kernels::softmax::log_softmax(isa, xs, k, o),
+            RowMap::SoftmaxJacobian => kernels::softmax::softmax_jacobian(isa, xs, k, o),
+            RowMap::LogSumExp => kernels::softmax::logsumexp(isa, xs, k, o),
         });
     });
     Ok(())
@@ -40,6 +41,7 @@ pub fn row_map<T: Float>(map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) -> Resu
 /// The backward pass of softmax (`log = false`: `y` is the softmax output) or of log-softmax
 /// (`log = true`: `y` is the log-softmax output), given the upstream gradient `g`.
 pub fn softmax_backward<T: Float>(
+    isa: Level,
     log: bool,
     g: &View<'_>,
     y: &View<'_>,
@@ -55,9 +57,9 @@ pub fn softmax_backward<T: Float>(
         let ys = y.load::<T>(r.start, r.end, &mut sy);
         piece.store::<T, _>(&mut so, |o| {
             if log {
-                kernels::softmax::log_softmax_backward(gs, ys, k, o)
+                kernels::softmax::log_softmax_backward(isa, gs, ys, k, o)
             } else {
-                kernels::softmax::softmax_backward(gs, ys, k, o)
+                kernels::softmax::softmax_backward(isa, gs, ys, k, o)
             }
         });
     });
