@@ -48,6 +48,11 @@ pub(crate) mod strided;
 #[cfg(feature = "python")]
 mod python;
 
+#[cfg(test)]
+mod isa_tests;
+#[cfg(test)]
+mod testing;
+
 pub use error::{Error, Result};
 pub use float::Float;
 pub use kernels::simd_backend;
