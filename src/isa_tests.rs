@@ -21,7 +21,7 @@ use crate::float::Float;
 use crate::isa::{Isa, Level};
 use crate::ops::{self, BinaryArgs, CeOptions, Loss, Reduction, RowMap, Src, Targets, Upstream};
 use crate::strided::{View, ViewMut};
-use crate::testing::{reference, spread, tol, unit};
+use crate::testing::{reference, spread, tol, uniform, unit};
 
 /// `(row length, rows)`: a few rows of each length.
 const SHORT: [(usize, usize); 6] = [(0, 3), (1, 5), (15, 7), (17, 7), (2047, 5), (2049, 5)];
@@ -52,22 +52,9 @@ struct Results<T> {
     grad: Vec<T>,
 }
 
-/// Values uniform in `[-10, 10)` from a xorshift seeded with `seed`.
-fn uniform(len: usize, seed: u64) -> Vec<f64> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 20.0
-        })
-        .collect()
-}
-
 /// `n` rows of `k` logits, and a target per row: the row's maximum, another class, or ignored.
 fn input<T: Float>(k: usize, n: usize) -> (Vec<T>, Vec<i64>) {
-    let x: Vec<T> = uniform(n * k, 0x5EED ^ k as u64)
+    let x: Vec<T> = uniform(n * k, 0x5EED ^ k as u64, 20.0)
         .into_iter()
         .map(T::from_f64)
         .collect();
@@ -294,11 +281,11 @@ fn check_levels<T: Float>(k: usize, n: usize) {
 /// takes PyTorch's form `(1 - y)·x - log σ(x)`, which cancels where `x` is very negative and `y`
 /// near 0 (a loss of 4.6e-5 from terms near -10), so no bound relative to the loss holds.
 fn check_binary<T: Float>(k: usize, n: usize) {
-    let x: Vec<T> = uniform(n * k, 0xB1 ^ k as u64)
+    let x: Vec<T> = uniform(n * k, 0xB1 ^ k as u64, 20.0)
         .into_iter()
         .map(T::from_f64)
         .collect();
-    let y: Vec<T> = uniform(n * k, 0xB2 ^ k as u64)
+    let y: Vec<T> = uniform(n * k, 0xB2 ^ k as u64, 20.0)
         .into_iter()
         .enumerate()
         .map(|(i, v)| {

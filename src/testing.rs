@@ -1,5 +1,5 @@
-//! What the crate's numerical tests share: the float64 reference of a row's log-sum-exp and
-//! the error bound the results are held to (derived in the header of
+//! What the crate's numerical tests share: reproducible inputs, the float64 reference of a
+//! row's log-sum-exp and the error bound the results are held to (derived in the header of
 //! `kernels::exact_tests`).
 
 use crate::float::Float;
@@ -45,4 +45,17 @@ pub(crate) fn reference<T: Float>(row: &[T]) -> (f64, f64, usize) {
         .map(|(_, v)| (v.to_f64() - m).exp())
         .sum();
     (m + rest.ln_1p(), rest, t)
+}
+
+/// `len` values uniform in `[-spread/2, spread/2)`, from a xorshift seeded with `seed`.
+pub(crate) fn uniform(len: usize, seed: u64, spread: f64) -> Vec<f64> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * spread
+        })
+        .collect()
 }

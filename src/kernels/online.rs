@@ -268,15 +268,8 @@ pub(crate) mod tests {
     }
 
     fn logits(n: usize, seed: u64, spread: f64) -> Vec<f32> {
-        let mut state = seed | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * spread) as f32
-            })
-            .collect()
+        let x = crate::testing::uniform(n, seed, spread);
+        x.into_iter().map(|v| v as f32).collect()
     }
 
     /// Every option set of the cross-entropy on class indices, for `k` classes.
