@@ -126,6 +126,7 @@ impl Level {
         self
     }
 
+    /// The instruction set this level runs.
     pub fn isa(self) -> Isa {
         self.0
     }

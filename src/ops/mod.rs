@@ -17,10 +17,10 @@
 //!
 //! Each function is generic over the compute type `T` (`f32` or `f64`); views of any storage
 //! dtype are widened into `T` per block by [`View::load`] and results rounded once on the way
-//! out by [`View::store`]. Inputs are validated here before anything is written, so an error
-//! never leaves a caller's `out=` buffer half-written. The dispatched kernels take the
-//! instruction set as a [`Level`](crate::isa::Level) argument: each entry point receives it from its caller,
-//! which reads it once per call.
+//! out by [`RowsMut::store`]. Inputs are validated here before anything is written, so an
+//! error never leaves a caller's `out=` buffer half-written. The dispatched kernels take the
+//! instruction set as a [`Level`](crate::isa::Level) argument: each entry point receives it
+//! from its caller, which reads it once per call.
 
 pub(crate) mod binary;
 #[cfg(test)]
