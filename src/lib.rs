@@ -16,7 +16,7 @@
 //!   thread-count independent results.
 //! - `kernels`: pure row math, one block of contiguous `&[T]` rows at a time, built on `math`
 //!   (our own vectorizable `exp` and `ln`) and `isa` (the instruction set: each dispatched
-//!   kernel takes an `isa::Level`, which only a level the CPU supports can be).
+//!   kernel takes an `isa::Level`, which can only hold a level the CPU supports).
 //! - `ops`: strategies over whole strided views (blocks of rows in parallel, a few long rows
 //!   split within, fixed-order reductions), with their checks.
 //! - On top, the two callers of `ops`: these slice functions and the Python binding
