@@ -325,15 +325,17 @@ fn check_binary<T: Float>(k: usize, n: usize) {
         let (xe, ye) = (xe.to_f64(), ye.to_f64());
         let loss = xe.max(0.0) - xe * ye + (-xe.abs()).exp().ln_1p();
         let sig = 1.0 / (1.0 + (-xe).exp());
-        let what = format!("k={k} element {e}: x={xe} y={ye}");
         let close = |got: f64, want: f64| (got - want).abs() <= tol * (1.0 + want.abs());
+        let (l, g) = (losses[e], grad[e].to_f64());
         assert!(
-            close(losses[e], loss),
-            "loss {what}: {} vs {loss}",
-            losses[e]
+            close(l, loss),
+            "loss k={k} [{e}] x={xe} y={ye}: {l} vs {loss}"
         );
-        let g = grad[e].to_f64();
-        assert!(close(g, sig - ye), "grad {what}: {g} vs {}", sig - ye);
+        assert!(
+            close(g, sig - ye),
+            "grad k={k} [{e}] x={xe} y={ye}: {g} vs {}",
+            sig - ye
+        );
     }
 }
 
