@@ -7,6 +7,12 @@
 //! (read once, at the first call) or [`force`] selects a lower one, so the tests exercise every
 //! path on one machine; asking for a set the CPU lacks falls back to the best it has.
 //!
+//! That choice is global, but it is read only at the API boundary: each call of the slice API,
+//! the Python binding or the fused linear cross-entropy takes one [`Level`] at its top and
+//! passes it down, through `ops`, to every dispatched kernel. A `Level` can only hold a set the
+//! CPU supports, so the kernels' `unsafe` calls stay sound whatever a safe caller passes, and a
+//! call never mixes levels even when [`force`] runs meanwhile.
+//!
 //! Every path sums in the same order (a fixed lane count, independent of the vector width), so
 //! results never depend on the thread count or the vector width. The AVX2 and AVX-512 copies
 //! use fused multiply-add inside `exp` ([`Arith`]) and so agree bitwise with each other; the
@@ -80,34 +86,74 @@ pub fn detected() -> Isa {
     Isa::Baseline
 }
 
-/// 0 until the first call resolves it.
+/// A level this CPU supports: what every dispatched kernel ([`isa_dispatch!`]) takes to pick
+/// the copy it runs. The field is private and every constructor caps the level by [`detected`],
+/// so no safe caller can make one the CPU lacks: that is what keeps the `unsafe` calls of the
+/// `#[target_feature]` copies sound. A call reads the level once, at the API boundary
+/// ([`Level::active`]), and passes it down; nothing below reads the global choice, so tests can
+/// run every level side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Level(Isa);
+
+impl Level {
+    /// The best level the CPU supports.
+    pub fn best() -> Level {
+        Level(detected())
+    }
+
+    /// `wanted`, or the best level below it that the CPU supports.
+    pub fn capped(wanted: Isa) -> Level {
+        Level(wanted.min(detected()))
+    }
+
+    /// The level calls use now: `SCE_RS_FORCE_ISA` (read at the first call) or [`force`]'s
+    /// choice, capped by the CPU; the best level otherwise.
+    #[inline]
+    pub fn active() -> Level {
+        match ACTIVE.load(Ordering::Relaxed) {
+            0 => std::env::var("SCE_RS_FORCE_ISA")
+                .ok()
+                .and_then(|s| Isa::from_name(&s))
+                .map_or_else(Level::best, Level::capped)
+                .make_active(),
+            // Only `make_active` stores, and it stores a `Level`.
+            v => Level(Isa::from_u8(v)),
+        }
+    }
+
+    fn make_active(self) -> Level {
+        ACTIVE.store(self.0 as u8, Ordering::Relaxed);
+        self
+    }
+
+    /// The instruction set this level runs.
+    pub fn isa(self) -> Isa {
+        self.0
+    }
+
+    /// Every level this CPU supports, lowest first: what tests run side by side.
+    #[cfg(test)]
+    pub fn supported() -> Vec<Level> {
+        let mut all: Vec<Level> = Isa::ALL.into_iter().map(Level::capped).collect();
+        all.dedup();
+        all
+    }
+}
+
+/// 0 until the first call resolves it; otherwise a level capped by the CPU, as `Isa as u8`.
 static ACTIVE: AtomicU8 = AtomicU8::new(0);
 
-/// The level the kernels use now.
-#[inline]
+/// The level the kernels use now, as `simd_backend()` reports it.
 pub fn active() -> Isa {
-    match ACTIVE.load(Ordering::Relaxed) {
-        0 => {
-            let wanted = std::env::var("SCE_RS_FORCE_ISA")
-                .ok()
-                .and_then(|s| Isa::from_name(&s));
-            force(wanted.unwrap_or(Isa::Avx512))
-        }
-        v => Isa::from_u8(v),
-    }
+    Level::active().isa()
 }
 
 /// Uses `wanted`, or the best level below it that the CPU supports, for later calls; returns
 /// the level chosen. Results do not depend on it (see the module docs), only speed does.
+/// Calls already running keep the level they read when they started.
+#[cfg_attr(not(feature = "python"), allow(dead_code))] // the binding's `_force_simd_backend`
 pub fn force(wanted: Isa) -> Isa {
-    let chosen = capped(wanted);
-    ACTIVE.store(chosen as u8, Ordering::Relaxed);
-    chosen
-}
-
-/// `wanted`, or the best level below it that the CPU supports.
-fn capped(wanted: Isa) -> Isa {
-    wanted.min(detected())
+    Level::capped(wanted).make_active().isa()
 }
 
 /// The arithmetic a copy of a kernel is compiled with, passed down as a zero-sized value so
@@ -155,8 +201,10 @@ pub type BaselineArith = Fused;
 pub type BaselineArith = Unfused;
 
 /// Defines `pub fn $name` that runs `$imp` (an `#[inline(always)]` generic function with the
-/// same signature plus a last [`Arith`] argument) compiled for the [`active`] instruction set. Generic parameters go in
-/// square brackets: `pub fn softmax[T: Float](x: &[T], out: &mut [T]) = softmax_rows;`.
+/// same signature plus a last [`Arith`] argument) compiled for the instruction set of a
+/// [`Level`], which the defined function takes as its first argument. Generic parameters go
+/// in square brackets: `pub fn softmax[T: Float](x: &[T], out: &mut [T]) = softmax_rows;`
+/// defines `softmax(isa: Level, x: &[T], out: &mut [T])`.
 macro_rules! isa_dispatch {
     ($(
         $(#[$meta:meta])*
@@ -164,7 +212,7 @@ macro_rules! isa_dispatch {
     )*) => {$(
         $(#[$meta])*
         #[inline]
-        pub fn $name<$($gen)*>($($arg: $ty),*) $(-> $ret)? {
+        pub fn $name<$($gen)*>(isa: $crate::isa::Level, $($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
@@ -175,13 +223,16 @@ macro_rules! isa_dispatch {
                 unsafe fn avx512<$($gen)*>($($arg: $ty),*) $(-> $ret)? {
                     $imp($($arg,)* $crate::isa::Fused)
                 }
-                match $crate::isa::active() {
-                    // SAFETY: `active` only returns a level the CPU was detected to support.
+                match isa.isa() {
+                    // SAFETY: a `Level` only ever holds a level the CPU was detected to
+                    // support (its field is private and every constructor caps it).
                     $crate::isa::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
                     $crate::isa::Isa::Avx2 => return unsafe { avx2($($arg),*) },
                     $crate::isa::Isa::Baseline => {}
                 }
             }
+            let _ = isa; // the baseline copy is the only one off x86-64
             $imp($($arg,)* $crate::isa::BaselineArith {})
         }
     )*};
@@ -202,8 +253,10 @@ mod tests {
         // Without touching the level in use: other tests running meanwhile compare results
         // bitwise, and the baseline may differ from the others in the last bits.
         let best = detected();
-        assert_eq!(capped(Isa::Avx512), best);
-        assert_eq!(capped(Isa::Baseline), Isa::Baseline);
-        assert!(capped(Isa::Avx2) <= best);
+        assert_eq!(Level::best().isa(), best);
+        assert_eq!(Level::capped(Isa::Avx512).isa(), best);
+        assert_eq!(Level::capped(Isa::Baseline).isa(), Isa::Baseline);
+        assert!(Level::capped(Isa::Avx2).isa() <= best);
+        assert!(Level::active().isa() <= best);
     }
 }

@@ -10,14 +10,19 @@
 //! the fused linear cross-entropy in [`linear`]. The layers below it are the crate's own, from
 //! the bottom:
 //!
-//! - `math`: our own vectorizable `exp` and `ln`; `isa`: the instruction set, detected once.
-//! - `kernels`: the numerics, one row at a time, over contiguous `&[T]` rows.
-//! - `strided`: arrays of any strides and storage dtype seen as blocks of contiguous rows, the
-//!   one place where pointers become slices (`View<'a>` to read, `ViewMut<'a>` to write).
-//! - `pool`: the thread pool and the fixed block schedule behind thread-count independent
-//!   results.
-//! - `ops`: whole-array operations on strided views, with their checks (what both these slice
-//!   functions and the Python binding call); `long_rows`: a few very long rows, split within.
+//! - `strided` (memory): arrays of any strides and storage dtype seen as blocks of contiguous
+//!   rows, the one place where pointers become slices (`View<'a>` to read, `ViewMut<'a>` to
+//!   write); `pool` (threads): the thread pool and the fixed block schedule behind
+//!   thread-count independent results.
+//! - `kernels`: pure row math, one block of contiguous `&[T]` rows at a time, built on `math`
+//!   (our own vectorizable `exp` and `ln`) and `isa` (the instruction set: each dispatched
+//!   kernel takes an `isa::Level`, which can only hold a level the CPU supports).
+//! - `ops`: strategies over whole strided views (blocks of rows in parallel, a few long rows
+//!   split within, fixed-order reductions), with their checks.
+//! - On top, the two callers of `ops`: these slice functions and the Python binding
+//!   (`python`). Each reads the instruction set once per call (`isa::Level::active`, which
+//!   honours `SCE_RS_FORCE_ISA`) and passes it down; `linear` (the fused linear
+//!   cross-entropy) and `scoring` do the same over the kernels directly.
 //!
 //! ```
 //! let x = [2.0f64, 1.0, 0.1];
@@ -34,7 +39,6 @@ pub(crate) mod float;
 pub(crate) mod isa;
 pub(crate) mod kernels;
 pub mod linear;
-pub(crate) mod long_rows;
 pub(crate) mod math;
 pub(crate) mod ops;
 pub(crate) mod pool;
@@ -44,12 +48,18 @@ pub(crate) mod strided;
 #[cfg(feature = "python")]
 mod python;
 
+#[cfg(test)]
+mod isa_tests;
+#[cfg(test)]
+mod testing;
+
 pub use error::{Error, Result};
 pub use float::Float;
 pub use kernels::simd_backend;
 pub use ops::{CeOptions, Reduction};
 pub use pool::{num_threads, set_num_threads};
 
+use isa::Level;
 use ops::{RowMap, Src, Targets, Upstream};
 use strided::{View, ViewMut};
 
@@ -78,27 +88,34 @@ fn check_len(what: &str, len: usize, want: usize) -> Result<()> {
     Ok(())
 }
 
-fn map_slice<T: Float>(map: RowMap, x: &[T], k: usize, out: &mut [T], out_k: usize) -> Result<()> {
+fn map_slice<T: Float>(
+    isa: Level,
+    map: RowMap,
+    x: &[T],
+    k: usize,
+    out: &mut [T],
+    out_k: usize,
+) -> Result<()> {
     let n = check_rows("x", x.len(), k)?;
     check_len("out", out.len(), n * out_k)?;
     let xv = View::of_slice(x, k);
     let mut ov = ViewMut::of_slice(out, out_k);
-    ops::row_map::<T>(map, Src::View(&xv), &mut ov)
+    ops::row_map::<T>(isa, map, Src::View(&xv), &mut ov)
 }
 
 /// Softmax of each row of `k` elements of `x` into `out` (same length).
 pub fn softmax<T: Float>(x: &[T], k: usize, out: &mut [T]) -> Result<()> {
-    map_slice(RowMap::Softmax, x, k, out, k)
+    map_slice(Level::active(), RowMap::Softmax, x, k, out, k)
 }
 
 /// Log-softmax of each row of `k` elements of `x` into `out` (same length).
 pub fn log_softmax<T: Float>(x: &[T], k: usize, out: &mut [T]) -> Result<()> {
-    map_slice(RowMap::LogSoftmax, x, k, out, k)
+    map_slice(Level::active(), RowMap::LogSoftmax, x, k, out, k)
 }
 
 /// `log(sum(exp(row)))` of each row of `k` elements into `out` (one value per row).
 pub fn logsumexp<T: Float>(x: &[T], k: usize, out: &mut [T]) -> Result<()> {
-    map_slice(RowMap::LogSumExp, x, k, out, 1)
+    map_slice(Level::active(), RowMap::LogSumExp, x, k, out, 1)
 }
 
 /// Cross-entropy of rows of `k` logits against class indices (`-100` is ignored).
@@ -109,7 +126,16 @@ pub fn cross_entropy<T: Float>(
     options: &CeOptions<T>,
     reduction: Reduction,
 ) -> Result<f64> {
-    ce_slices(x, k, target, options, reduction, None, None)
+    ce_slices(
+        Level::active(),
+        x,
+        k,
+        target,
+        options,
+        reduction,
+        None,
+        None,
+    )
 }
 
 /// Cross-entropy and its gradient with respect to `x`, written into `grad` (same length as
@@ -123,7 +149,16 @@ pub fn cross_entropy_and_grad<T: Float>(
     grad: &mut [T],
     losses: Option<&mut [f64]>,
 ) -> Result<f64> {
-    ce_slices(x, k, target, options, reduction, Some(grad), losses)
+    ce_slices(
+        Level::active(),
+        x,
+        k,
+        target,
+        options,
+        reduction,
+        Some(grad),
+        losses,
+    )
 }
 
 /// Cross-entropy and its gradient written over the logits `x` themselves (no second buffer of
@@ -139,6 +174,7 @@ pub fn cross_entropy_and_grad_in_place<T: Float>(
     let n = check_rows("x", x.len(), k)?;
     let mut xv = ViewMut::of_slice(x, k);
     ce_call(
+        Level::active(),
         Src::Out,
         n,
         target,
@@ -164,6 +200,7 @@ pub fn cross_entropy_with_probs<T: Float>(
     let up = Upstream::Scalar(1.0);
     let loss = ops::Loss::CrossEntropy(options);
     ops::multiclass_loss(
+        Level::active(),
         loss,
         Src::View(&xv),
         Targets::Probs(&pv),
@@ -174,7 +211,9 @@ pub fn cross_entropy_with_probs<T: Float>(
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn ce_slices<T: Float>(
+    isa: Level,
     x: &[T],
     k: usize,
     target: &[i64],
@@ -189,6 +228,7 @@ fn ce_slices<T: Float>(
         .map(|g| check_len("grad", g.len(), x.len()).map(|_| ViewMut::of_slice(g, k)))
         .transpose()?;
     ce_call(
+        isa,
         Src::View(&xv),
         n,
         target,
@@ -200,7 +240,9 @@ fn ce_slices<T: Float>(
 }
 
 /// The cross-entropy of `n` rows read from `x` against class indices (`-100` ignored).
+#[allow(clippy::too_many_arguments)]
 fn ce_call<T: Float>(
+    isa: Level,
     x: Src<'_>,
     n: usize,
     target: &[i64],
@@ -221,26 +263,33 @@ fn ce_call<T: Float>(
     };
     let loss = ops::Loss::CrossEntropy(options);
     let up = Upstream::Scalar(1.0);
-    ops::multiclass_loss(loss, x, targets, reduction, up, lv.as_mut(), grad)
+    ops::multiclass_loss(isa, loss, x, targets, reduction, up, lv.as_mut(), grad)
 }
 /// The vector-Jacobian product of softmax, `s * (g - sum(g * s))`, for rows of `k` of the
 /// upstream gradient `g` and the softmax output `s`, into `out` (all of one length).
 pub fn softmax_backward<T: Float>(g: &[T], s: &[T], k: usize, out: &mut [T]) -> Result<()> {
-    backward_slices(false, g, s, k, out)
+    backward_slices(Level::active(), false, g, s, k, out)
 }
 
 /// The vector-Jacobian product of log-softmax, `g - exp(y) * sum(g)`, for rows of `k` of the
 /// upstream gradient `g` and the log-softmax output `y`, into `out` (all of one length).
 pub fn log_softmax_backward<T: Float>(g: &[T], y: &[T], k: usize, out: &mut [T]) -> Result<()> {
-    backward_slices(true, g, y, k, out)
+    backward_slices(Level::active(), true, g, y, k, out)
 }
 
-fn backward_slices<T: Float>(log: bool, g: &[T], y: &[T], k: usize, out: &mut [T]) -> Result<()> {
+fn backward_slices<T: Float>(
+    isa: Level,
+    log: bool,
+    g: &[T],
+    y: &[T],
+    k: usize,
+    out: &mut [T],
+) -> Result<()> {
     check_rows("grad_output", g.len(), k)?;
     check_len("output", y.len(), g.len())?;
     check_len("out", out.len(), g.len())?;
     let (gv, yv) = (View::of_slice(g, k), View::of_slice(y, k));
-    ops::softmax_backward::<T>(log, &gv, &yv, &mut ViewMut::of_slice(out, k))
+    ops::softmax_backward::<T>(isa, log, &gv, &yv, &mut ViewMut::of_slice(out, k))
 }
 
 /// The negative log-likelihood of rows of `k` log-probabilities against class indices
@@ -265,6 +314,7 @@ pub fn nll_loss<T: Float>(
     };
     let up = Upstream::Scalar(1.0);
     ops::multiclass_loss(
+        Level::active(),
         ops::Loss::Nll(weight),
         Src::View(&xv),
         targets,

@@ -34,6 +34,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::isa::Level;
 use crate::kernels::linear::{fold_tile, grad_tile, RowGrad, RowStats, TileOpts};
 use crate::ops::{CeOptions, Reduction};
 use crate::pool::{in_pool, should_stop};
@@ -470,6 +471,7 @@ fn row_targets<'a, T>(
 /// allocator arena (products run on the pool's threads left each thread's arena holding its
 /// own, and the peak grew with the thread count).
 fn forward<T: Float>(
+    isa: Level,
     a: &LinearCe<'_, T>,
     plan: &Plan,
     rows: &mut RowResults<'_, '_>,
@@ -500,7 +502,7 @@ fn forward<T: Float>(
             // into sums of its own and adding those in class order.
             let o = tile_opts(a, c0, kb);
             for_tile_rows(&mut tile, kb, &mut stats, |t, st| {
-                fold_tile(t, kb, c0, st, o, &mut Vec::new())
+                fold_tile(isa, t, kb, c0, st, o, &mut Vec::new())
             });
         }
         let out = row_grads.as_deref_mut().unwrap_or(&mut discard);
@@ -513,6 +515,7 @@ fn forward<T: Float>(
 /// The recompute schedule's backward sweep, class block by class block. False when
 /// interrupted.
 fn backward<T: Float>(
+    isa: Level,
     a: &LinearCe<'_, T>,
     plan: &Plan,
     row_grads: &[RowGrad<T>],
@@ -562,7 +565,7 @@ fn backward<T: Float>(
             grads_here.clear();
             grads_here.extend_from_slice(&row_grads[r0..r0 + nb]);
             for_tile_rows(&mut tile, kb, &mut grads_here, |t, rg| {
-                grad_tile(t, kb, c0, rg, o)
+                grad_tile(isa, t, kb, c0, rg, o)
             });
             if d_bias.is_some() {
                 add_column_sums(&mut sums, &tile, kb);
@@ -602,6 +605,7 @@ fn backward<T: Float>(
 /// The keep schedule: loss and gradients, row block by row block, three products each. False
 /// when interrupted.
 fn keep<T: Float>(
+    isa: Level,
     a: &LinearCe<'_, T>,
     plan: &Plan,
     rows: &mut RowResults<'_, '_>,
@@ -644,7 +648,7 @@ fn keep<T: Float>(
         let mut stats: Vec<RowStats> = row_targets(a, r0, r0 + nb).collect();
         let o = tile_opts(a, 0, v);
         for_tile_rows(z, v, &mut stats, |t, st| {
-            fold_tile(t, v, 0, st, o, &mut Vec::new())
+            fold_tile(isa, t, v, 0, st, o, &mut Vec::new())
         });
         row_grads.clear();
         rows.finish(&stats, r0, a.opts, v, &mut row_grads);
@@ -652,7 +656,7 @@ fn keep<T: Float>(
         let RowsOut::Slice(d_weight) = &mut g.d_weight else {
             unreachable!("the plan keeps logits only with d_weight in place")
         };
-        for_tile_rows(z, v, &mut row_grads, |t, rg| grad_tile(t, v, 0, rg, o));
+        for_tile_rows(z, v, &mut row_grads, |t, rg| grad_tile(isa, t, v, 0, rg, o));
         if let Some(s) = sums.as_mut() {
             add_column_sums(s, z, v);
         }
@@ -687,6 +691,7 @@ pub fn linear_cross_entropy<T: Float>(
     losses: Option<&mut [f64]>,
     mut grads: Option<LinearGrads<'_, T>>,
 ) -> Result<f64> {
+    let isa = Level::active();
     check_sizes(a, upstream, losses.as_deref(), grads.as_ref())?;
     let denominator = validate_targets(a)?;
     let uniform = match (reduction, upstream) {
@@ -709,13 +714,13 @@ pub fn linear_cross_entropy<T: Float>(
     let plan = Plan::new(a, grads.as_ref(), threads);
     let threads = plan.gemm_threads;
     let done = match grads.as_mut() {
-        _ if plan.keep => keep(a, &plan, &mut rows, grads.as_mut(), threads),
+        _ if plan.keep => keep(isa, a, &plan, &mut rows, grads.as_mut(), threads),
         Some(g) => {
             let mut row_grads = Vec::with_capacity(a.n);
-            forward(a, &plan, &mut rows, Some(&mut row_grads), threads)
-                && backward(a, &plan, &row_grads, g, threads)
+            forward(isa, a, &plan, &mut rows, Some(&mut row_grads), threads)
+                && backward(isa, a, &plan, &row_grads, g, threads)
         }
-        None => forward(a, &plan, &mut rows, None, threads),
+        None => forward(isa, a, &plan, &mut rows, None, threads),
     };
     if !done {
         return Ok(f64::NAN);

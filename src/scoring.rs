@@ -18,6 +18,7 @@
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::isa::Level;
 use crate::kernels::scoring::{score_rows, BlockOut, Plan, RowScore};
 use crate::ops::{mean_denominator, Targets};
 use crate::pool::{block_ranges, for_blocks_with, ordered_sum};
@@ -140,6 +141,7 @@ fn check_targets(t: &TargetIndex<'_>, k: usize, n: usize, ignore_index: i64) -> 
 /// Runs the row kernel over every block of `x`, each block writing its own pieces; returns the
 /// negative log-likelihood of the counted rows, summed per block and then in block order.
 fn run_blocks<T: Float>(
+    isa: Level,
     x: &View<'_>,
     targets: Option<&TargetIndex<'_>>,
     plan: &Plan<T>,
@@ -161,7 +163,7 @@ fn run_blocks<T: Float>(
             top_ids: p.ids,
             top_logprobs: &mut lps,
         };
-        score_rows(xs, k, idx, plan, &mut out);
+        score_rows(isa, xs, k, idx, plan, &mut out);
         if let Some(v) = p.logprob.as_mut() {
             v.store::<f64, _>(&mut sl, |o| {
                 o.iter_mut().zip(&rows).for_each(|(o, s)| *o = s.logprob)
@@ -202,6 +204,7 @@ fn check_rows(what: &str, rows: usize, k: usize, n: usize, want_k: usize) -> Res
 /// Scores every row of `x` (rows along the class axis) into `out`; `T` is the compute type.
 /// Every option and target is checked before anything is written.
 pub(crate) fn score_views<T: Float>(
+    isa: Level,
     x: &View<'_>,
     targets: Option<TargetIndex<'_>>,
     o: &ScoreOptions,
@@ -255,12 +258,13 @@ pub(crate) fn score_views<T: Float>(
             ids: ids.unwrap_or_default(),
         })
         .collect();
-    run_blocks(x, targets.as_ref(), &plan, pieces);
+    run_blocks(isa, x, targets.as_ref(), &plan, pieces);
     Ok(())
 }
 
 /// `(nll_sum, count)` of the rows of `x` against `targets` (see [`perplexity`]).
 pub(crate) fn perplexity_view<T: Float>(
+    isa: Level,
     x: &View<'_>,
     targets: TargetIndex<'_>,
     ignore_index: i64,
@@ -283,7 +287,7 @@ pub(crate) fn perplexity_view<T: Float>(
             ids: &mut [],
         })
         .collect();
-    let total = run_blocks(x, Some(&targets), &plan, pieces);
+    let total = run_blocks(isa, x, Some(&targets), &plan, pieces);
     Ok((total, count))
 }
 
@@ -354,7 +358,7 @@ pub fn token_logprobs<T: Float>(
         view,
         shape: &shape,
     });
-    score_views::<T>(&xv, targets, o, outs)
+    score_views::<T>(Level::active(), &xv, targets, o, outs)
 }
 
 /// `(nll_sum, count)` of the rows of `k` logits in `x` against `target` (one class index per
@@ -378,6 +382,7 @@ pub fn perplexity<T: Float>(
     let tv = View::of_indices(target);
     let shape = [target.len()];
     perplexity_view::<T>(
+        Level::active(),
         &xv,
         TargetIndex {
             view: &tv,

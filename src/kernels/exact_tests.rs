@@ -12,52 +12,15 @@
 //! `exp`, which moves `exp(x - max)` by up to `|x - max|·u` relative (as in every
 //! implementation that works in `T`; the reference takes the exact difference). Where `lse =
 //! m + ln s` adds terms of opposite signs, the bound is relative to `|m| + |ln s|`.
-//! Before `log1p` these results were off by up to 100% (a loss of 0 for 4.2e-18).
+//! Before `log1p` these results were off by up to 100% (a loss of 0 for 4.2e-18). The bound
+//! and the reference live in `crate::testing`, shared with `crate::isa_tests`.
 
 use crate::float::Float;
 use crate::linear::{
     linear_cross_entropy, LinUpstream, LinearCe, LinearGrads, Operand, RowsOut, DEFAULT_MAX_MEMORY,
 };
+use crate::testing::{reference, spread, tol};
 use crate::{CeOptions, Reduction};
-
-/// The bound of the module header for a row of `k` whose largest `|x - max|` that still adds
-/// to the sum is `d`.
-fn tol<T: Float>(k: usize, d: f64) -> f64 {
-    let u = if std::mem::size_of::<T>() == 4 {
-        f32::EPSILON as f64 / 2.0
-    } else {
-        f64::EPSILON / 2.0
-    };
-    (24.0 + (k / 256) as f64 + d) * u
-}
-
-/// The largest `max - x` of the row among the terms that add to its sum (the padding of -1e4
-/// adds an exact 0).
-fn spread<T: Float>(row: &[T]) -> f64 {
-    let m = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.to_f64()));
-    row.iter()
-        .map(|v| m - v.to_f64())
-        .filter(|&d| d < 1000.0)
-        .fold(0.0, f64::max)
-}
-
-/// What a row's results should be, in `f64` from the row's values: `(lse, rest, argmax)` with
-/// `rest = Σ_{j != argmax} exp(x_j - max)` and `lse = max + log1p(rest)`.
-fn reference<T: Float>(row: &[T]) -> (f64, f64, usize) {
-    let (mut t, mut m) = (0, f64::NEG_INFINITY);
-    for (j, v) in row.iter().enumerate() {
-        if v.to_f64() > m {
-            (t, m) = (j, v.to_f64());
-        }
-    }
-    let rest: f64 = row
-        .iter()
-        .enumerate()
-        .filter(|&(j, _)| j != t)
-        .map(|(_, v)| (v.to_f64() - m).exp())
-        .sum();
-    (m + rest.ln_1p(), rest, t)
-}
 
 /// Rows of `k` whose maximum dominates: SciPy's test_gh18295 rows (`[0, -40]` in float64,
 /// `[0, -10]` and `[0, -20]` in float32) padded with -1e4 (whose exp is 0), then random rows
@@ -192,7 +155,7 @@ fn rows_float64() {
 #[test]
 fn split_rows_both_types() {
     let k = (1 << 16) + 1000;
-    assert!(crate::long_rows::applies(3, k));
+    assert!(crate::ops::long_rows::applies(3, k));
     for n in [1, 3] {
         check_rows::<f32>(k, n);
         check_rows::<f64>(k, n);

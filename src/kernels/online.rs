@@ -3,7 +3,7 @@
 //! and the coefficients of its gradient ([`RowStats::finish`], a [`RowGrad`]), and each block
 //! then turned into its gradient ([`RowGrad::at`], [`RowGrad::set_target`], [`cap_slope`]).
 //! The row kernel ([`super::cross_entropy`]) folds a row as one block, its short-row groups
-//! with the sums already taken, the split long rows ([`crate::long_rows`]) one segment per
+//! with the sums already taken, the split long rows ([`crate::ops::long_rows`]) one segment per
 //! thread, the fused linear cross-entropy ([`super::linear`]) one tile of classes at a time.
 //! The formulas are those of the [`super::cross_entropy`] header.
 //!
@@ -257,6 +257,7 @@ pub fn cap_slope<T: Float>(z: T, inv_c: T) -> T {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::isa::Level;
     use crate::kernels::cross_entropy::{cross_entropy, RowTarget, Scale};
     use crate::kernels::linear::{fold_tile, grad_tile, TileOpts};
     use crate::kernels::softmax::tests::close_to_row_path;
@@ -268,15 +269,8 @@ pub(crate) mod tests {
     }
 
     fn logits(n: usize, seed: u64, spread: f64) -> Vec<f32> {
-        let mut state = seed | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * spread) as f32
-            })
-            .collect()
+        let x = crate::testing::uniform(n, seed, spread);
+        x.into_iter().map(|v| v as f32).collect()
     }
 
     /// Every option set of the cross-entropy on class indices, for `k` classes.
@@ -318,7 +312,15 @@ pub(crate) mod tests {
                     // The row kernel, dispatched to the same instruction set as the tiles.
                     let (mut want, mut want_loss) = (vec![0f32; k], [0.0]);
                     let g = Some((&mut want[..], Scale::Uniform(0.75)));
-                    cross_entropy(row, k, |_| RowTarget::Class(t), &o, g, &mut want_loss);
+                    cross_entropy(
+                        Level::active(),
+                        row,
+                        k,
+                        |_| RowTarget::Class(t),
+                        &o,
+                        g,
+                        &mut want_loss,
+                    );
                     let want_loss = want_loss[0];
                     let mut cap = Vec::new();
                     let opts = TileOpts {
@@ -327,10 +329,10 @@ pub(crate) mod tests {
                         smoothing: o.label_smoothing > 0.0,
                     };
                     let mut st = [RowStats::new(Some(t))];
-                    fold_tile(row, k, 0, &mut st, opts, &mut cap);
+                    fold_tile(Level::active(), row, k, 0, &mut st, opts, &mut cap);
                     let (loss, rg) = st[0].finish(&o, k, 0.75);
                     let mut got = row.to_vec();
-                    grad_tile(&mut got, k, 0, &[rg], opts);
+                    grad_tile(Level::active(), &mut got, k, 0, &[rg], opts);
                     let what = format!("k={k} row {i} {o:?}");
                     if k < crate::kernels::SMALL_K {
                         // Rows this short take the small-row path, whose sum is rounded apart.
@@ -353,9 +355,11 @@ pub(crate) mod tests {
     /// The split long-row path is the online fold over its segments, in order, bit for bit.
     #[test]
     fn split_rows_are_the_fold_over_segments() {
-        let seg = crate::long_rows::SEGMENT;
+        let seg = crate::ops::long_rows::SEGMENT;
         let k = 2 * seg + 1234;
-        assert!(crate::long_rows::applies(1, k));
+        assert!(crate::ops::long_rows::applies(1, k));
+        // The level the slice API below reads.
+        let isa = Level::active();
         let mut x = logits(k, 0xC0FFEE, 16.0);
         x[seg + 17] = 40.0; // a dominating maximum, the target, in the middle segment
         for o in option_sets(k) {
@@ -382,6 +386,7 @@ pub(crate) mod tests {
                     let mut st = [RowStats::new(Some(t))];
                     let c0 = i * seg;
                     fold_tile(
+                        isa,
                         part,
                         part.len(),
                         c0,
@@ -395,7 +400,7 @@ pub(crate) mod tests {
                 let mut want = x.clone();
                 for (i, part) in want.chunks_mut(seg).enumerate() {
                     let len = part.len();
-                    grad_tile(part, len, i * seg, &[rg], opts(i * seg, len));
+                    grad_tile(isa, part, len, i * seg, &[rg], opts(i * seg, len));
                 }
                 let what = format!("t={t} {o:?}");
                 assert_eq!(losses[0].to_bits(), loss.to_bits(), "loss {what}");

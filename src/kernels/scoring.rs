@@ -474,6 +474,7 @@ isa_dispatch! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isa::Level;
 
     /// The textbook scoring of one row in f64: (logprob, entropy, rank, top ids, top logprobs).
     fn textbook(
@@ -515,6 +516,7 @@ mod tests {
         let mut ids = vec![0; n * plan.top_k];
         let mut lps = vec![0.0; n * plan.top_k];
         score_rows(
+            Level::active(),
             x,
             k,
             targets,
@@ -657,6 +659,7 @@ mod tests {
         );
         let mut out = vec![RowScore::default(); 2];
         score_rows::<f32>(
+            Level::active(),
             &[],
             0,
             &[],

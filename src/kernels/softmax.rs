@@ -223,6 +223,7 @@ isa_dispatch! {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::isa::Level;
     use crate::isa::Unfused;
 
     /// Rows of every length below SMALL_K, over more than one group, with the special rows
@@ -311,7 +312,7 @@ pub(crate) mod tests {
     fn seed_example() {
         let x = [2.0f64, 1.0, 0.1];
         let mut out = [0.0; 3];
-        softmax(&x, 3, &mut out);
+        softmax(Level::active(), &x, 3, &mut out);
         let want = [
             0.659_001_138_885_968,
             0.242_432_970_704_714,
@@ -326,9 +327,9 @@ pub(crate) mod tests {
     fn float32_limit_rows_keep_their_answer() {
         let x = [3e38f32, 3e38, -3e38, 0.0];
         let mut out = [0.0f32; 4];
-        softmax(&x, 4, &mut out);
+        softmax(Level::active(), &x, 4, &mut out);
         assert_eq!(out, [0.5, 0.5, 0.0, 0.0]);
-        log_softmax(&x, 4, &mut out);
+        log_softmax(Level::active(), &x, 4, &mut out);
         assert_eq!(out[2], f32::NEG_INFINITY);
         assert!((out[0] + std::f32::consts::LN_2).abs() < 1e-6);
     }
@@ -336,16 +337,16 @@ pub(crate) mod tests {
     #[test]
     fn infinite_rows_follow_pytorch() {
         let mut o = [0.0f64; 1];
-        logsumexp(&[f64::NEG_INFINITY; 3], 3, &mut o);
+        logsumexp(Level::active(), &[f64::NEG_INFINITY; 3], 3, &mut o);
         assert_eq!(o[0], f64::NEG_INFINITY);
-        logsumexp(&[f64::INFINITY, 1.0], 2, &mut o);
+        logsumexp(Level::active(), &[f64::INFINITY, 1.0], 2, &mut o);
         assert_eq!(o[0], f64::INFINITY);
-        logsumexp(&[f64::NAN, 1.0], 2, &mut o);
+        logsumexp(Level::active(), &[f64::NAN, 1.0], 2, &mut o);
         assert!(o[0].is_nan());
         let mut s = [0.0f64; 3];
-        softmax(&[f64::NEG_INFINITY; 3], 3, &mut s);
+        softmax(Level::active(), &[f64::NEG_INFINITY; 3], 3, &mut s);
         assert!(s.iter().all(|v| v.is_nan()));
-        logsumexp::<f64>(&[], 0, &mut o);
+        logsumexp::<f64>(Level::active(), &[], 0, &mut o);
         assert_eq!(o[0], f64::NEG_INFINITY);
     }
 
@@ -353,12 +354,12 @@ pub(crate) mod tests {
     fn jacobian_matches_backward() {
         let x = [0.3f64, -1.0, 2.0, 0.5];
         let mut j = [0.0; 16];
-        softmax_jacobian(&x, 4, &mut j);
+        softmax_jacobian(Level::active(), &x, 4, &mut j);
         let mut s = [0.0; 4];
-        softmax(&x, 4, &mut s);
+        softmax(Level::active(), &x, 4, &mut s);
         let g = [1.0, -2.0, 0.5, 3.0];
         let mut vjp = [0.0; 4];
-        softmax_backward(&g, &s, 4, &mut vjp);
+        softmax_backward(Level::active(), &g, &s, 4, &mut vjp);
         for c in 0..4 {
             let want: f64 = (0..4).map(|r| g[r] * j[r * 4 + c]).sum();
             assert!((vjp[c] - want).abs() < 1e-14);
@@ -369,6 +370,7 @@ pub(crate) mod tests {
 #[cfg(test)]
 mod properties {
     use super::*;
+    use crate::isa::Level;
     use proptest::prelude::*;
 
     proptest! {
@@ -376,7 +378,7 @@ mod properties {
         #[test]
         fn softmax_f32_matches_f64_textbook(row in proptest::collection::vec(-80.0f32..80.0, 1..300)) {
             let mut out = vec![0.0f32; row.len()];
-            softmax(&row, row.len(), &mut out);
+            softmax(Level::active(), &row, row.len(), &mut out);
             let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
             let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
             let s: f64 = e.iter().sum();
@@ -391,7 +393,7 @@ mod properties {
         #[test]
         fn log_softmax_is_x_minus_logsumexp(row in proptest::collection::vec(-700.0f64..700.0, 1..200)) {
             let mut ls = vec![0.0; row.len()];
-            log_softmax(&row, row.len(), &mut ls);
+            log_softmax(Level::active(), &row, row.len(), &mut ls);
             let lse = logsumexp_row(&row, crate::isa::Unfused);
             for (l, x) in ls.iter().zip(&row) {
                 prop_assert!((l - (x - lse)).abs() <= 1e-12 * (1.0 + x.abs()));

@@ -13,6 +13,7 @@ use super::scalars::{Axis, Int, Real};
 use crate::dtype::DType;
 use crate::error::fmt_index;
 use crate::float::Float;
+use crate::isa::Level;
 use crate::ops::{self, CeOptions, Loss, Reduction, Src, Targets, Upstream};
 
 // ---------------------------------------------------------------- multi-class losses
@@ -138,6 +139,7 @@ pub(super) fn multiclass<'py>(
     target: &Bound<'py, PyAny>,
     o: MultiOpts<'_, 'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let isa = Level::active();
     let mut x = arg(py, f, input, "input")?;
     let a = norm_axis(py, f, o.axis, x.ndim())?;
     let reduction = parse_reduction(py, f, o.reduction)?;
@@ -243,11 +245,11 @@ pub(super) fn multiclass<'py>(
             match kind {
                 Kind::Nll => {
                     let w: Option<Vec<T>> = weight.as_ref().map(|w| w.iter().map(|&v| T::from_f64(v)).collect());
-                    ops::multiclass_loss::<T>(Loss::Nll(w.as_deref()), src, targets, reduction, up, lv.as_mut(), None)
+                    ops::multiclass_loss::<T>(isa, Loss::Nll(w.as_deref()), src, targets, reduction, up, lv.as_mut(), None)
                 }
                 _ => {
                     let opts = CeOptions::<T>::new(k, weight.as_deref(), o.label_smoothing, o.z_loss, o.softcap)?;
-                    ops::multiclass_loss::<T>(Loss::CrossEntropy(&opts), src, targets, reduction, up, lv.as_mut(), gv.as_mut())
+                    ops::multiclass_loss::<T>(isa, Loss::CrossEntropy(&opts), src, targets, reduction, up, lv.as_mut(), gv.as_mut())
                 }
             }
         })

@@ -8,6 +8,11 @@
 //! - `softmax.rs`, `losses.rs`, `binary.rs`, `linear.rs`: the public functions, by family;
 //!   `axes.rs`: the softmax family's `axis=None`/tuples and `logsumexp`'s `b=`, handed on;
 //! - `runtime.rs`: threads and the instruction set.
+//!
+//! Each public function reads the instruction set once, first thing
+//! (`crate::isa::Level::active`, which honours `SCE_RS_FORCE_ISA` and `_force_simd_backend`),
+//! and passes it down, so one call never mixes levels; `linear_cross_entropy` reads it in
+//! [`crate::linear`].
 
 use pyo3::prelude::*;
 

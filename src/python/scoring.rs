@@ -13,6 +13,7 @@ use super::errors::to_py;
 use super::scalars::{Axis, Int, Real};
 use crate::dtype::DType;
 use crate::error::fmt_index;
+use crate::isa::Level;
 use crate::scoring::{ScoreOptions, ScoreOutputs, TargetIndex};
 
 /// Adds this module's functions to the extension.
@@ -80,6 +81,7 @@ fn _token_logprobs<'py>(
     temperature: Real,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let f = "token_logprobs";
+    let isa = Level::active();
     let x = arg(py, f, logits, "logits")?;
     let a = norm_axis(py, f, axis.0, x.ndim())?;
     let k = x.shape[a];
@@ -145,7 +147,7 @@ fn _token_logprobs<'py>(
         f,
         x.size(),
         row,
-        || with_compute!(dt, T => crate::scoring::score_views::<T>(&xv, targets, &opts, out)),
+        || with_compute!(dt, T => crate::scoring::score_views::<T>(isa, &xv, targets, &opts, out)),
     )?
     .map_err(err)?;
     drop((ev, topv, lv));
@@ -237,6 +239,7 @@ fn perplexity<'py>(
     state: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let f = "perplexity";
+    let isa = Level::active();
     let x = arg(py, f, logits, "logits")?;
     let a = norm_axis(py, f, axis.0, x.ndim())?;
     let outer = shape_without(&x.shape, a);
@@ -254,7 +257,7 @@ fn perplexity<'py>(
         f,
         x.size(),
         row,
-        || with_compute!(dt, T => crate::scoring::perplexity_view::<T>(&xv, targets, ignore_index.0)),
+        || with_compute!(dt, T => crate::scoring::perplexity_view::<T>(isa, &xv, targets, ignore_index.0)),
     )?
     .map_err(|e| to_py(py, f, e))?;
     let (nll, count) = (prev_nll + nll, prev_count + count);

@@ -13,6 +13,7 @@ use super::errors::{prefixed, to_py};
 use super::scalars::Axis;
 use crate::dtype::DType;
 use crate::error::fmt_index;
+use crate::isa::Level;
 use crate::ops::{self, RowMap, Src};
 
 // ---------------------------------------------------------------- softmax family
@@ -28,6 +29,7 @@ pub(super) fn row_map_py<'py>(
     axis: isize,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let isa = Level::active();
     let mut x = arg(py, f, x, "x")?;
     let a = norm_axis(py, f, axis, x.ndim())?;
     let dt = x.dtype.result();
@@ -47,7 +49,7 @@ pub(super) fn row_map_py<'py>(
         f,
         x.size(),
         gathered_row(&rows),
-        || with_compute!(dt, T => ops::row_map::<T>(map, src, &mut ov)),
+        || with_compute!(dt, T => ops::row_map::<T>(isa, map, src, &mut ov)),
     )?
     .map_err(|e| to_py(py, f, e))?;
     if given {
@@ -193,6 +195,7 @@ pub(super) fn logsumexp<'py>(
     return_sign: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let f = "logsumexp";
+    let isa = Level::active();
     let axis = match axis {
         AxisArg::One(a) if b.is_none() && !return_sign => a,
         _ => {
@@ -222,7 +225,7 @@ pub(super) fn logsumexp<'py>(
         f,
         x.size(),
         gathered_row(&[read_rows(&xv, dt.compute())]),
-        || with_compute!(dt, T => ops::row_map::<T>(RowMap::LogSumExp, Src::View(&xv), &mut ov)),
+        || with_compute!(dt, T => ops::row_map::<T>(isa, RowMap::LogSumExp, Src::View(&xv), &mut ov)),
     )?
     .map_err(|e| to_py(py, f, e))?;
     out.into_result()
@@ -257,6 +260,7 @@ pub(super) fn softmax_jacobian<'py>(
     axis: Axis,
 ) -> PyResult<Bound<'py, PyAny>> {
     let f = "softmax_jacobian";
+    let isa = Level::active();
     let x = arg(py, f, x, "x")?;
     let a = norm_axis(py, f, axis.0, x.ndim())?;
     let dt = x.dtype.result();
@@ -269,7 +273,7 @@ pub(super) fn softmax_jacobian<'py>(
     // The result seen as n rows of k*k.
     let mut ov = out.rows_mut(n, k * k).map_err(|e| to_py(py, f, e))?;
     run(py, f, n * k * k.max(1), gathered_row(&[read_rows(&xv, dt.compute())]), || {
-        with_compute!(dt, T => ops::row_map::<T>(RowMap::SoftmaxJacobian, Src::View(&xv), &mut ov))
+        with_compute!(dt, T => ops::row_map::<T>(isa, RowMap::SoftmaxJacobian, Src::View(&xv), &mut ov))
     })?
     .map_err(|e| to_py(py, f, e))?;
     out.into_result()
@@ -283,6 +287,7 @@ pub(super) fn backward_py<'py>(
     y: &Bound<'py, PyAny>,
     axis: Axis,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let isa = Level::active();
     let g = arg(py, f, g, "grad_output")?;
     let y = arg(py, f, y, "output")?;
     if g.shape != y.shape {
@@ -305,7 +310,7 @@ pub(super) fn backward_py<'py>(
         f,
         g.size(),
         gathered_row(&rows),
-        || with_compute!(dt, T => ops::softmax_backward::<T>(log, &gv, &yv, &mut ov)),
+        || with_compute!(dt, T => ops::softmax_backward::<T>(isa, log, &gv, &yv, &mut ov)),
     )?
     .map_err(|e| to_py(py, f, e))?;
     out.into_result()

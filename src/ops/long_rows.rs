@@ -1,23 +1,25 @@
-//! Rows too few to keep the threads busy and long enough to cut (a single row of a million
-//! classes): [`crate::ops::row_map`] and [`crate::ops::multiclass_loss`] (cross-entropy on
-//! class indices) hand such arrays here. Each row is cut into segments of
-//! `SEGMENT` elements; the segments' maxima and exp-sums are computed in parallel and combined
-//! in segment order (rescaled to the row's maximum, in `f64`), then the segments of the
-//! output are written in parallel. Cross-entropy folds and differentiates its segments with
-//! the tile kernels of the fused linear cross-entropy ([`crate::kernels::linear`]). An output
-//! written over its input (`out=x`) is read and overwritten segment by segment, each by its own
-//! thread, with no copy of the row. Segments depend only on the row length, so results are
-//! the same for any thread count; they can differ from the unsplit path in the last bits,
-//! since the exp-sum is grouped differently.
+//! The strategy for rows too few to keep the threads busy and long enough to cut (a single
+//! row of a million classes): [`super::row_map`] and [`super::multiclass_loss`]
+//! (cross-entropy on class indices) hand such arrays here; this module uses only the shared
+//! types of [`super`]. Each row is cut into segments of `SEGMENT` elements; the segments'
+//! maxima and exp-sums are computed in parallel and combined in segment order (rescaled to the
+//! row's maximum, in `f64`), then the segments of the output are written in parallel.
+//! Cross-entropy folds and differentiates its segments with the tile kernels of the fused
+//! linear cross-entropy ([`crate::kernels::linear`]). An output written over its input
+//! (`out=x`) is read and overwritten segment by segment, each by its own thread, with no copy
+//! of the row. Segments depend only on the row length, so results are the same for any thread
+//! count; they can differ from the unsplit path in the last bits, since the exp-sum is grouped
+//! differently.
 
 use rayon::prelude::*;
 
+use super::{RowMap, Src, Upstream};
 use crate::float::Float;
+use crate::isa::Level;
 use crate::kernels::cross_entropy::CeOptions;
 use crate::kernels::linear::{fold_tile, grad_tile, RowStats, TileOpts};
 use crate::kernels::softmax::{exp_scaled, lse_of, segment_sums};
 use crate::kernels::ExpSum;
-use crate::ops::{RowMap, Src, Upstream};
 use crate::pool::{in_pool, should_stop};
 use crate::strided::{View, ViewMut};
 
@@ -102,8 +104,10 @@ fn combine<T: Float>(parts: &[(T, ExpSum)]) -> (T, ExpSum) {
 
 /// The softmax family on one row: reads `xs` (or `o` itself when `xs` is `None`: in place)
 /// and writes `o` (one element for logsumexp, `k` otherwise).
-fn map_row<T: Float>(map: RowMap, xs: Option<&[T]>, o: &mut [T]) {
-    let (m, s) = combine(&per_segment(xs.unwrap_or(o), |_, seg| segment_sums(seg)));
+fn map_row<T: Float>(isa: Level, map: RowMap, xs: Option<&[T]>, o: &mut [T]) {
+    let (m, s) = combine(&per_segment(xs.unwrap_or(o), |_, seg| {
+        segment_sums(isa, seg)
+    }));
     match map {
         RowMap::LogSumExp => {
             let row = xs.unwrap_or(o);
@@ -116,7 +120,7 @@ fn map_row<T: Float>(map: RowMap, xs: Option<&[T]>, o: &mut [T]) {
                 let mut held = Vec::new();
                 let xi = input_segment(xs, i, oi, &mut held);
                 if map == RowMap::Softmax {
-                    exp_scaled(xi, m, inv_s, oi);
+                    exp_scaled(isa, xi, m, inv_s, oi);
                 } else {
                     for (ov, &v) in oi.iter_mut().zip(xi) {
                         *ov = (v - m) - ln_s;
@@ -129,7 +133,7 @@ fn map_row<T: Float>(map: RowMap, xs: Option<&[T]>, o: &mut [T]) {
 }
 
 /// `row_map` for the softmax family on rows that [`applies`] says to split.
-pub fn row_map<T: Float>(map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) {
+pub fn row_map<T: Float>(isa: Level, map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) {
     let (mut sx, mut so) = (Vec::new(), Vec::new());
     let n = out.rows();
     let mut all = out.all();
@@ -141,11 +145,11 @@ pub fn row_map<T: Float>(map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) {
         match x {
             Src::View(v) => {
                 let xs = v.load::<T>(r, r + 1, &mut sx);
-                row.store::<T, _>(&mut so, |o| map_row(map, Some(xs), o));
+                row.store::<T, _>(&mut so, |o| map_row(isa, map, Some(xs), o));
             }
             // Written over its input: each segment is read and overwritten in place by its own
             // thread, instead of the row being copied first on one thread.
-            Src::Out => row.update::<T, _>(&mut so, |o| map_row(map, None, o)),
+            Src::Out => row.update::<T, _>(&mut so, |o| map_row(isa, map, None, o)),
         }
     }
 }
@@ -153,6 +157,7 @@ pub fn row_map<T: Float>(map: RowMap, x: Src<'_>, out: &mut ViewMut<'_>) {
 /// The loss of one row (read from `xs`, or from `g` itself when `xs` is `None`) and, when `g`
 /// is given, `scale * d loss / d x` written into it.
 fn ce_row<T: Float>(
+    isa: Level,
     xs: Option<&[T]>,
     g: Option<&mut [T]>,
     target: Option<usize>,
@@ -174,6 +179,7 @@ fn ce_row<T: Float>(
         let c0 = i * SEGMENT;
         let mut st = [RowStats::new(target)];
         fold_tile(
+            isa,
             seg,
             seg.len(),
             c0,
@@ -194,7 +200,7 @@ fn ce_row<T: Float>(
             if let Some(xs) = xs {
                 gi.copy_from_slice(&xs[c0..c0 + gi.len()]);
             }
-            grad_tile(gi, gi.len(), c0, &[rg], opts(c0, gi.len()));
+            grad_tile(isa, gi, gi.len(), c0, &[rg], opts(c0, gi.len()));
         });
     }
     loss
@@ -205,6 +211,7 @@ fn ce_row<T: Float>(
 /// row losses, in row order. `uniform` is the gradient scale under a scalar upstream.
 #[allow(clippy::too_many_arguments)]
 pub fn cross_entropy<T: Float>(
+    isa: Level,
     x: Src<'_>,
     targets: &View<'_>,
     ignore_index: i64,
@@ -234,15 +241,22 @@ pub fn cross_entropy<T: Float>(
         let loss = match (x, g_row.as_mut()) {
             (Src::View(v), Some(gr)) => {
                 let xs = v.load::<T>(r, r + 1, &mut sx);
-                gr.store::<T, _>(&mut sg, |g| ce_row(Some(xs), Some(g), target, o, scale))
+                gr.store::<T, _>(&mut sg, |g| {
+                    ce_row(isa, Some(xs), Some(g), target, o, scale)
+                })
             }
-            (Src::View(v), None) => {
-                ce_row(Some(v.load::<T>(r, r + 1, &mut sx)), None, target, o, scale)
-            }
+            (Src::View(v), None) => ce_row(
+                isa,
+                Some(v.load::<T>(r, r + 1, &mut sx)),
+                None,
+                target,
+                o,
+                scale,
+            ),
             // Written over its logits: each segment is folded, then overwritten by its
             // gradient, in place on its own thread (no copy of the row).
             (Src::Out, Some(gr)) => {
-                gr.update::<T, _>(&mut sg, |g| ce_row(None, Some(g), target, o, scale))
+                gr.update::<T, _>(&mut sg, |g| ce_row(isa, None, Some(g), target, o, scale))
             }
             (Src::Out, None) => unreachable!("ops::Src::check gives an in-place input its output"),
         };
