@@ -213,15 +213,23 @@ where
     let per_wave = (WAVE_ELEMS / per.saturating_mul(k.max(1))).max(1);
     let mut blocks = block_ranges(n_rows, k).zip(payloads);
     let mut out = Vec::with_capacity(n_blocks);
+    let run = |(r, p): (Range<usize>, P)| f(r, p);
+    let Some(pool) = pool else {
+        // On the calling thread, with no wave collected: a call on a tiny array pays for no
+        // allocation here beyond its results.
+        for (done, block) in (1..).zip(blocks) {
+            out.push(run(block));
+            if done % per_wave == 0 && done < n_blocks && should_stop() {
+                break;
+            }
+        }
+        return out;
+    };
     let mut left = n_blocks;
     while left > 0 {
         let wave: Vec<_> = blocks.by_ref().take(per_wave).collect();
         left -= wave.len();
-        let run = |(r, p): (Range<usize>, P)| f(r, p);
-        match &pool {
-            Some(p) => p.install(|| out.par_extend(wave.into_par_iter().map(run))),
-            None => out.extend(wave.into_iter().map(run)),
-        }
+        pool.install(|| out.par_extend(wave.into_par_iter().map(run)));
         if left > 0 && should_stop() {
             break;
         }
