@@ -15,7 +15,7 @@
 //!
 //! A fresh mapping costs a page fault per page it touches: at 512 x 256 -> 16000, where each
 //! product takes a few milliseconds, faulting its packing buffers in anew cost about 15% of
-//! the call. So the last few freed blocks (at most [`CACHE_BYTES`] in all) are kept mapped and
+//! the call. So the blocks freed last (at most [`CACHE_BYTES`] in all) are kept mapped and
 //! handed out again to a request of the same page-rounded size, as a loop of products makes.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -30,23 +30,31 @@ const MAPPED_MIN: usize = 128 << 10;
 /// Mapped blocks start on a page; no page is smaller than this.
 #[cfg(target_os = "linux")]
 const MIN_PAGE: usize = 4096;
-/// The most bytes of freed blocks kept mapped for reuse, and in how many blocks.
+/// The most bytes of freed blocks kept mapped for reuse, and in how many blocks: the
+/// working set of a loop of products (a tile, and the packing buffers of three products, some
+/// 6 MiB at 448 x 256 -> 16000) must fit, or each product maps and faults its buffers in anew.
 #[cfg(target_os = "linux")]
-const CACHE_BYTES: usize = 4 << 20;
+const CACHE_BYTES: usize = 8 << 20;
 #[cfg(target_os = "linux")]
-const CACHE_SLOTS: usize = 4;
+const CACHE_SLOTS: usize = 8;
 
-/// A freed mapping of `.1` bytes (page-rounded), kept for reuse.
+/// A freed mapping of `len` bytes (page-rounded), kept for reuse, and when it was kept.
 #[cfg(target_os = "linux")]
-struct Kept(NonNull<u8>, usize);
+struct Kept {
+    ptr: NonNull<u8>,
+    len: usize,
+    stamp: u64,
+}
 
 // SAFETY: a kept mapping is owned by the cache alone (nothing points into it), so any thread
 // may take it over.
 #[cfg(target_os = "linux")]
 unsafe impl Send for Kept {}
 
+/// The kept blocks, and a clock for their stamps.
 #[cfg(target_os = "linux")]
-static CACHE: Mutex<[Option<Kept>; CACHE_SLOTS]> = Mutex::new([None, None, None, None]);
+static CACHE: Mutex<([Option<Kept>; CACHE_SLOTS], u64)> =
+    Mutex::new(([const { None }; CACHE_SLOTS], 0));
 
 #[cfg(target_os = "linux")]
 fn rounded(size: usize) -> usize {
@@ -58,25 +66,44 @@ fn rounded(size: usize) -> usize {
 fn take_kept(len: usize) -> Option<NonNull<u8>> {
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let slot = cache
+        .0
         .iter_mut()
-        .find(|k| k.as_ref().is_some_and(|k| k.1 == len))?;
-    slot.take().map(|k| k.0)
+        .find(|k| k.as_ref().is_some_and(|k| k.len == len))?;
+    slot.take().map(|k| k.ptr)
 }
 
-/// Keeps a freed mapping when the cache has room; false when the caller must unmap it.
+/// Keeps a freed mapping, unmapping the longest-kept ones to make room; false (the caller
+/// unmaps it) when it is larger than the whole cache.
 #[cfg(target_os = "linux")]
 fn keep(ptr: NonNull<u8>, len: usize) -> bool {
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    let held: usize = cache.iter().flatten().map(|k| k.1).sum();
-    if held + len > CACHE_BYTES {
+    if len > CACHE_BYTES {
         return false;
     }
-    match cache.iter_mut().find(|k| k.is_none()) {
-        Some(slot) => {
-            *slot = Some(Kept(ptr, len));
-            true
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let (slots, clock) = &mut *cache;
+    *clock += 1;
+    loop {
+        let held: usize = slots.iter().flatten().map(|k| k.len).sum();
+        if held + len <= CACHE_BYTES {
+            if let Some(slot) = slots.iter_mut().find(|k| k.is_none()) {
+                *slot = Some(Kept {
+                    ptr,
+                    len,
+                    stamp: *clock,
+                });
+                return true;
+            }
         }
-        None => false,
+        let oldest = slots
+            .iter_mut()
+            .filter(|k| k.is_some())
+            .min_by_key(|k| k.as_ref().map_or(0, |k| k.stamp));
+        let Some(old) = oldest.and_then(Option::take) else {
+            return false;
+        };
+        // SAFETY: a kept block is a mapping of `old.len` bytes made by `map` that nothing
+        // uses; taken out of the cache, nothing can hand it out again.
+        unsafe { libc::munmap(old.ptr.as_ptr().cast(), old.len) };
     }
 }
 
