@@ -37,7 +37,7 @@ use crate::float::Float;
 use crate::isa::Level;
 use crate::kernels::linear::{fold_tile, grad_tile, RowGrad, RowStats, TileOpts};
 use crate::ops::{CeOptions, Reduction};
-use crate::pool::{in_pool, should_stop};
+use crate::pool::{in_pool_capped, in_pool_capped_interruptible, num_threads, should_stop};
 
 /// `max_memory` when the caller does not choose: the API's default of `max_memory_bytes`.
 pub const DEFAULT_MAX_MEMORY: usize = 16 << 20;
@@ -178,36 +178,39 @@ fn product<T: Float>(
         }
         return;
     }
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the assert above keeps every element the shapes and strides reach inside the
-    // slices; `dst` is borrowed mutably, so nothing else reads or writes it meanwhile.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.0.as_ptr(),
-            lhs.2 as isize,
-            lhs.1 as isize,
-            rhs.0.as_ptr(),
-            rhs.2 as isize,
-            rhs.1 as isize,
-            if accumulate { T::ONE } else { T::ZERO },
-            T::ONE,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    // Already inside this pool (see `linear_cross_entropy`): install runs in place.
+    in_pool_capped(threads, |threads| {
+        let par = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: the assert above keeps every element the shapes and strides reach inside
+        // the slices; `dst` is borrowed mutably, so nothing else reads or writes it meanwhile.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                dst_rs as isize,
+                accumulate,
+                lhs.0.as_ptr(),
+                lhs.2 as isize,
+                lhs.1 as isize,
+                rhs.0.as_ptr(),
+                rhs.2 as isize,
+                rhs.1 as isize,
+                if accumulate { T::ONE } else { T::ZERO },
+                T::ONE,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
+    })
 }
 
 /// `tile (nb x kb, row stride rs) = h (nb x d) @ w (kb x d).T + bias`.
@@ -232,15 +235,17 @@ fn logits_into<T: Float>(
 }
 
 /// Runs `f` on consecutive groups of tile rows, each with its rows' entries of `items`, in
-/// parallel (any split gives the same result: rows are independent).
+/// parallel on the products' `threads` (any split gives the same result: rows are
+/// independent).
 fn for_tile_rows<T: Float, I: Send>(
     tile: &mut [T],
     kb: usize,
     items: &mut [I],
+    threads: usize,
     f: impl Fn(&mut [T], &mut [I]) + Sync + Send,
 ) {
     let rows = items.len();
-    in_pool(|threads| {
+    in_pool_capped(threads, |threads| {
         if threads == 1 || rows < 2 {
             return f(tile, items);
         }
@@ -252,9 +257,9 @@ fn for_tile_rows<T: Float, I: Send>(
 }
 
 /// Adds each column of a tile (`kb` wide) into `sums`, rows in order.
-fn add_column_sums<T: Float>(sums: &mut [f64], tile: &[T], kb: usize) {
+fn add_column_sums<T: Float>(sums: &mut [f64], tile: &[T], kb: usize, threads: usize) {
     let per = 256;
-    in_pool(|threads| {
+    in_pool_capped(threads, |threads| {
         let run = |(ci, acc): (usize, &mut [f64])| {
             for row in tile.chunks_exact(kb) {
                 for (s, &g) in acc.iter_mut().zip(&row[ci * per..]) {
@@ -501,7 +506,7 @@ fn forward<T: Float>(
             // Folding straight into the running sums gives the bits of folding each block
             // into sums of its own and adding those in class order.
             let o = tile_opts(a, c0, kb);
-            for_tile_rows(&mut tile, kb, &mut stats, |t, st| {
+            for_tile_rows(&mut tile, kb, &mut stats, threads, |t, st| {
                 fold_tile(isa, t, kb, c0, st, o, &mut Vec::new())
             });
         }
@@ -564,11 +569,11 @@ fn backward<T: Float>(
             let o = tile_opts(a, c0, kb);
             grads_here.clear();
             grads_here.extend_from_slice(&row_grads[r0..r0 + nb]);
-            for_tile_rows(&mut tile, kb, &mut grads_here, |t, rg| {
+            for_tile_rows(&mut tile, kb, &mut grads_here, threads, |t, rg| {
                 grad_tile(isa, t, kb, c0, rg, o)
             });
             if d_bias.is_some() {
-                add_column_sums(&mut sums, &tile, kb);
+                add_column_sums(&mut sums, &tile, kb, threads);
             }
             let dh = &mut d_hidden[r0 * d..(r0 + nb) * d];
             product(
@@ -647,7 +652,7 @@ fn keep<T: Float>(
         }
         let mut stats: Vec<RowStats> = row_targets(a, r0, r0 + nb).collect();
         let o = tile_opts(a, 0, v);
-        for_tile_rows(z, v, &mut stats, |t, st| {
+        for_tile_rows(z, v, &mut stats, threads, |t, st| {
             fold_tile(isa, t, v, 0, st, o, &mut Vec::new())
         });
         row_grads.clear();
@@ -656,9 +661,11 @@ fn keep<T: Float>(
         let RowsOut::Slice(d_weight) = &mut g.d_weight else {
             unreachable!("the plan keeps logits only with d_weight in place")
         };
-        for_tile_rows(z, v, &mut row_grads, |t, rg| grad_tile(isa, t, v, 0, rg, o));
+        for_tile_rows(z, v, &mut row_grads, threads, |t, rg| {
+            grad_tile(isa, t, v, 0, rg, o)
+        });
         if let Some(s) = sums.as_mut() {
-            add_column_sums(s, z, v);
+            add_column_sums(s, z, v, threads);
         }
         let dh = &mut g.d_hidden[r0 * d..(r0 + nb) * d];
         product(dh, d, false, (nb, d, v), (z, v, 1), (weight, d, 1), threads);
@@ -710,10 +717,14 @@ pub fn linear_cross_entropy<T: Float>(
             g.d_hidden.fill(T::ZERO); // no class block writes it
         }
     }
-    let threads = in_pool(|threads| threads);
-    let plan = Plan::new(a, grads.as_ref(), threads);
+    let plan = Plan::new(a, grads.as_ref(), num_threads());
     let threads = plan.gemm_threads;
-    let done = match grads.as_mut() {
+    // All on one thread of our pool, capped at the products' threads: gemm's parallel work
+    // then runs on that pool (on Rayon's global one, where a product called from outside any
+    // pool goes, gemm's threads and their packing buffers were bounded neither by
+    // `set_num_threads` nor by the budget, and a first call started them), and every GEMM's
+    // own buffers come from that one thread's allocator arena.
+    let done = in_pool_capped_interruptible(threads, |_| match grads.as_mut() {
         _ if plan.keep => keep(isa, a, &plan, &mut rows, grads.as_mut(), threads),
         Some(g) => {
             let mut row_grads = Vec::with_capacity(a.n);
@@ -721,7 +732,7 @@ pub fn linear_cross_entropy<T: Float>(
                 && backward(isa, a, &plan, &row_grads, g, threads)
         }
         None => forward(isa, a, &plan, &mut rows, None, threads),
-    };
+    });
     if !done {
         return Ok(f64::NAN);
     }

@@ -16,6 +16,7 @@
 
 use std::cell::Cell;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,9 @@ struct Interrupt {
     check: fn() -> bool,
     last: Instant,
     stopped: bool,
+    /// On a pool thread running the operation for its caller (see
+    /// [`in_pool_capped_interruptible`]): the caller's answers, instead of `check`.
+    relay: Option<Arc<AtomicBool>>,
 }
 
 thread_local! {
@@ -55,6 +59,7 @@ pub fn interruptible<R>(check: fn() -> bool, f: impl FnOnce() -> R) -> (R, bool)
         check,
         last: Instant::now(),
         stopped: false,
+        relay: None,
     }));
     let r = f();
     let stopped = INTERRUPT
@@ -69,7 +74,9 @@ pub fn should_stop() -> bool {
     let Some(mut i) = INTERRUPT.take() else {
         return false;
     };
-    if !i.stopped && i.last.elapsed() >= CHECK_EVERY {
+    if let Some(flag) = &i.relay {
+        i.stopped = flag.load(Ordering::Relaxed);
+    } else if !i.stopped && i.last.elapsed() >= CHECK_EVERY {
         i.stopped = (i.check)();
         i.last = Instant::now();
     }
@@ -81,11 +88,14 @@ pub fn should_stop() -> bool {
 struct PoolState {
     threads: usize,
     pool: Option<(Arc<rayon::ThreadPool>, u32)>,
+    /// A smaller pool for work capped below `threads` (see [`in_pool_capped`]), and its size.
+    capped: Option<(Arc<rayon::ThreadPool>, u32, usize)>,
 }
 
 static STATE: Mutex<PoolState> = Mutex::new(PoolState {
     threads: 0,
     pool: None,
+    capped: None,
 });
 
 fn lock() -> std::sync::MutexGuard<'static, PoolState> {
@@ -123,51 +133,148 @@ pub fn set_num_threads(n: usize) -> Result<()> {
         if let Some((old, _)) = st.pool.take() {
             drop(old); // its threads exit once idle; in-flight users hold their own Arc
         }
+        if st.capped.as_ref().is_some_and(|&(_, _, size)| size >= n) {
+            st.capped = None;
+        }
     }
     Ok(())
 }
 
 /// The pool for `threads` threads, or `None` to run serially (1 thread, or it failed to start).
 fn pool() -> Option<Arc<rayon::ThreadPool>> {
+    capped_pool(usize::MAX)
+}
+
+/// The pool of `min(threads, max)` threads: the shared one when `threads <= max`, else the
+/// capped one (rebuilt when `max` changes). `None` to run serially.
+fn capped_pool(max: usize) -> Option<Arc<rayon::ThreadPool>> {
     let mut st = lock();
     if st.threads == 0 {
         st.threads = default_threads();
     }
-    if st.threads == 1 {
+    let size = st.threads.min(max);
+    if size <= 1 {
         return None;
     }
     let pid = std::process::id();
-    match &st.pool {
-        Some((p, owner)) if *owner == pid => return Some(p.clone()),
-        Some(_) => {
-            // Forked child: the threads of the parent's pool do not exist here. Dropping the
-            // copy would try to talk to them, so leak it instead (a few hundred bytes).
-            if let Some((stale, _)) = st.pool.take() {
-                std::mem::forget(stale);
-            }
+    let slot = if size == st.threads {
+        match st.pool.take() {
+            Some((p, owner)) if owner == pid => Some((p, owner, size)),
+            other => forget_stale(other.map(|(p, owner)| (p, owner, size))),
         }
-        None => {}
+    } else {
+        match st.capped.take() {
+            Some((p, owner, n)) if owner == pid && n == size => Some((p, owner, n)),
+            other => forget_stale(other),
+        }
+    };
+    let (p, _, _) = match slot {
+        Some(kept) => kept,
+        None => (
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(size)
+                .thread_name(|i| format!("sce_rs-{i}"))
+                .build()
+                .ok()
+                .map(Arc::new)?,
+            pid,
+            size,
+        ),
+    };
+    if size == st.threads {
+        st.pool = Some((p.clone(), pid));
+    } else {
+        st.capped = Some((p.clone(), pid, size));
     }
-    let built = rayon::ThreadPoolBuilder::new()
-        .num_threads(st.threads)
-        .thread_name(|i| format!("sce_rs-{i}"))
-        .build()
-        .ok()
-        .map(Arc::new)?;
-    st.pool = Some((built.clone(), pid));
-    Some(built)
+    Some(p)
+}
+
+/// Drops a pool that is not wanted any more, or leaks it when it belongs to the parent of a
+/// forked child: its threads do not exist here, and dropping the copy would try to talk to
+/// them (a few hundred bytes).
+fn forget_stale<T>(
+    stale: Option<(Arc<rayon::ThreadPool>, u32, T)>,
+) -> Option<(Arc<rayon::ThreadPool>, u32, T)> {
+    if let Some((p, owner, _)) = stale {
+        if owner == std::process::id() {
+            drop(p); // its threads exit once idle; in-flight users hold their own Arc
+        } else {
+            std::mem::forget(p);
+        }
+    }
+    None
 }
 
 /// Runs `f(threads)` inside the pool when more than one thread is configured, so that Rayon
 /// work inside `f` (GEMMs included) runs on the pool's threads; `f(1)` on this thread otherwise.
 pub fn in_pool<R: Send>(f: impl FnOnce(usize) -> R + Send) -> R {
-    match pool() {
+    in_pool_capped(usize::MAX, f)
+}
+
+/// [`in_pool`] on at most `max` threads: for work each of whose threads keeps memory of its
+/// own (the GEMMs' packing buffers are per thread and live as long as it), so that memory is
+/// bounded by `max`, not by the machine's cores. Below the configured count this is a second
+/// pool of `max` threads, kept for the next such call.
+pub fn in_pool_capped<R: Send>(max: usize, f: impl FnOnce(usize) -> R + Send) -> R {
+    match capped_pool(max) {
         Some(p) => {
             let n = p.current_num_threads();
             p.install(|| f(n))
         }
         None => f(1),
     }
+}
+
+/// [`in_pool_capped`] with all of `f` on one thread of the pool (so that everything `f`
+/// allocates comes from one allocator arena) and [`should_stop`] working inside it: the
+/// caller's check (Python handles signals on its main thread only) keeps running on the
+/// calling thread, every `CHECK_EVERY` while `f` runs, and its answer is relayed to `f`.
+pub fn in_pool_capped_interruptible<R: Send>(max: usize, f: impl FnOnce(usize) -> R + Send) -> R {
+    let Some(p) = capped_pool(max) else {
+        return f(1);
+    };
+    let threads = p.current_num_threads();
+    let check = INTERRUPT.with(|slot| {
+        let i = slot.take();
+        let check = i.as_ref().filter(|i| i.relay.is_none()).map(|i| i.check);
+        slot.set(i);
+        check
+    });
+    let Some(check) = check else {
+        return p.install(|| f(threads));
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = AtomicBool::new(false);
+    let caller = std::thread::current();
+    let mut out = None;
+    p.in_place_scope(|s| {
+        s.spawn(|_| {
+            // Wakes the caller however `f` ends (a panic included, which the scope re-raises).
+            struct Finish<'a>(&'a AtomicBool, &'a std::thread::Thread);
+            impl Drop for Finish<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Release);
+                    self.1.unpark();
+                }
+            }
+            let _finish = Finish(&done, &caller);
+            let outer = INTERRUPT.replace(Some(Interrupt {
+                check,
+                last: Instant::now(),
+                stopped: false,
+                relay: Some(stop.clone()),
+            }));
+            out = Some(f(threads));
+            INTERRUPT.set(outer);
+        });
+        while !done.load(Ordering::Acquire) {
+            std::thread::park_timeout(CHECK_EVERY);
+            if !done.load(Ordering::Acquire) && should_stop() {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+    out.expect("the pool ran the operation")
 }
 
 /// Rows per block for rows of `k` elements.
@@ -280,5 +387,42 @@ mod tests {
         let ((_, inner), outer) = interruptible(|| true, || interruptible(|| false, || ()));
         assert!(!inner && !outer);
         assert!(!should_stop(), "no check is left installed");
+    }
+
+    /// Work moved onto the pool still sees the caller's check (other tests change the thread
+    /// count meanwhile; with one thread the work runs here, which must hold too), on at most
+    /// `max` threads, and a panic in it comes back instead of leaving the caller waiting.
+    #[test]
+    fn capped_work_on_the_pool_sees_the_callers_check() {
+        let wait_for_stop = |threads: usize| {
+            assert!(threads <= 2 && rayon::current_num_threads() >= threads);
+            let start = Instant::now();
+            while !should_stop() {
+                if start.elapsed() > Duration::from_secs(20) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            true
+        };
+        let (seen, stopped) =
+            interruptible(|| true, || in_pool_capped_interruptible(2, wait_for_stop));
+        assert!(seen && stopped);
+        let quiet = || {
+            in_pool_capped_interruptible(2, |_| {
+                std::thread::sleep(3 * CHECK_EVERY);
+                should_stop()
+            })
+        };
+        assert_eq!(interruptible(|| false, quiet), (false, false));
+        assert!(!quiet(), "no check outside interruptible");
+        let panicked = std::panic::catch_unwind(|| {
+            interruptible(
+                || false,
+                || in_pool_capped_interruptible(2, |_| panic!("in the pool")),
+            )
+        });
+        assert!(panicked.is_err());
+        assert_eq!(in_pool_capped(1, |threads| threads), 1);
     }
 }

@@ -435,11 +435,16 @@ def compile_cases():
             x,
         ),
         ("linear_module", lambda x: 3 * lin_mod(x, t7), x),
+        (
+            "linear_budget",  # 1 KiB: the recompute schedule at its smallest tiles
+            lambda x: st.linear_cross_entropy(x, w, t7, linear_bias=b, max_memory_bytes=1 << 10),
+            x,
+        ),
     ]
 
 
 @compiler_test
-@pytest.mark.parametrize("case", range(8), ids=[c[0] for c in compile_cases()])
+@pytest.mark.parametrize("case", range(9), ids=[c[0] for c in compile_cases()])
 def test_compile_fullgraph_equals_eager(case):
     """No graph break (fullgraph=True raises on one); the compiled loss and gradients are the
     eager ones, bit for bit (the same kernel calls; backward scales by the same factors). The
@@ -547,13 +552,14 @@ def opcheck_cases():
             (bce + suffix, (r(3, 4), soft[:3], None, None, "none")),
             (lin + suffix, (r(4, 3), r(5, 3), r(5), t, None, -100, "mean", 0.0, 0.0, None)),
             (lin + suffix, (r(4, 3), r(5, 3), None, t, cw[:1].expand(5), 3, "sum", 0.1, 0.0, 2.0)),
+            (lin + suffix, (r(4, 3), r(5, 3), r(5), t, None, -100, "mean", 0.1, 0.0, None, 1024)),
         ]
     cases.append((lin, (r(4, 3), r(5, 3), r(5), t, None, -100, "none", 0.0, 0.01, None)))
     return cases
 
 
 @compiler_test
-@pytest.mark.parametrize("case", range(17))
+@pytest.mark.parametrize("case", range(19))
 def test_opcheck(case):
     """torch.library.opcheck: schema, fake shapes/dtypes, autograd registration and
     AOT dispatch (static and dynamic shapes) of every operator."""
@@ -683,3 +689,73 @@ def test_training_loop_follows_torch(variant):
     history = np.array(history)
     np.testing.assert_allclose(history[:, 1], history[:, 0], rtol=1e-10)
     assert history[-4:, 0].mean() < 0.6 * history[:4, 0].mean()  # it did learn
+
+
+def test_linear_default_budget_is_the_kernels():
+    import inspect
+
+    import sce_rs
+
+    for fn in (sce_rs.linear_cross_entropy, sce_rs.linear_cross_entropy_and_grad):
+        default = inspect.signature(fn).parameters["max_memory_bytes"].default
+        assert st._ops.LINEAR_MAX_MEMORY_BYTES == default
+    assert inspect.signature(st.linear_cross_entropy).parameters["max_memory_bytes"].default == (
+        default
+    )
+
+
+@_inductor_warning
+@pytest.mark.parametrize("budget", [1 << 16, None], ids=["64KiB", "default"])
+@pytest.mark.parametrize("path", ["function", "module", "compiled"])
+def test_linear_max_memory_bytes_reaches_the_kernel(path, budget, monkeypatch):
+    """max_memory_bytes goes from the function, the module and the compiled operators (and
+    the autograd Function that PyTorch < 2.4 runs everywhere: the eager path here) to the
+    kernel. The loss and gradients are the kernel's with that budget, bit for bit, and 64 KiB
+    (the recompute schedule in tiles of 64 classes) gives the default's within the GEMMs'
+    rounding."""
+    import sce_rs
+
+    if path == "compiled" and not st._ops.AVAILABLE:
+        pytest.skip("torch.library.custom_op needs PyTorch >= 2.4")
+    gen = torch.Generator().manual_seed(21)
+    n, d, v = 300, 16, 5000
+    h = torch.randn(n, d, generator=gen)
+    w = torch.randn(v, d, generator=gen) / 4
+    b = torch.randn(v, generator=gen)
+    t = torch.randint(0, v, (n,), generator=gen)
+    kw = {} if budget is None else {"max_memory_bytes": budget}
+    arrays = (h.numpy(), w.numpy(), t.numpy(), b.numpy())
+    want = sce_rs.linear_cross_entropy_and_grad(*arrays, label_smoothing=0.1, **kw)
+    default = sce_rs.linear_cross_entropy_and_grad(*arrays, label_smoothing=0.1)
+    seen = []
+    real = st._core.linear_cross_entropy_and_grad
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["max_memory_bytes"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(st._core, "linear_cross_entropy_and_grad", spy)
+    hs, ws, bs = (x.clone().requires_grad_() for x in (h, w, b))
+    if path == "module":
+        mod = st.LinearCrossEntropyLoss(d, v, bias=True, label_smoothing=0.1, **kw)
+        with torch.no_grad():
+            mod.linear.weight.copy_(w)
+            mod.linear.bias.copy_(b)
+        hs, ws, bs = hs, mod.linear.weight, mod.linear.bias
+        loss = mod(hs, t)
+    else:
+
+        def fn(x, weight, bias):
+            return st.linear_cross_entropy(
+                x, weight, t, linear_bias=bias, label_smoothing=0.1, **kw
+            )
+
+        if path == "compiled":
+            fn = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        loss = fn(hs, ws, bs)
+    loss.backward()
+    assert seen and set(seen) == {budget or st._ops.LINEAR_MAX_MEMORY_BYTES}, seen
+    got = [loss.detach(), hs.grad, ws.grad, bs.grad]
+    for g, wnt, ref in zip(got, want, default):
+        np.testing.assert_array_equal(g.numpy(), wnt)
+        assert_gemm_close(g.numpy(), ref, np.float32)

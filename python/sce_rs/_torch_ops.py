@@ -2,7 +2,8 @@
 ``torch.export`` see instead of the NumPy calls they cannot trace.
 
 Each loss is three operators. ``sce_rs::<loss>`` gives the loss alone; its backward calls
-``sce_rs::<loss>_grad``, the kernel again with the real ``grad_output`` (reduction ``'none'`` of
+``sce_rs::<loss>_grad`` (``grad_output`` first, then the loss's arguments), the kernel again
+with the real ``grad_output`` (reduction ``'none'`` of
 the linear loss needs that: its weight gradient is a sum over rows weighted by
 ``grad_output``). ``sce_rs::<loss>_and_grad`` gives the loss and the gradients of one fused
 kernel call for ``grad_output = 1`` (an empty tensor stands for a missing bias's gradient);
@@ -31,6 +32,10 @@ from sce_rs import _sce_rs as _core
 
 AVAILABLE = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_autograd")
 
+# sce_rs.linear_cross_entropy's default budget (DEFAULT_MAX_MEMORY in src/linear.rs; a test
+# holds the two equal): the operators' default too, so a call without it keeps working.
+LINEAR_MAX_MEMORY_BYTES = 16 << 20
+
 _CE = (
     "Tensor input, Tensor target, Tensor? weight, int axis, int ignore_index, str reduction, "
     "float label_smoothing, float z_loss, float? softcap"
@@ -38,7 +43,8 @@ _CE = (
 _BCE = "Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, str reduction"
 _LINEAR = (
     "Tensor input, Tensor linear_weight, Tensor? linear_bias, Tensor target, Tensor? weight, "
-    "int ignore_index, str reduction, float label_smoothing, float z_loss, float? softcap"
+    "int ignore_index, str reduction, float label_smoothing, float z_loss, float? softcap, "
+    f"int max_memory_bytes={LINEAR_MAX_MEMORY_BYTES}"
 )
 
 
@@ -111,6 +117,7 @@ def _linear_call(
     label_smoothing,
     z_loss,
     softcap,
+    max_memory_bytes=LINEAR_MAX_MEMORY_BYTES,  # a call may leave the schema's default out
 ):
     kwargs = dict(
         class_weight=_np(weight, "weight"),
@@ -119,6 +126,7 @@ def _linear_call(
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         softcap=softcap,
+        max_memory_bytes=max_memory_bytes,
     )
     args = (
         _np(input, "input"),
@@ -171,8 +179,10 @@ def _define(name: str, schema: str, call: Callable, reduction_at: int) -> None:
     def single(grads):  # a schema "-> (Tensor)" is one Tensor, not a tuple of one
         return grads[0] if n_grads == 1 else grads
 
-    def grad_impl(*args):
-        return single(grads_of(args[:-1], args[-1])[1:])
+    # grad_output comes first in sce_rs::<loss>_grad: an argument with a default (the linear
+    # loss's max_memory_bytes) must be the last
+    def grad_impl(grad_output, *args):
+        return single(grads_of(args, grad_output)[1:])
 
     def fake_loss(*args):
         input, reduction = args[0], args[reduction_at]
@@ -186,21 +196,21 @@ def _define(name: str, schema: str, call: Callable, reduction_at: int) -> None:
         ]  # contiguous, as the kernels' arrays are
         return (fake_loss(*args), *grads)
 
-    def fake_grad(*args):
-        return single(fake_fused(*args[:-1])[1:])
+    def fake_grad(grad_output, *args):
+        return single(fake_fused(*args)[1:])
 
-    def op(suffix, impl, extra_args, n_out):
+    def op(suffix, impl, first_args, n_out):
         outs = "Tensor" if n_out == 1 else f"({', '.join(['Tensor'] * n_out)})"
         return torch.library.custom_op(
             f"sce_rs::{name}{suffix}",
             impl,
             mutates_args=(),
-            schema=f"({schema}{extra_args}) -> {outs}",
+            schema=f"({first_args}{schema}) -> {outs}",
         )
 
     loss_op = op("", loss_impl, "", 1)
     fused_op = op("_and_grad", fused_impl, "", 1 + n_grads)
-    grad_op = op("_grad", grad_impl, ", Tensor grad_output", n_grads)
+    grad_op = op("_grad", grad_impl, "Tensor grad_output, ", n_grads)
     loss_op.register_fake(fake_loss)
     fused_op.register_fake(fake_fused)
     grad_op.register_fake(fake_grad)
@@ -217,7 +227,7 @@ def _define(name: str, schema: str, call: Callable, reduction_at: int) -> None:
         for i, t in zip(ctx.tensor_at, ctx.saved_tensors):
             inputs[i] = t
         # The kernel again, with the real upstream gradient.
-        grads = grad_op(*inputs, grad_output)
+        grads = grad_op(grad_output, *inputs)
         grads = (grads,) if n_grads == 1 else grads
         no_bias = n_grads == 3 and inputs[2] is None
         return _grads_for(len(inputs), n_grads, no_bias, grads)

@@ -309,13 +309,16 @@ def linear_cross_entropy(
     options: Any = None,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    max_memory_bytes: int = _ops.LINEAR_MAX_MEMORY_BYTES,
 ) -> Tensor:
     """``torch.nn.functional.linear_cross_entropy`` on sce_rs's fused kernel: the loss of
     ``input @ linear_weight.T (+ linear_bias)`` without holding the N x V logits, in the
     forward pass and in backward. ``input`` is (N, D) or (D,), ``linear_weight`` (V, D),
     ``target`` class indices (N,) or () (probability targets are not supported). ``options``
     (PyTorch's chunking strategy) is accepted and has no effect: sce_rs always works in
-    blocks. ``z_loss`` and ``softcap`` are sce_rs's extra options."""
+    blocks, within ``max_memory_bytes`` of scratch (16 MiB by default, as
+    ``sce_rs.linear_cross_entropy``). ``z_loss``, ``softcap`` and ``max_memory_bytes`` are
+    sce_rs's extra options."""
     _check_tensor(input, "input")
     _check_tensor(target, "target")
     _no_target_grad(target, weight)
@@ -340,6 +343,7 @@ def linear_cross_entropy(
             label_smoothing,
             z_loss,
             softcap,
+            max_memory_bytes,
         )
         # reduction='none' cannot rescale gradients kept from the forward pass (see
         # _LinearLoss): its backward calls the kernel with the real grad_output.
@@ -353,6 +357,7 @@ def linear_cross_entropy(
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         softcap=softcap,
+        max_memory_bytes=max_memory_bytes,
     )
     loss = _LinearLoss.apply(input, linear_weight, linear_bias, _to_numpy(target, "target"), kwargs)
     return loss.reshape(()) if unbatched and reduction == "none" else loss
@@ -427,14 +432,23 @@ _TorchLinearCrossEntropyLoss: Any = getattr(torch.nn, "LinearCrossEntropyLoss", 
 class LinearCrossEntropyLoss(_TorchLinearCrossEntropyLoss):
     """``torch.nn.LinearCrossEntropyLoss`` computed by ``sce_rs.torch.linear_cross_entropy``:
     the same constructor (``out_features`` must be ``()``) and parameters (``self.linear``),
-    so a state dict moves between the two."""
+    so a state dict moves between the two, plus the keyword ``max_memory_bytes`` (the
+    kernel's scratch budget, 16 MiB by default)."""
 
-    def __init__(self, in_features: int, num_classes: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        max_memory_bytes: int = _ops.LINEAR_MAX_MEMORY_BYTES,
+        **kwargs: Any,
+    ) -> None:
         if _TorchLinearCrossEntropyLoss is torch.nn.Module:
             raise RuntimeError("LinearCrossEntropyLoss needs PyTorch >= 2.13")
         if tuple(kwargs.get("out_features", ())) != ():
             raise ValueError("sce_rs.torch.LinearCrossEntropyLoss supports out_features=() only")
         super().__init__(in_features, num_classes, **kwargs)
+        self.max_memory_bytes = max_memory_bytes
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return linear_cross_entropy(
@@ -446,6 +460,7 @@ class LinearCrossEntropyLoss(_TorchLinearCrossEntropyLoss):
             reduction=self.reduction,
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
+            max_memory_bytes=self.max_memory_bytes,
         )
 
 

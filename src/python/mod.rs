@@ -7,7 +7,8 @@
 //! - `errors.rs`: core errors to the contract's exceptions;
 //! - `softmax.rs`, `losses.rs`, `binary.rs`, `linear.rs`: the public functions, by family;
 //!   `axes.rs`: the softmax family's `axis=None`/tuples and `logsumexp`'s `b=`, handed on;
-//! - `runtime.rs`: threads and the instruction set.
+//! - `runtime.rs`: threads and the instruction set;
+//! - `alloc.rs`: the extension's allocator (large blocks mapped, not kept in malloc's heap).
 //!
 //! Each public function reads the instruction set once, first thing
 //! (`crate::isa::Level::active`, which honours `SCE_RS_FORCE_ISA` and `_force_simd_backend`),
@@ -29,8 +30,12 @@ macro_rules! with_compute {
     };
 }
 
+mod alloc;
 mod array;
 mod axes;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 mod binary;
 mod call;
 mod convert;
