@@ -305,25 +305,28 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
     let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
     let mut tops = [0.0; SMALL_ROWS];
     let group = SMALL_ROWS * k;
-    // Exps go into the gradient when there is one; otherwise into scratch sized to the input.
-    let scratch_len = if grad.is_some() {
-        0
-    } else {
-        x.len().min(group)
-    };
-    let mut scratch = vec![T::ZERO; scratch_len];
+    // The exps without the maxima's terms, sized to the input; the whole exps go into the
+    // gradient when there is one.
+    let mut scratch = vec![T::ZERO; x.len().min(group)];
     for (gi, (xg, lg)) in x
         .chunks(group)
         .zip(losses.chunks_mut(SMALL_ROWS))
         .enumerate()
     {
         let first = gi * SMALL_ROWS;
+        let rest_exps = &mut scratch[..xg.len()];
         let (eg, scale) = match grad.as_mut() {
-            Some((g, scale)) => (&mut g[first * k..first * k + xg.len()], Some(*scale)),
-            None => (&mut scratch[..xg.len()], None),
+            Some((g, scale)) => {
+                let eg = &mut g[first * k..first * k + xg.len()];
+                let full = Some(&mut *eg);
+                small_rows_stats(xg, k, &mut ms, rest_exps, full, &mut ss, &mut ls, a);
+                (eg, Some(*scale))
+            }
+            None => {
+                small_rows_stats(xg, k, &mut ms, rest_exps, None, &mut ss, &mut ls, a);
+                (rest_exps, None)
+            }
         };
-        // The maxima's terms (exactly 1) are left out of `eg`, and put back below.
-        small_rows_stats(xg, k, &mut ms, eg, &mut ss, &mut ls, a);
         // Which of two gradients the target takes is random per row (a confident one or not),
         // so both are formed, the divisions here for all rows, in a loop that vectorizes.
         if scale.is_some() {
@@ -340,9 +343,8 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
                 RowTarget::Class(t) if plain => {
                     if let Some(sc) = sc {
                         let (ca, inv_s) = (T::from_f64(sc), T::from_f64(1.0 / ss[r].s));
-                        for (gj, &v) in er.iter_mut().zip(xr) {
-                            let e = if v == ms[r] { T::ONE } else { *gj };
-                            *gj = ca * (e * inv_s);
+                        for gj in er.iter_mut() {
+                            *gj = ca * (*gj * inv_s);
                         }
                         // top_grad(sc, ..) = sc * top_grad(1, ..), bitwise.
                         let top = T::from_f64(sc * tops[r]);
@@ -355,11 +357,6 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
                     -((xr[t].to_f64() - ms[r].to_f64()) - ls[r])
                 }
                 _ => {
-                    if sc.is_some() {
-                        for (e, &v) in er.iter_mut().zip(xr) {
-                            *e = if v == ms[r] { T::ONE } else { *e };
-                        }
-                    }
                     let pre = Some((ms[r], ss[r]));
                     let g = sc.map(|sc| (er, sc));
                     ce_row_with(xr, target, o, g, &mut capped, a, pre)

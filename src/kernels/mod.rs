@@ -376,7 +376,9 @@ pub(crate) fn small_row_sum<T: Float>(exps: &[T]) -> f64 {
 
 /// For a group of rows shorter than [`SMALL_K`]: each row's maximum into `ms`, its sums into
 /// `ss` and `ln s` into `ls`, and `exps = exp(x - m)` with the maxima's own terms left out (0
-/// at each element equal to its row's maximum, where the term is exactly 1). Each row's sum of
+/// at each element equal to its row's maximum, where the term is exactly 1); `full`, when
+/// given, gets the exps with those terms (for a gradient, which would otherwise put them back
+/// with a select per element, a branch in the scalar remainder of a short row's loop). Each row's sum of
 /// `exps` is then its rest beside `c` exact ones, `c` the count of its maxima, without a second
 /// sum: `s = c + rest`, and `ln s = log1p(rest)` where `c = 1`. The row path adds the 1 among
 /// the terms in `T` instead, so the two agree to a few ULP, not bitwise.
@@ -384,11 +386,13 @@ pub(crate) fn small_row_sum<T: Float>(exps: &[T]) -> f64 {
 // with the rest summed apart where s < 2 (a branch per row, random) and 0.65 ms before the
 // rest existed (see BENCHMARKS.md).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // an input, its scratch and four outputs, as arrays
 pub(crate) fn small_rows_stats<T: Float, A: Arith>(
     x: &[T],
     k: usize,
     ms: &mut [T],
     exps: &mut [T],
+    full: Option<&mut [T]>,
     ss: &mut [ExpSum],
     ls: &mut [f64],
     a: A,
@@ -414,12 +418,19 @@ pub(crate) fn small_rows_stats<T: Float, A: Arith>(
     // One flat map over the group: per row, a map of a few elements would run mostly in the
     // scalar remainder of its vector loop. An infinite maximum leaves no 0 in its row (its
     // differences are NaN or -inf), and its sums NaN.
-    for e in exps.iter_mut() {
-        *e = if *e == T::ZERO {
-            T::ZERO
-        } else {
-            a.exp_nonpos(*e)
-        };
+    let rest_term = |d: T, e: T| if d == T::ZERO { T::ZERO } else { e };
+    match full {
+        Some(full) => {
+            for (e, f) in exps.iter_mut().zip(full.iter_mut()) {
+                *f = a.exp_nonpos(*e);
+                *e = rest_term(*e, *f);
+            }
+        }
+        None => {
+            for e in exps.iter_mut() {
+                *e = rest_term(*e, a.exp_nonpos(*e));
+            }
+        }
     }
     for (er, r) in rows(exps, k).zip(rv.iter_mut()) {
         *r = small_row_sum(er);

@@ -132,7 +132,7 @@ fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) 
         let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
         for (xg, og) in groups(x, k).zip(groups_mut(out, k)) {
             // The exps go through `out`, overwritten below.
-            small_rows_stats(xg, k, &mut ms, og, &mut ss, &mut ls, a);
+            small_rows_stats(xg, k, &mut ms, og, None, &mut ss, &mut ls, a);
             for (((xr, or), &m), &l) in rows(xg, k).zip(rows_mut(og, k)).zip(&ms).zip(&ls) {
                 let ln_s = T::from_f64(l);
                 for (o, &v) in or.iter_mut().zip(xr) {
@@ -160,7 +160,16 @@ fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
         // Sized to the input (a call of a few rows should not clear a whole group's worth).
         let mut exps = vec![T::ZERO; x.len().min(SMALL_ROWS * k)];
         for (xg, og) in groups(x, k).zip(out.chunks_mut(SMALL_ROWS)) {
-            small_rows_stats(xg, k, &mut ms, &mut exps[..xg.len()], &mut ss, &mut ls, a);
+            small_rows_stats(
+                xg,
+                k,
+                &mut ms,
+                &mut exps[..xg.len()],
+                None,
+                &mut ss,
+                &mut ls,
+                a,
+            );
             for (((xr, &m), &l), o) in rows(xg, k).zip(&ms).zip(&ls).zip(og) {
                 *o = T::from_f64(lse_of(xr, m, l));
             }
