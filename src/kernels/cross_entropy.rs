@@ -412,6 +412,14 @@ mod tests {
     use crate::isa::Unfused;
     use crate::kernels::softmax::tests::{close_to_row_path, small_rows_cases};
 
+    /// Bitwise equal, except that any NaN matches any NaN: which operand's NaN an instruction
+    /// passes on (its sign) is not part of the result.
+    fn same_or_nan<T: Float>(a: &[T], b: &[T]) -> bool {
+        a.iter().zip(b).all(|(x, y)| {
+            x.to_f64().to_bits() == y.to_f64().to_bits() || (x.is_nan() && y.is_nan())
+        })
+    }
+
     /// Within [`close_to_row_path`] for float32 rows of `k` classes.
     fn close<T: Float>(a: &[T], b: &[T], k: usize) -> bool {
         let eps = f64::from(f32::EPSILON);
@@ -420,7 +428,9 @@ mod tests {
             .all(|(x, y)| close_to_row_path(x.to_f64(), y.to_f64(), k, eps))
     }
 
-    /// The grouped small-row path gives the losses and gradients of `ce_row`, for
+    /// The grouped small-row path gives the losses and gradients of `ce_row` (within
+    /// [`close_to_row_path`]: its sums are rounded apart), and bitwise those of the online
+    /// cross-entropy (`ce_row_with`) given its own sums, for
     /// class indices (some ignored) and probabilities, with every option but the soft cap
     /// (which keeps the per-row path).
     #[test]
@@ -450,8 +460,23 @@ mod tests {
                         }
                         assert!(close(&gg, &wg, k), "grad k={k} soft={soft}");
                         assert!(close(&gl, &wl, k), "loss k={k} soft={soft}");
+                        // Bitwise the online cross-entropy given the small path's own sums.
+                        let (mut pg, mut pl) = (vec![0f32; x.len()], vec![0.0; n]);
+                        for (i, (xr, gr)) in rows(&x, k).zip(rows_mut(&mut pg, k)).enumerate() {
+                            let (mut ms, mut ss, mut ls) = ([0f32; 1], [ExpSum::ZERO; 1], [0.0]);
+                            let mut rest = vec![0f32; k];
+                            let full = Some(&mut gr[..]);
+                            small_rows_stats(
+                                xr, k, &mut ms, &mut rest, full, &mut ss, &mut ls, Unfused,
+                            );
+                            let (g, pre) = (Some((gr, scale.at(i))), Some((ms[0], ss[0])));
+                            pl[i] = ce_row_with(xr, target(i), &opts, g, &mut cap, Unfused, pre);
+                        }
+                        assert!(same_or_nan(&gg, &pg), "pinned grad k={k} soft={soft}");
+                        assert!(same_or_nan(&gl, &pl), "pinned loss k={k} soft={soft}");
                         cross_entropy_rows(&x, k, target, &opts, None, &mut gl, Unfused);
                         assert!(close(&gl, &wl, k), "loss only k={k} soft={soft}");
+                        assert!(same_or_nan(&gl, &pl), "pinned loss only k={k} soft={soft}");
                     }
                 }
             }

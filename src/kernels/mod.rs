@@ -437,12 +437,13 @@ pub(crate) fn small_rows_stats<T: Float, A: Arith>(
     }
     for (((l, o), &rest), &c) in ls.iter_mut().zip(ss.iter_mut()).zip(&rv).zip(&cv) {
         let s = f64::from(c) + rest;
-        *l = log1p_or_ln(c == 1, rest, s);
-        // ExpSum's rule: rest = s where s >= 2 (never dominated).
+        // ExpSum's rule: rest = s where s >= 2 (never dominated); its `ln` is the one every
+        // path takes (log1p_or_ln, selects only).
         *o = ExpSum {
             s,
             rest: if s < 2.0 { rest } else { s },
         };
+        *l = o.ln();
     }
 }
 
