@@ -36,9 +36,10 @@ const CHUNK: usize = 256;
 // dispatch that landed with it.
 const ONLINE_STEP: usize = 2048;
 
-/// Rows shorter than this take the grouped path of [`small_rows_exp`].
+/// Rows shorter than this take the grouped paths of [`small_rows_exp`] (softmax) and
+/// [`small_rows_stats`] (the others).
 pub(crate) const SMALL_K: usize = 64;
-/// Rows per group of that path: a group's exps (at most `SMALL_ROWS * SMALL_K` values, 16 KiB
+/// Rows per group of those paths: a group's exps (at most `SMALL_ROWS * SMALL_K` values, 16 KiB
 /// in f64) stay in L1 between the map and the per-row sums.
 pub(crate) const SMALL_ROWS: usize = 32;
 
