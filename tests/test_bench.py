@@ -70,6 +70,18 @@ def test_bench_rejects_unknown_ops_and_peers():
         bench.main(["--peers", "fortran"])
 
 
+def test_plot_without_matplotlib_is_a_usage_error_before_the_run(monkeypatch, capsys):
+    def missing(name):
+        raise peers.Unavailable(f"not installed ({name})")
+
+    monkeypatch.setattr(peers, "optional", missing)
+    monkeypatch.setattr(cli, "run", lambda *a, **k: pytest.fail("the run started"))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--shape", "4x3", "--ops", "cross_entropy", "--plot", "x.png"])
+    assert exit_info.value.code == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+
+
 def test_quick_preset_is_what_make_bench_runs():
     args = cli.parser().parse_args(["--quick", "--ops", "cross_entropy"])
     cases = cli.cases_of(args, cli.parser())

@@ -108,6 +108,12 @@ def _main(args: argparse.Namespace, ap: argparse.ArgumentParser, argv: list[str]
     if unknown:
         ap.error(f"unknown peer(s) {sorted(unknown)}; choose from {', '.join(registry.PEERS)}")
     repeat = args.repeat or (5 if args.quick else 7)
+    if args.plot:
+        # Checked before the run, which can take many minutes, not after it.
+        try:
+            registry.optional("matplotlib")
+        except registry.Unavailable as e:
+            ap.error(f"--plot needs matplotlib ({e}): pip install matplotlib, or leave --plot out")
 
     info = report.machine(args.threads)
     limit, note = args.max_memory_bytes, None
