@@ -704,6 +704,17 @@ def test_linear_default_budget_is_the_kernels():
     )
 
 
+@pytest.mark.parametrize(
+    "budget, error", [(-1, ValueError), (0, ValueError), ("64M", TypeError)], ids=str
+)
+def test_linear_max_memory_bytes_rejects_a_bad_budget(budget, error):
+    h = torch.randn(4, 8, dtype=torch.float64)
+    w = torch.randn(6, 8, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(error):
+        st.linear_cross_entropy(h, w, t, max_memory_bytes=budget)
+
+
 @_inductor_warning
 @pytest.mark.parametrize("budget", [1 << 16, None], ids=["64KiB", "default"])
 @pytest.mark.parametrize("path", ["function", "module", "compiled"])
