@@ -14,9 +14,13 @@
 //!   the same loss, bit for bit.
 //! * **Recompute** (logits too wide to keep): a forward sweep over row blocks folds tiles of
 //!   `rows x cols` logits into each row's max, exp-sum and target logit
-//!   ([`crate::kernels::linear`]); then (the `_and_grad` form) a backward sweep, class block by class block, recomputes each tile, turns it into the
-//!   gradient of the logits and adds `G @ W_j` into `d_hidden` and `G^T @ H_i` into the class
-//!   block's `d_weight` rows: four products in all, in memory that does not grow with `N` or `V`.
+//!   ([`crate::kernels::linear`]); then (the `_and_grad` form) a backward sweep, class block by
+//!   class block, recomputes each tile, turns it into the gradient of the logits and adds
+//!   `G @ W_j` into `d_hidden` and `G^T @ H_i` into the class block's `d_weight` rows: four
+//!   products in all, in memory that does not grow with `N` or `V`. These tiles are held class
+//!   by class (transposed), the orientation in which gemm runs all three kinds of product at
+//!   full speed (see `logits_t_into`); the forward fold gathers a few rows at a time back into
+//!   rows for the row kernel.
 //!   Class blocks outermost means a block's `d_weight` rows are finished before the next block
 //!   starts, so half-precision weights need a float32 accumulator of one block only.
 //!
@@ -35,7 +39,9 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::isa::Level;
-use crate::kernels::linear::{fold_tile, grad_tile, RowGrad, RowStats, TileOpts};
+use crate::kernels::linear::{
+    fold_tile, grad_tile, grad_tile_t, ColumnGrad, RowGrad, RowStats, TileOpts,
+};
 use crate::ops::{CeOptions, Reduction};
 use crate::pool::{in_pool_capped, in_pool_capped_interruptible, num_threads, should_stop};
 
@@ -62,6 +68,8 @@ const GEMM_THREAD_BYTES: usize = 1 << 20;
 /// The deepest panel `gemm` packs (its `kc` on today's caches): what one product's packing
 /// costs is about `min(k, KC) * (m + n)` elements.
 const KC: usize = 512;
+/// One cache line: the rows of a class-held tile gathered at a time (see `fold_columns`).
+const PANEL_BYTES: usize = 64;
 
 /// An operand's rows (`width` elements each) in the compute type.
 #[derive(Clone, Copy)]
@@ -147,13 +155,13 @@ fn reach(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     }
 }
 
-/// `dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) @ rhs (k x n)` with `threads` of the
-/// pool. gemm's threads split the output into tiles and every dot product runs in one order,
-/// so the bits do not depend on `threads`.
+/// `dst (m x n, strides (dst_rs, dst_cs)) = [dst +] lhs (m x k) @ rhs (k x n)` with `threads`
+/// of the pool. gemm's threads split the output into tiles and every dot product runs in one
+/// order, so the bits do not depend on `threads`.
 #[allow(clippy::too_many_arguments)]
 fn product<T: Float>(
     dst: &mut [T],
-    dst_rs: usize,
+    (dst_rs, dst_cs): (usize, usize),
     accumulate: bool,
     (m, n, k): (usize, usize, usize),
     lhs: Mat<'_, T>,
@@ -161,7 +169,7 @@ fn product<T: Float>(
     threads: usize,
 ) {
     assert!(
-        reach(m, n, dst_rs, 1) <= dst.len()
+        reach(m, n, dst_rs, dst_cs) <= dst.len()
             && reach(m, k, lhs.1, lhs.2) <= lhs.0.len()
             && reach(k, n, rhs.1, rhs.2) <= rhs.0.len(),
         "product operands out of bounds"
@@ -172,8 +180,10 @@ fn product<T: Float>(
     if k == 0 {
         if !accumulate {
             // gemm leaves dst alone for an empty inner dimension
-            for row in dst.chunks_mut(dst_rs).take(m) {
-                row[..n].fill(T::ZERO);
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * dst_rs + j * dst_cs] = T::ZERO;
+                }
             }
         }
         return;
@@ -193,7 +203,7 @@ fn product<T: Float>(
                 n,
                 k,
                 dst.as_mut_ptr(),
-                1,
+                dst_cs as isize,
                 dst_rs as isize,
                 accumulate,
                 lhs.0.as_ptr(),
@@ -224,7 +234,15 @@ fn logits_into<T: Float>(
     threads: usize,
 ) {
     // weight.T: row kk, column jj is w[jj][kk]
-    product(tile, rs, false, (nb, kb, d), (h, d, 1), (w, 1, d), threads);
+    product(
+        tile,
+        (rs, 1),
+        false,
+        (nb, kb, d),
+        (h, d, 1),
+        (w, 1, d),
+        threads,
+    );
     if let Some(b) = bias {
         for row in tile.chunks_mut(rs).take(nb) {
             for (z, &bj) in row[..kb].iter_mut().zip(b) {
@@ -232,6 +250,184 @@ fn logits_into<T: Float>(
             }
         }
     }
+}
+
+/// A block of `hidden` transposed (`d x nb`, each of its columns contiguous), the left operand
+/// of the forward products. Read as it is stored (row-major), gemm packs it again for every
+/// class block, one element at a time from `d` rows apart: with the tile and the weight block
+/// in between evicting it, that pack took 12% of a call at 1024 x 1024 -> 32000 (perf, one
+/// thread, AVX-512) against the 3% of the same products run back to back.
+struct HiddenT<T>(Vec<T>);
+
+impl<T: Float> HiddenT<T> {
+    fn of(&mut self, h: &[T], nb: usize, d: usize) -> &[T] {
+        self.0.resize(nb * d, T::ZERO);
+        transpose(h, d, (nb, d), &mut self.0, nb);
+        &self.0
+    }
+}
+
+/// `tile_t (kb x nb) = (h (nb x d) @ w (kb x d).T + bias).T`: the recompute schedule's tiles are
+/// held class by class, each class's logits over the block's rows contiguous. gemm runs this
+/// orientation at full speed and the row-major one 15-20% slower (its packing of `w.T` into
+/// a row-major output; 512 x 4096 x 1024 float32, one thread, AVX-512: 101 against 84
+/// GFLOPS), and both backward products read the column-held tile at full speed too.
+///
+/// `ht` is the block of `hidden` transposed (`d x nb`, see [`HiddenT`]).
+fn logits_t_into<T: Float>(
+    tile_t: &mut [T],
+    (nb, kb, d): (usize, usize, usize),
+    ht: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    threads: usize,
+) {
+    product(
+        tile_t,
+        (1, nb),
+        false,
+        (nb, kb, d),
+        (ht, 1, nb),
+        (w, 1, d),
+        threads,
+    );
+    if let Some(b) = bias {
+        for (col, &bj) in tile_t.chunks_exact_mut(nb.max(1)).zip(b) {
+            col.iter_mut().for_each(|z| *z += bj);
+        }
+    }
+}
+
+/// `dst[j * dst_rs + i] = src[i * src_rs + j]` for a `rows x cols` block, a square of 16 x 16
+/// at a time through a local copy: both sides are then read and written a line at a time
+/// (a plain loop writes every element on a line of its own), and full squares are loops of
+/// constant length that LLVM unrolls into shuffles.
+fn transpose<T: Float>(
+    src: &[T],
+    src_rs: usize,
+    (rows, cols): (usize, usize),
+    dst: &mut [T],
+    dst_rs: usize,
+) {
+    const B: usize = 16;
+    let mut sq = [[T::ZERO; B]; B];
+    for i0 in (0..rows).step_by(B) {
+        let bi = B.min(rows - i0);
+        for j0 in (0..cols).step_by(B) {
+            let bj = B.min(cols - j0);
+            if bi == B && bj == B {
+                for (ii, line) in sq.iter_mut().enumerate() {
+                    let at = (i0 + ii) * src_rs + j0;
+                    line.copy_from_slice(&src[at..at + B]);
+                }
+                for jj in 0..B {
+                    let at = (j0 + jj) * dst_rs + i0;
+                    let out: &mut [T; B] = (&mut dst[at..at + B]).try_into().unwrap();
+                    for (o, line) in out.iter_mut().zip(&sq) {
+                        *o = line[jj];
+                    }
+                }
+                continue;
+            }
+            for ii in 0..bi {
+                let at = (i0 + ii) * src_rs + j0;
+                for (jj, &z) in src[at..at + bj].iter().enumerate() {
+                    dst[(j0 + jj) * dst_rs + i0 + ii] = z;
+                }
+            }
+        }
+    }
+}
+
+/// Rows `r0..r0 + p` of a class-held tile (`kb` classes of `nb` rows) into `out`, row by row.
+fn gather_rows<T: Float>(tile_t: &[T], nb: usize, r0: usize, p: usize, out: &mut [T]) {
+    let kb = out.len() / p.max(1);
+    transpose(&tile_t[r0..], nb, (kb, p), out, kb);
+}
+
+/// Folds a class-held tile into its rows' sums: a few rows at a time (a cache line of each
+/// class) are gathered into rows and folded by the row kernel, so the sums are those of
+/// folding a row-major tile, bit for bit. Rows split over the products' threads.
+#[allow(clippy::too_many_arguments)]
+fn fold_columns<T: Float>(
+    isa: Level,
+    tile_t: &[T],
+    (nb, kb, c0): (usize, usize, usize),
+    stats: &mut [RowStats],
+    o: TileOpts<'_, T>,
+    threads: usize,
+) {
+    let p = PANEL_BYTES / std::mem::size_of::<T>();
+    let run = |(i, st): (usize, &mut [RowStats]), per: usize| {
+        let mut panel = vec![T::ZERO; p.min(st.len()) * kb];
+        let mut capped = Vec::new();
+        for (q, sp) in st.chunks_mut(p).enumerate() {
+            let rows = &mut panel[..sp.len() * kb];
+            gather_rows(tile_t, nb, i * per + q * p, sp.len(), rows);
+            fold_tile(isa, rows, kb, c0, sp, o, &mut capped);
+        }
+    };
+    in_pool_capped(threads, |threads| {
+        if threads == 1 || nb <= p {
+            return run((0, stats), nb);
+        }
+        let per = nb.div_ceil(threads * 4).next_multiple_of(p);
+        stats
+            .par_chunks_mut(per)
+            .enumerate()
+            .for_each(|c| run(c, per));
+    });
+}
+
+/// Turns a class-held tile of logits into the gradient with respect to them, in place:
+/// classes split over the products' threads.
+fn grad_columns<T: Float>(
+    isa: Level,
+    tile_t: &mut [T],
+    (nb, kb, c0): (usize, usize, usize),
+    rows: &[RowGrad<T>],
+    o: TileOpts<'_, T>,
+    threads: usize,
+) {
+    let coefs = ColumnGrad::new(rows);
+    let run = |(i, t): (usize, &mut [T]), per: usize| {
+        let j0 = i * per;
+        let oc = TileOpts {
+            weight: o.weight.map(|w| &w[j0..]),
+            ..o
+        };
+        grad_tile_t(isa, t, nb, c0 + j0, &coefs, rows, oc);
+    };
+    in_pool_capped(threads, |threads| {
+        if threads == 1 || kb < 2 {
+            return run((0, tile_t), kb);
+        }
+        let per = kb.div_ceil(threads * 4);
+        tile_t
+            .par_chunks_mut(per * nb.max(1))
+            .enumerate()
+            .for_each(|c| run(c, per));
+    });
+}
+
+/// Adds each class's row of a class-held tile into `sums`, rows in order (the bits of
+/// [`add_column_sums`] on the row-major tile).
+fn add_row_sums<T: Float>(sums: &mut [f64], tile_t: &[T], nb: usize, threads: usize) {
+    let run = |(s, col): (&mut f64, &[T])| {
+        for &g in col {
+            *s += g.to_f64();
+        }
+    };
+    in_pool_capped(threads, |threads| {
+        let cols = tile_t.chunks_exact(nb.max(1));
+        if threads == 1 {
+            sums.iter_mut().zip(cols).for_each(run);
+        } else {
+            sums.par_iter_mut()
+                .zip(tile_t.par_chunks_exact(nb.max(1)))
+                .for_each(run);
+        }
+    });
 }
 
 /// Runs `f` on consecutive groups of tile rows, each with its rows' entries of `items`, in
@@ -325,12 +521,14 @@ impl Plan {
                 };
             }
         }
-        // A hidden block (converted, and packed by gemm) takes at most a quarter of ours.
-        let rows = ROW_BLOCK.min(n).min((ours / 4 / (widen_h + pack)).max(16));
+        // A hidden block (converted, and transposed for the forward products, see `HiddenT`)
+        // takes at most half of ours.
+        let per_row = widen_h + d * s;
+        let rows = ROW_BLOCK.min(n).min((ours / 2 / per_row).max(16));
         // Backward: the tile, a converted weight block and a float32 d_weight accumulator.
         let narrow = !a.weight.in_place();
         let per_col = rows * s + widen_w + if narrow { d * s } else { 0 } + pack;
-        let fixed = rows * (widen_h + pack);
+        let fixed = rows * per_row;
         let cols = (ours.saturating_sub(fixed) / per_col)
             .clamp(MIN_COLS, MAX_COLS)
             .min(v);
@@ -488,11 +686,13 @@ fn forward<T: Float>(
     let (nb_max, kb_max) = (plan.rows.min(n), plan.cols.min(v));
     let mut tile = Vec::with_capacity(nb_max * kb_max);
     let mut hs = Vec::with_capacity(if a.hidden.in_place() { 0 } else { nb_max * d });
+    let mut ht = HiddenT(Vec::with_capacity(nb_max * d));
     let mut ws = Vec::with_capacity(if a.weight.in_place() { 0 } else { kb_max * d });
     let mut discard = Vec::new();
     for r0 in (0..n).step_by(plan.rows) {
         let nb = plan.rows.min(n - r0);
         let h = a.hidden.rows(r0, r0 + nb, d, &mut hs);
+        let ht = ht.of(h, nb, d);
         let mut stats: Vec<RowStats> = row_targets(a, r0, r0 + nb).collect();
         for c0 in (0..v).step_by(plan.cols) {
             if should_stop() {
@@ -502,13 +702,11 @@ fn forward<T: Float>(
             let w = a.weight.rows(c0, c0 + kb, d, &mut ws);
             tile.resize(nb * kb, T::ZERO);
             let b = a.bias.map(|b| &b[c0..c0 + kb]);
-            logits_into(&mut tile, kb, (nb, kb, d), h, w, b, threads);
+            logits_t_into(&mut tile, (nb, kb, d), ht, w, b, threads);
             // Folding straight into the running sums gives the bits of folding each block
             // into sums of its own and adding those in class order.
             let o = tile_opts(a, c0, kb);
-            for_tile_rows(&mut tile, kb, &mut stats, threads, |t, st| {
-                fold_tile(isa, t, kb, c0, st, o, &mut Vec::new())
-            });
+            fold_columns(isa, &tile, (nb, kb, c0), &mut stats, o, threads);
         }
         let out = row_grads.as_deref_mut().unwrap_or(&mut discard);
         rows.finish(&stats, r0, a.opts, v, out);
@@ -537,11 +735,11 @@ fn backward<T: Float>(
     let (rows, cols) = (plan.rows.min(n), plan.cols.min(v));
     let mut tile = Vec::with_capacity(rows * cols);
     let mut hs = Vec::with_capacity(if a.hidden.in_place() { 0 } else { rows * d });
+    let mut ht = HiddenT(Vec::with_capacity(rows * d));
     let mut ws = Vec::with_capacity(if a.weight.in_place() { 0 } else { cols * d });
     let narrow = matches!(d_weight, RowsOut::Rows(_));
     let mut acc = Vec::with_capacity(if narrow { cols * d } else { 0 });
     let mut sums = Vec::with_capacity(cols);
-    let mut grads_here: Vec<RowGrad<T>> = Vec::with_capacity(plan.rows);
     for c0 in (0..v).step_by(plan.cols) {
         let kb = plan.cols.min(v - c0);
         let w = a.weight.rows(c0, c0 + kb, d, &mut ws);
@@ -565,32 +763,32 @@ fn backward<T: Float>(
             let nb = plan.rows.min(n - r0);
             let h = a.hidden.rows(r0, r0 + nb, d, &mut hs);
             tile.resize(nb * kb, T::ZERO);
-            logits_into(&mut tile, kb, (nb, kb, d), h, w, bias, threads);
+            logits_t_into(&mut tile, (nb, kb, d), ht.of(h, nb, d), w, bias, threads);
             let o = tile_opts(a, c0, kb);
-            grads_here.clear();
-            grads_here.extend_from_slice(&row_grads[r0..r0 + nb]);
-            for_tile_rows(&mut tile, kb, &mut grads_here, threads, |t, rg| {
-                grad_tile(isa, t, kb, c0, rg, o)
-            });
+            let rg = &row_grads[r0..r0 + nb];
+            grad_columns(isa, &mut tile, (nb, kb, c0), rg, o, threads);
             if d_bias.is_some() {
-                add_column_sums(&mut sums, &tile, kb, threads);
+                add_row_sums(&mut sums, &tile, nb, threads);
             }
+            // The tile is the gradient's transpose: read as `nb x kb` with row stride 1 for
+            // d_hidden, as `kb x nb` row-major for d_weight.
             let dh = &mut d_hidden[r0 * d..(r0 + nb) * d];
+            let g = &tile[..];
             product(
                 dh,
-                d,
+                (d, 1),
                 c0 > 0,
                 (nb, d, kb),
-                (&tile[..], kb, 1),
+                (g, 1, nb),
                 (w, d, 1),
                 threads,
             );
             product(
                 dw,
-                d,
+                (d, 1),
                 r0 > 0,
                 (kb, d, nb),
-                (&tile[..], 1, kb),
+                (g, nb, 1),
                 (h, d, 1),
                 threads,
             );
@@ -668,10 +866,18 @@ fn keep<T: Float>(
             add_column_sums(s, z, v, threads);
         }
         let dh = &mut g.d_hidden[r0 * d..(r0 + nb) * d];
-        product(dh, d, false, (nb, d, v), (z, v, 1), (weight, d, 1), threads);
+        product(
+            dh,
+            (d, 1),
+            false,
+            (nb, d, v),
+            (z, v, 1),
+            (weight, d, 1),
+            threads,
+        );
         product(
             d_weight,
-            d,
+            (d, 1),
             r0 > 0,
             (v, d, nb),
             (z, 1, v),
