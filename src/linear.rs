@@ -39,9 +39,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::isa::Level;
-use crate::kernels::linear::{
-    fold_tile, grad_tile, grad_tile_t, ColumnGrad, RowGrad, RowStats, TileOpts,
-};
+use crate::kernels::linear::{fold_tile, grad_tile_t, ColumnGrad, RowGrad, RowStats, TileOpts};
 use crate::ops::{CeOptions, Reduction};
 use crate::pool::{in_pool_capped, in_pool_capped_interruptible, num_threads, should_stop};
 
@@ -223,35 +221,6 @@ fn product<T: Float>(
     })
 }
 
-/// `tile (nb x kb, row stride rs) = h (nb x d) @ w (kb x d).T + bias`.
-fn logits_into<T: Float>(
-    tile: &mut [T],
-    rs: usize,
-    (nb, kb, d): (usize, usize, usize),
-    h: &[T],
-    w: &[T],
-    bias: Option<&[T]>,
-    threads: usize,
-) {
-    // weight.T: row kk, column jj is w[jj][kk]
-    product(
-        tile,
-        (rs, 1),
-        false,
-        (nb, kb, d),
-        (h, d, 1),
-        (w, 1, d),
-        threads,
-    );
-    if let Some(b) = bias {
-        for row in tile.chunks_mut(rs).take(nb) {
-            for (z, &bj) in row[..kb].iter_mut().zip(b) {
-                *z += bj;
-            }
-        }
-    }
-}
-
 /// A block of `hidden` transposed (`d x nb`, each of its columns contiguous), the left operand
 /// of the forward products. Read as it is stored (row-major), gemm packs it again for every
 /// class block, one element at a time from `d` rows apart: with the tile and the weight block
@@ -410,8 +379,7 @@ fn grad_columns<T: Float>(
     });
 }
 
-/// Adds each class's row of a class-held tile into `sums`, rows in order (the bits of
-/// [`add_column_sums`] on the row-major tile).
+/// Adds each class's row of a class-held tile into `sums`, rows in order.
 fn add_row_sums<T: Float>(sums: &mut [f64], tile_t: &[T], nb: usize, threads: usize) {
     let run = |(s, col): (&mut f64, &[T])| {
         for &g in col {
@@ -426,47 +394,6 @@ fn add_row_sums<T: Float>(sums: &mut [f64], tile_t: &[T], nb: usize, threads: us
             sums.par_iter_mut()
                 .zip(tile_t.par_chunks_exact(nb.max(1)))
                 .for_each(run);
-        }
-    });
-}
-
-/// Runs `f` on consecutive groups of tile rows, each with its rows' entries of `items`, in
-/// parallel on the products' `threads` (any split gives the same result: rows are
-/// independent).
-fn for_tile_rows<T: Float, I: Send>(
-    tile: &mut [T],
-    kb: usize,
-    items: &mut [I],
-    threads: usize,
-    f: impl Fn(&mut [T], &mut [I]) + Sync + Send,
-) {
-    let rows = items.len();
-    in_pool_capped(threads, |threads| {
-        if threads == 1 || rows < 2 {
-            return f(tile, items);
-        }
-        let per = rows.div_ceil(threads * 4);
-        tile.par_chunks_mut(per * kb.max(1))
-            .zip(items.par_chunks_mut(per))
-            .for_each(|(t, it)| f(t, it));
-    });
-}
-
-/// Adds each column of a tile (`kb` wide) into `sums`, rows in order.
-fn add_column_sums<T: Float>(sums: &mut [f64], tile: &[T], kb: usize, threads: usize) {
-    let per = 256;
-    in_pool_capped(threads, |threads| {
-        let run = |(ci, acc): (usize, &mut [f64])| {
-            for row in tile.chunks_exact(kb) {
-                for (s, &g) in acc.iter_mut().zip(&row[ci * per..]) {
-                    *s += g.to_f64();
-                }
-            }
-        };
-        if threads == 1 {
-            sums.chunks_mut(per).enumerate().for_each(run);
-        } else {
-            sums.par_chunks_mut(per).enumerate().for_each(run);
         }
     });
 }
@@ -509,7 +436,7 @@ impl Plan {
         {
             let sums = if a.bias.is_some() { v * 8 } else { 0 };
             let cols = (ours / 4 / (pack + s)).clamp(MIN_COLS, MAX_COLS).min(v);
-            let per_row = v * s + widen_h + pack;
+            let per_row = v * s + widen_h + d * s; // logits, converted and transposed rows
             let fit = ours.saturating_sub(sums + cols * pack) / per_row;
             if direct && fit >= n.min(MIN_KEEP_ROWS) {
                 let rows = n.div_ceil(n.div_ceil(fit.max(1)));
@@ -834,11 +761,15 @@ fn keep<T: Float>(
     } else {
         plan.rows.min(n) * d
     });
+    let mut ht = HiddenT(Vec::with_capacity(plan.rows.min(n) * d));
     let mut row_grads = Vec::with_capacity(plan.rows);
     for r0 in (0..n).step_by(plan.rows) {
         let nb = plan.rows.min(n - r0);
         let h = a.hidden.rows(r0, r0 + nb, d, &mut hs);
+        let ht = ht.of(h, nb, d);
+        // Held class by class, as the recompute schedule's tiles (see `logits_t_into`).
         let z = &mut z[..nb * v];
+        let mut stats: Vec<RowStats> = row_targets(a, r0, r0 + nb).collect();
         for c0 in (0..v).step_by(plan.cols) {
             if should_stop() {
                 return false;
@@ -846,32 +777,30 @@ fn keep<T: Float>(
             let kb = plan.cols.min(v - c0);
             let w = &weight[c0 * d..(c0 + kb) * d];
             let b = a.bias.map(|b| &b[c0..c0 + kb]);
-            logits_into(&mut z[c0..], v, (nb, kb, d), h, w, b, threads);
+            let tile = &mut z[c0 * nb..(c0 + kb) * nb];
+            logits_t_into(tile, (nb, kb, d), ht, w, b, threads);
+            let o = tile_opts(a, c0, kb);
+            fold_columns(isa, tile, (nb, kb, c0), &mut stats, o, threads);
         }
-        let mut stats: Vec<RowStats> = row_targets(a, r0, r0 + nb).collect();
-        let o = tile_opts(a, 0, v);
-        for_tile_rows(z, v, &mut stats, threads, |t, st| {
-            fold_tile(isa, t, v, 0, st, o, &mut Vec::new())
-        });
         row_grads.clear();
         rows.finish(&stats, r0, a.opts, v, &mut row_grads);
         let Some(g) = g.as_mut() else { continue };
         let RowsOut::Slice(d_weight) = &mut g.d_weight else {
             unreachable!("the plan keeps logits only with d_weight in place")
         };
-        for_tile_rows(z, v, &mut row_grads, threads, |t, rg| {
-            grad_tile(isa, t, v, 0, rg, o)
-        });
+        let o = tile_opts(a, 0, v);
+        grad_columns(isa, z, (nb, v, 0), &row_grads, o, threads);
         if let Some(s) = sums.as_mut() {
-            add_column_sums(s, z, v, threads);
+            add_row_sums(s, z, nb, threads);
         }
         let dh = &mut g.d_hidden[r0 * d..(r0 + nb) * d];
+        let z = &z[..];
         product(
             dh,
             (d, 1),
             false,
             (nb, d, v),
-            (z, v, 1),
+            (z, 1, nb),
             (weight, d, 1),
             threads,
         );
@@ -880,7 +809,7 @@ fn keep<T: Float>(
             (d, 1),
             r0 > 0,
             (v, d, nb),
-            (z, 1, v),
+            (z, nb, 1),
             (h, d, 1),
             threads,
         );
