@@ -51,9 +51,9 @@ const ROW_BLOCK: usize = 512;
 /// The most rows of `hidden` one block converts (for the binding's allocation check).
 pub const LINEAR_MAX_ROWS: usize = ROW_BLOCK;
 /// The fewest rows a block of the keep schedule may have: below this, `d_weight`'s product
-/// (inner dimension = rows) passes over all of `d_weight` too often, and recomputing wins
-/// (2 threads, AVX-512, 1024 x 1024 -> 32000 with gradients: blocks of 114 rows 1.30x the
-/// materialized path, recomputing 1.05x, one block of 1024 rows 1.02x).
+/// (inner dimension = rows) passes over all of `d_weight` too often, and recomputing wins or
+/// ties (one thread, AVX-512, 512 x 256 -> 16000 with gradients against the materialized path:
+/// blocks of 64, 96 and 160 rows 1.27x, 1.22x, 1.24x; recomputing 1.23-1.31x; 256 rows 1.10x).
 const MIN_KEEP_ROWS: usize = 256;
 /// Class blocks never narrower (the GEMMs' efficiency) nor wider (one tile's scratch) than this.
 const MIN_COLS: usize = 64;
