@@ -317,7 +317,6 @@ fn gather_rows<T: Float>(tile_t: &[T], nb: usize, r0: usize, p: usize, out: &mut
 /// Folds a class-held tile into its rows' sums: a few rows at a time (a cache line of each
 /// class) are gathered into rows and folded by the row kernel, so the sums are those of
 /// folding a row-major tile, bit for bit. Rows split over the products' threads.
-#[allow(clippy::too_many_arguments)]
 fn fold_columns<T: Float>(
     isa: Level,
     tile_t: &[T],
