@@ -284,7 +284,10 @@ pub fn rows_per_block(k: usize) -> usize {
 
 /// The blocks of rows covering `0..n_rows` for rows of `k` elements: consecutive ranges that
 /// depend only on `(n_rows, k)`.
-pub fn block_ranges(n_rows: usize, k: usize) -> impl Iterator<Item = Range<usize>> {
+pub fn block_ranges(
+    n_rows: usize,
+    k: usize,
+) -> impl ExactSizeIterator<Item = Range<usize>> + Clone {
     let per = rows_per_block(k);
     (0..n_rows.div_ceil(per)).map(move |b| b * per..((b + 1) * per).min(n_rows))
 }
@@ -299,21 +302,27 @@ where
     R: Send,
     F: Fn(Range<usize>) -> R + Sync + Send,
 {
-    let units = vec![(); n_rows.div_ceil(rows_per_block(k))];
+    let units = std::iter::repeat_n((), n_rows.div_ceil(rows_per_block(k)));
     for_blocks_with(n_rows, k, units, |r, ()| f(r))
 }
 
 /// [`for_blocks`] with one payload per block moved into its call: the pieces of the outputs
 /// that block writes (`ViewMut::split` over [`block_ranges`]), so each thread owns what it
 /// writes. Panics unless there is exactly one payload per block.
-pub fn for_blocks_with<P, R, F>(n_rows: usize, k: usize, payloads: Vec<P>, f: F) -> Vec<R>
+///
+/// The payloads come as an iterator, taken one per block as the blocks run (on the pool,
+/// a wave at a time), so a call of one block allocates nothing for them.
+pub fn for_blocks_with<I, P, R, F>(n_rows: usize, k: usize, payloads: I, f: F) -> Vec<R>
 where
+    I: IntoIterator<Item = P>,
+    I::IntoIter: ExactSizeIterator,
     P: Send,
     R: Send,
     F: Fn(Range<usize>, P) -> R + Sync + Send,
 {
     let per = rows_per_block(k);
     let n_blocks = n_rows.div_ceil(per);
+    let payloads = payloads.into_iter();
     assert_eq!(payloads.len(), n_blocks, "one payload per block");
     let big = n_rows.saturating_mul(k.max(1)) >= PARALLEL_MIN_ELEMS && n_blocks > 1;
     let pool = if big { pool() } else { None };

@@ -48,10 +48,7 @@ pub fn binary_loss<T: Float>(
     }
     let count = (n * k) as f64;
     let uniform = reduction.uniform_scale(upstream, count);
-    let blocks = pieces(grad, n, k)
-        .into_iter()
-        .zip(pieces(losses, n, k))
-        .collect();
+    let blocks = pieces(grad, n, k).zip(pieces(losses, n, k));
     let parts = for_blocks_with(
         n,
         k,

@@ -183,16 +183,16 @@ fn check_out(what: &str, out: &ViewMut<'_>, n: usize, k: usize) -> Result<()> {
     Ok(())
 }
 
-/// The pieces of `v` that the blocks of `n` rows of `k` write (all `None` without `v`).
-fn pieces<'v>(v: Option<&'v mut ViewMut<'_>>, n: usize, k: usize) -> Vec<Option<RowsMut<'v>>> {
-    match v {
-        Some(v) => v
-            .split(crate::pool::block_ranges(n, k))
-            .into_iter()
-            .map(Some)
-            .collect(),
-        None => crate::pool::block_ranges(n, k).map(|_| None).collect(),
-    }
+/// The pieces of `v` that the blocks of `n` rows of `k` write (all `None` without `v`), made
+/// as the blocks take them.
+fn pieces<'v>(
+    v: Option<&'v mut ViewMut<'_>>,
+    n: usize,
+    k: usize,
+) -> impl ExactSizeIterator<Item = Option<RowsMut<'v>>> {
+    let mut split = v.map(|v| v.split(crate::pool::block_ranges(n, k)));
+    crate::pool::block_ranges(n, k)
+        .map(move |_| split.as_mut().map(|s| s.next().expect("a piece per block")))
 }
 
 #[cfg(test)]

@@ -200,10 +200,7 @@ pub fn multiclass_loss<T: Float>(
             return Ok(reduction.finish(total, denominator));
         }
     }
-    let blocks = pieces(grad, n, k)
-        .into_iter()
-        .zip(pieces(losses, n, k))
-        .collect();
+    let blocks = pieces(grad, n, k).zip(pieces(losses, n, k));
     let parts = for_blocks_with(n, k, blocks, |r, (mut g_piece, l_piece)| {
         let (mut sx, mut st, mut si, mut su, mut sg, mut sl) = (
             Vec::new(),

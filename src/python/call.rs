@@ -47,14 +47,17 @@ pub(super) fn ensure_allocatable(f: &str, bytes: usize) -> PyResult<()> {
 /// The row length whose scratch a call may need: 0 when every view reads and writes its rows
 /// in place, their row length when any of them gathers (blocks of long rows are one row).
 /// Each view is given as `(row length, rows, whether its first row is used in place)`.
-pub(super) fn gathered_row(views: &[(usize, usize, bool)]) -> usize {
-    if views
-        .iter()
-        .all(|&(_, rows, in_place)| rows == 0 || in_place)
-    {
-        0
+pub(super) fn gathered_row(views: impl IntoIterator<Item = (usize, usize, bool)>) -> usize {
+    // PERF: an iterator, not a slice, so that a call with an optional view collects no Vec.
+    let (mut longest, mut gathers) = (0, false);
+    for (k, rows, in_place) in views {
+        longest = longest.max(k);
+        gathers |= rows != 0 && !in_place;
+    }
+    if gathers {
+        longest
     } else {
-        views.iter().map(|v| v.0).max().unwrap_or(0)
+        0
     }
 }
 

@@ -235,12 +235,10 @@ pub(super) fn multiclass<'py>(
         None => Upstream::Scalar(scalar_up),
     };
     let c = dt.compute();
-    let mut rows: Vec<_> = xv.iter().map(|v| read_rows(v, c)).collect();
-    rows.extend(gv.as_ref().map(|g| written_rows(g, c)));
-    if probs {
-        rows.push(read_rows(&tv, c));
-    }
-    let total = run(py, f, x.size(), gathered_row(&rows), || {
+    let rows = (xv.iter().map(|v| read_rows(v, c)))
+        .chain(gv.as_ref().map(|g| written_rows(g, c)))
+        .chain(probs.then(|| read_rows(&tv, c)));
+    let total = run(py, f, x.size(), gathered_row(rows), || {
         with_compute!(dt, T => {
             match kind {
                 Kind::Nll => {

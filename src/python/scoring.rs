@@ -141,7 +141,7 @@ fn _token_logprobs<'py>(
         is_greedy: greedy_s,
         top_ids: ids_s,
     };
-    let row = gathered_row(&[read_rows(&xv, dt.compute())]);
+    let row = gathered_row([read_rows(&xv, dt.compute())]);
     run(
         py,
         f,
@@ -251,7 +251,7 @@ fn perplexity<'py>(
         view: &tv,
         shape: &outer,
     };
-    let row = gathered_row(&[read_rows(&xv, dt.compute())]);
+    let row = gathered_row([read_rows(&xv, dt.compute())]);
     let (nll, count) = run(
         py,
         f,

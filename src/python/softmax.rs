@@ -42,13 +42,13 @@ pub(super) fn row_map_py<'py>(
     let xv = (!in_place).then(|| x.view(Some(a)));
     let mut ov = out.view_mut(Some(a)).map_err(|e| to_py(py, f, e))?;
     let src = xv.as_ref().map_or(Src::Out, Src::View);
-    let mut rows = vec![written_rows(&ov, dt.compute())];
-    rows.extend(xv.as_ref().map(|v| read_rows(v, dt.compute())));
+    let c = dt.compute();
+    let rows = xv.as_ref().map(|v| read_rows(v, c));
     run(
         py,
         f,
         x.size(),
-        gathered_row(&rows),
+        gathered_row(rows.into_iter().chain([written_rows(&ov, c)])),
         || with_compute!(dt, T => ops::row_map::<T>(isa, map, src, &mut ov)),
     )?
     .map_err(|e| to_py(py, f, e))?;
@@ -224,7 +224,7 @@ pub(super) fn logsumexp<'py>(
         py,
         f,
         x.size(),
-        gathered_row(&[read_rows(&xv, dt.compute())]),
+        gathered_row([read_rows(&xv, dt.compute())]),
         || with_compute!(dt, T => ops::row_map::<T>(isa, RowMap::LogSumExp, Src::View(&xv), &mut ov)),
     )?
     .map_err(|e| to_py(py, f, e))?;
@@ -272,7 +272,7 @@ pub(super) fn softmax_jacobian<'py>(
     let xv = x.view(Some(a));
     // The result seen as n rows of k*k.
     let mut ov = out.rows_mut(n, k * k).map_err(|e| to_py(py, f, e))?;
-    run(py, f, n * k * k.max(1), gathered_row(&[read_rows(&xv, dt.compute())]), || {
+    run(py, f, n * k * k.max(1), gathered_row([read_rows(&xv, dt.compute())]), || {
         with_compute!(dt, T => ops::row_map::<T>(isa, RowMap::SoftmaxJacobian, Src::View(&xv), &mut ov))
     })?
     .map_err(|e| to_py(py, f, e))?;
@@ -309,7 +309,7 @@ pub(super) fn backward_py<'py>(
         py,
         f,
         g.size(),
-        gathered_row(&rows),
+        gathered_row(rows),
         || with_compute!(dt, T => ops::softmax_backward::<T>(isa, log, &gv, &yv, &mut ov)),
     )?
     .map_err(|e| to_py(py, f, e))?;
