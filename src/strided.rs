@@ -31,6 +31,137 @@ use crate::dtype::{dispatch, dispatch_float, DType, Elem, FloatElem};
 use crate::error::{Error, Result};
 use crate::float::Float;
 
+/// A short list of `Copy` values, kept in place up to `N` and on the heap beyond: an array's
+/// axes (its shape, its strides, a layout's outer axes), of which a call builds several.
+// PERF: a malloc/free pair per list, five to eight lists a call, cost a tenth of a call on a
+// tiny array (see BENCHMARKS.md, the cost per call).
+#[derive(Clone)]
+pub enum Dims<T, const N: usize> {
+    Inline { len: usize, items: [T; N] },
+    Heap(Vec<T>),
+}
+
+impl<T: Copy + Default, const N: usize> Dims<T, N> {
+    pub fn new() -> Self {
+        Dims::Inline {
+            len: 0,
+            items: [T::default(); N],
+        }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            Dims::Inline { len, items } => &items[..*len],
+            Dims::Heap(v) => v,
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        match self {
+            Dims::Inline { len, items } => &mut items[..*len],
+            Dims::Heap(v) => v,
+        }
+    }
+
+    pub fn push(&mut self, item: T) {
+        match self {
+            Dims::Inline { len, items } if *len < N => {
+                items[*len] = item;
+                *len += 1;
+            }
+            Dims::Inline { items, .. } => {
+                let mut v = items.to_vec();
+                v.push(item);
+                *self = Dims::Heap(v);
+            }
+            Dims::Heap(v) => v.push(item),
+        }
+    }
+}
+
+impl<T: Copy + Default, const N: usize> Default for Dims<T, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Copy + Default, const N: usize> From<&[T]> for Dims<T, N> {
+    fn from(s: &[T]) -> Self {
+        if s.len() > N {
+            return Dims::Heap(s.to_vec());
+        }
+        let mut items = [T::default(); N];
+        items[..s.len()].copy_from_slice(s);
+        Dims::Inline {
+            len: s.len(),
+            items,
+        }
+    }
+}
+
+impl<T: Copy + Default, const N: usize> std::ops::Deref for Dims<T, N> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.as_slice()
+    }
+}
+
+impl<T: Copy + Default, const N: usize> std::ops::DerefMut for Dims<T, N> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        self.as_mut_slice()
+    }
+}
+
+impl<T: Copy + Default + std::fmt::Debug, const N: usize> std::fmt::Debug for Dims<T, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_slice().fmt(f)
+    }
+}
+
+impl<T: Copy + Default + PartialEq, const N: usize> PartialEq for Dims<T, N> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<T: Copy + Default + PartialEq, const N: usize> PartialEq<[T]> for Dims<T, N> {
+    fn eq(&self, other: &[T]) -> bool {
+        self.as_slice() == other
+    }
+}
+
+impl<T: Copy + Default + PartialEq, const N: usize> PartialEq<&[T]> for Dims<T, N> {
+    fn eq(&self, other: &&[T]) -> bool {
+        self.as_slice() == *other
+    }
+}
+
+impl<T: Copy + Default + PartialEq, const N: usize> PartialEq<Vec<T>> for Dims<T, N> {
+    fn eq(&self, other: &Vec<T>) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<T: Copy + Default + PartialEq, const N: usize, const M: usize> PartialEq<[T; M]>
+    for Dims<T, N>
+{
+    fn eq(&self, other: &[T; M]) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<'a, T: Copy + Default, const N: usize> IntoIterator for &'a Dims<T, N> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter()
+    }
+}
+
+/// A layout's outer axes as `(length, stride)`: two in place, enough for every array of up to
+/// three dimensions, and for a C-contiguous array of any rank, whose outer axes merge into one.
+type Outer = Dims<(usize, isize), 2>;
+
 /// Where an array's rows are, relative to its base pointer. Strides are in bytes and may be
 /// zero (inputs only) or negative.
 #[derive(Clone, Debug)]
@@ -38,7 +169,7 @@ struct Layout {
     dtype: DType,
     /// Outer axes after dropping length-1 axes and merging axes that step evenly: a C-contiguous
     /// array with `axis=-1` ends up with exactly one.
-    outer: Vec<(usize, isize)>,
+    outer: Outer,
     n_rows: usize,
     k: usize,
     k_stride: isize,
@@ -52,7 +183,7 @@ impl Layout {
             Some(a) => (shape[a], strides[a]),
             None => (1, dtype.size() as isize),
         };
-        let mut outer: Vec<(usize, isize)> = Vec::with_capacity(shape.len());
+        let mut outer = Outer::new();
         let mut n_rows = 1usize;
         for (d, (&len, &st)) in shape.iter().zip(strides).enumerate() {
             if Some(d) == axis {
@@ -106,6 +237,7 @@ impl Layout {
 
     /// The byte offset of rows `r0..r1` (`r0 < n_rows`) if they form one contiguous run of
     /// `dtype` that starts aligned at `base`.
+    #[inline]
     fn contiguous(&self, base: *const u8, dtype: DType, r0: usize, r1: usize) -> Option<isize> {
         let size = dtype.size() as isize;
         if self.dtype != dtype || self.k_stride != size || r0 >= self.n_rows {
@@ -144,16 +276,17 @@ impl Layout {
         let size = self.dtype.size() as isize;
         // PERF: fresh results and C-contiguous `out=` (every call's common case) without the
         // allocation and sort below.
-        let c_rows = matches!(self.outer.as_slice(), [] | [(_, _)])
-            && self
-                .outer
-                .first()
-                .is_none_or(|&(_, st)| st == size * self.k as isize);
+        let c_rows = match self.outer.as_slice() {
+            [] => true,
+            [(_, st)] => *st == size * self.k as isize,
+            _ => false,
+        };
         if self.k_stride == size && c_rows {
             return true;
         }
         let mut axes: Vec<(usize, usize)> = self
             .outer
+            .as_slice()
             .iter()
             .map(|&(len, st)| (len, st.unsigned_abs()))
             .chain(std::iter::once((self.k, self.k_stride.unsigned_abs())))
@@ -653,6 +786,73 @@ mod tests {
         let got = v.load::<f32>(1, 3, &mut s);
         assert_eq!(got.as_ptr(), data[4..].as_ptr());
         assert!(s.capacity() == 0);
+    }
+
+    #[test]
+    fn dims_hold_the_same_values_in_place_and_on_the_heap() {
+        let mut d = Dims::<isize, 2>::new();
+        for (i, v) in [3, -1, 4, 1].into_iter().enumerate() {
+            d.push(v);
+            assert_eq!(d.len(), i + 1);
+            assert_eq!(matches!(d, Dims::Heap(_)), i >= 2, "heap from the third on");
+        }
+        assert_eq!(d, [3, -1, 4, 1]);
+        assert_eq!(d, Dims::<isize, 2>::from(&[3, -1, 4, 1][..]));
+        let short = Dims::<isize, 2>::from(&[7][..]);
+        assert!(matches!(short, Dims::Inline { len: 1, .. }));
+        assert_eq!(short, vec![7]);
+        assert_ne!(
+            short,
+            Dims::<isize, 2>::from(&[7, 0][..]),
+            "unused slots do not count"
+        );
+        *d.last_mut().unwrap() = 9;
+        assert_eq!(d.iter().sum::<isize>(), 15);
+    }
+
+    #[test]
+    fn more_outer_axes_than_kept_in_place() {
+        // A Fortran-order 2x2x2x2x2x3 float64 array, rows along the last axis: its five outer
+        // axes do not merge, so they go to the heap; every row is still read and written.
+        let shape = [2, 2, 2, 2, 2, 3];
+        let strides: Vec<isize> = (0..6).map(|d| 8 << d).collect();
+        let mut data: Vec<f64> = (0..96).map(f64::from).collect();
+        let expect = |row: usize| -> Vec<f64> {
+            // Row `row` in C order over the outer axes: axis d's index is bit (4 - d) of row.
+            let base: usize = (0..5).map(|d| ((row >> (4 - d)) & 1) << d).sum();
+            (0..3).map(|j| (base + 32 * j) as f64).collect()
+        };
+        // SAFETY: the strides address elements 0..96 of `data`, which outlives the views.
+        let v = unsafe {
+            View::from_raw(
+                data.as_ptr() as *const u8,
+                DType::F64,
+                &shape,
+                &strides,
+                Some(5),
+            )
+        };
+        assert!(matches!(v.layout.outer, Dims::Heap(ref a) if a.len() == 5));
+        let mut s = Vec::new();
+        let got = v.load::<f64>(0, 32, &mut s).to_vec();
+        assert_eq!(got, (0..32).flat_map(expect).collect::<Vec<_>>());
+        // SAFETY: as above; the view above is no longer used.
+        let mut w = unsafe {
+            ViewMut::from_raw(
+                data.as_mut_ptr() as *mut u8,
+                DType::F64,
+                &shape,
+                &strides,
+                Some(5),
+            )
+        }
+        .expect("Fortran order has distinct elements");
+        w.all()
+            .update::<f64, _>(&mut s, |rows| rows.iter_mut().for_each(|x| *x += 0.5));
+        assert_eq!(
+            data,
+            (0..96).map(|i| f64::from(i) + 0.5).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@ use pyo3::sync::PyOnceLock;
 
 use crate::dtype::DType;
 use crate::error::fmt_index;
-use crate::strided::{View, ViewMut};
+use crate::strided::{Dims, View, ViewMut};
+
+/// Axes kept in place: every array of up to four dimensions.
+const AXES: usize = 4;
 
 /// Python objects looked up once: `numpy.asarray` and the scalar types of reduced losses.
 struct NumpyRefs {
@@ -124,8 +127,8 @@ fn dtype_name(d: &Bound<'_, PyArrayDescr>) -> String {
 pub struct Arr<'py> {
     pub arr: Bound<'py, PyUntypedArray>,
     pub dtype: DType,
-    pub shape: Vec<usize>,
-    pub strides: Vec<isize>,
+    pub shape: Dims<usize, AXES>,
+    pub strides: Dims<isize, AXES>,
     ptr: *mut u8,
 }
 
@@ -155,8 +158,8 @@ impl<'py> Arr<'py> {
         // SAFETY: as_array_ptr points at the live PyArrayObject that `arr` keeps alive.
         let ptr = unsafe { (*arr.as_array_ptr()).fields.data as *mut u8 };
         Arr {
-            shape: arr.shape().to_vec(),
-            strides: arr.strides().to_vec(),
+            shape: Dims::from(arr.shape()),
+            strides: Dims::from(arr.strides()),
             arr,
             dtype,
             ptr,
@@ -194,7 +197,7 @@ impl<'py> Arr<'py> {
     pub fn rows_mut(&mut self, n: usize, k: usize) -> crate::Result<ViewMut<'_>> {
         let size = self.dtype.size() as isize;
         let contiguous =
-            self.size() == 0 || crate::strided::c_strides(&self.shape, size) == self.strides;
+            self.size() == 0 || self.strides == crate::strided::c_strides(&self.shape, size);
         if n * k != self.size() || !contiguous {
             return Err(crate::Error::Shape(format!(
                 "{} is not {n} contiguous rows of {k}",

@@ -211,7 +211,7 @@ pub(super) fn logsumexp<'py>(
     let x = arg(py, f, x, "x")?;
     let a = norm_axis(py, f, axis, x.ndim())?;
     let dt = x.dtype.result();
-    let mut shape = x.shape.clone();
+    let mut shape = x.shape.to_vec();
     if keepdims {
         shape[a] = 1;
     } else {
