@@ -150,6 +150,22 @@ impl<T: Copy + Default + PartialEq, const N: usize, const M: usize> PartialEq<[T
     }
 }
 
+impl<T: Copy + Default, const N: usize> Extend<T> for Dims<T, N> {
+    fn extend<I: IntoIterator<Item = T>>(&mut self, iter: I) {
+        for item in iter {
+            self.push(item);
+        }
+    }
+}
+
+impl<T: Copy + Default, const N: usize> FromIterator<T> for Dims<T, N> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let mut d = Dims::new();
+        d.extend(iter);
+        d
+    }
+}
+
 impl<'a, T: Copy + Default, const N: usize> IntoIterator for &'a Dims<T, N> {
     type Item = &'a T;
     type IntoIter = std::slice::Iter<'a, T>;
@@ -808,6 +824,10 @@ mod tests {
         );
         *d.last_mut().unwrap() = 9;
         assert_eq!(d.iter().sum::<isize>(), 15);
+        let mut c: Dims<usize, 2> = (5..7).collect();
+        assert!(matches!(c, Dims::Inline { len: 2, .. }));
+        c.extend([7, 8]);
+        assert_eq!(c, [5, 6, 7, 8]);
     }
 
     #[test]

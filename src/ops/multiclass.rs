@@ -210,7 +210,15 @@ pub fn multiclass_loss<T: Float>(
             Vec::new(),
             Vec::new(),
         );
-        let mut row_losses = vec![0.0f64; r.len()];
+        // PERF: a small block's losses on the stack: a calloc/free pair is a twentieth of a
+        // call on a tiny array (see BENCHMARKS.md, the cost per call).
+        let (mut on_stack, mut on_heap) = ([0.0f64; 64], Vec::new());
+        let row_losses: &mut [f64] = if r.len() <= on_stack.len() {
+            &mut on_stack[..r.len()]
+        } else {
+            on_heap.resize(r.len(), 0.0);
+            &mut on_heap
+        };
         let xs = x.load::<T>(r.clone(), g_piece.as_ref(), &mut sx);
         let (idx, probs): (&[i64], &[T]) = match targets {
             Targets::Index { view, .. } => (view.load_index(r.start, r.end, &mut si), &[]),
@@ -236,17 +244,17 @@ pub fn multiclass_loss<T: Float>(
                         target,
                         o,
                         Some((g, scale)),
-                        &mut row_losses,
+                        row_losses,
                     )
                 });
             }
             (Loss::CrossEntropy(o), None) => {
-                kernels::cross_entropy::cross_entropy(isa, xs, k, target, o, None, &mut row_losses)
+                kernels::cross_entropy::cross_entropy(isa, xs, k, target, o, None, row_losses)
             }
-            (Loss::Nll(w), _) => kernels::cross_entropy::nll(xs, k, target, w, &mut row_losses),
+            (Loss::Nll(w), _) => kernels::cross_entropy::nll(xs, k, target, w, row_losses),
         }
         if let Some(mut lp) = l_piece {
-            lp.store::<f64, _>(&mut sl, |l| l.copy_from_slice(&row_losses));
+            lp.store::<f64, _>(&mut sl, |l| l.copy_from_slice(row_losses));
         }
         row_losses.iter().fold(0.0, |a, &b| a + b)
     });

@@ -15,7 +15,7 @@ use crate::error::fmt_index;
 use crate::strided::{Dims, View, ViewMut};
 
 /// Axes kept in place: every array of up to four dimensions.
-const AXES: usize = 4;
+pub const AXES: usize = 4;
 
 /// Python objects looked up once: `numpy.asarray` and the scalar types of reduced losses.
 struct NumpyRefs {

@@ -3,11 +3,12 @@
 
 use pyo3::prelude::*;
 
-use super::array::Arr;
+use super::array::{Arr, AXES};
 use super::errors::{prefixed, to_py};
 use crate::dtype::DType;
 use crate::error::Error;
 use crate::ops::Reduction;
+use crate::strided::Dims;
 
 pub(super) fn arg<'py>(
     py: Python<'py>,
@@ -43,7 +44,7 @@ pub(super) fn promote(a: DType, b: DType) -> DType {
     }
 }
 
-pub(super) fn shape_without(shape: &[usize], axis: usize) -> Vec<usize> {
+pub(super) fn shape_without(shape: &[usize], axis: usize) -> Dims<usize, AXES> {
     shape
         .iter()
         .enumerate()

@@ -211,11 +211,11 @@ pub(super) fn logsumexp<'py>(
     let x = arg(py, f, x, "x")?;
     let a = norm_axis(py, f, axis, x.ndim())?;
     let dt = x.dtype.result();
-    let mut shape = x.shape.to_vec();
+    let mut shape = x.shape.clone();
     if keepdims {
         shape[a] = 1;
     } else {
-        shape.remove(a);
+        shape = shape_without(&x.shape, a);
     }
     let mut out = Arr::empty(py, &shape, dt, &x)?;
     let xv = x.view(Some(a));
