@@ -109,7 +109,7 @@ struct Piece<'p> {
 /// The pieces of `v` the blocks of `n` rows of `k` write (all `None` without `v`).
 fn row_pieces<'v>(v: Option<&'v mut ViewMut<'_>>, n: usize, k: usize) -> Vec<Option<RowsMut<'v>>> {
     match v {
-        Some(v) => v.split(block_ranges(n, k)).into_iter().map(Some).collect(),
+        Some(v) => v.split(block_ranges(n, k)).map(Some).collect(),
         None => block_ranges(n, k).map(|_| None).collect(),
     }
 }

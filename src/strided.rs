@@ -927,7 +927,7 @@ mod tests {
     fn pieces_write_their_own_rows_in_place_or_through_scratch() {
         let mut data = vec![0.0f32; 12];
         let mut v = ViewMut::of_slice(&mut data, 4);
-        for (i, mut p) in v.split([0..1, 1..3]).into_iter().enumerate() {
+        for (i, mut p) in v.split([0..1, 1..3]).enumerate() {
             let mut s = Vec::new();
             p.store::<f32, _>(&mut s, |o| o.fill(i as f32 + 1.0));
             assert!(s.is_empty(), "contiguous float32 rows are written in place");
