@@ -327,7 +327,7 @@ impl<'py> Arr<'py> {
                 )));
             }
         };
-        let mut dims: Vec<npy_intp> = shape.iter().map(|&d| d as npy_intp).collect();
+        let mut dims: Dims<npy_intp, AXES> = shape.iter().map(|&d| d as npy_intp).collect();
         // SAFETY: NewFromDescr steals the descriptor reference `into_dtype_ptr` hands over;
         // dims outlives the call; a NULL result is turned into the pending Python error.
         let arr = unsafe {
