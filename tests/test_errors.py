@@ -235,6 +235,16 @@ def test_bad_out_buffers_are_rejected_untouched(call):
     assert np.all(base == 7.0)
 
 
+@pytest.mark.parametrize("shape", [(3, 0), (0, 3), (0, 0), (2, 0, 4)])
+def test_an_empty_out_is_accepted_whatever_its_strides(shape):
+    """NumPy gives an empty array zero strides ((3, 0) -> (0, 0)): no elements, nothing shared."""
+    x = np.empty(shape, dtype=np.float32)
+    for f in (sce_rs.softmax, sce_rs.log_softmax):
+        out = np.empty_like(x)
+        assert f(x, out=out) is out
+        np.testing.assert_array_equal(out, f(x))
+
+
 def test_failed_call_leaves_in_place_buffer_untouched():
     x = X.copy()
     with pytest.raises(IndexError):

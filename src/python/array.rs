@@ -379,11 +379,14 @@ impl<'py> Arr<'py> {
         if flags & NPY_ARRAY_WRITEABLE == 0 {
             return Err(PyValueError::new_err("out is read-only"));
         }
-        if arr
-            .shape()
-            .iter()
-            .zip(arr.strides())
-            .any(|(&len, &st)| len > 1 && st == 0)
+        // An empty array has no elements to share: NumPy gives `empty((3, 0))` strides (0, 0).
+        let empty = arr.shape().contains(&0);
+        if !empty
+            && arr
+                .shape()
+                .iter()
+                .zip(arr.strides())
+                .any(|(&len, &st)| len > 1 && st == 0)
         {
             return Err(PyValueError::new_err(
                 "out has a zero stride (several elements share memory); pass an array that owns distinct elements",
