@@ -32,7 +32,9 @@
 //! own loop.
 
 use super::online::{self, top_grad, RowGrad, RowStats};
-use super::{max_exp_sum, rows, rows_mut, small_rows_stats, ExpSum, SMALL_K, SMALL_ROWS};
+use super::{
+    max_exp_sum, rows, rows_mut, small_rows_stats, ExpSum, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
+};
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
 
@@ -307,7 +309,8 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
     let group = SMALL_ROWS * k;
     // The exps without the maxima's terms, sized to the input; the whole exps go into the
     // gradient when there is one.
-    let mut scratch = vec![T::ZERO; x.len().min(group)];
+    let (mut stack, mut heap) = ([T::ZERO; STACK_SCRATCH], Vec::new());
+    let scratch = super::scratch(x.len().min(group), &mut stack, &mut heap);
     for (gi, (xg, lg)) in x
         .chunks(group)
         .zip(losses.chunks_mut(SMALL_ROWS))

@@ -11,7 +11,7 @@
 
 use super::{
     dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, small_row_sum,
-    small_rows_exp, small_rows_stats, sum, ExpSum, SMALL_K, SMALL_ROWS,
+    small_rows_exp, small_rows_stats, sum, ExpSum, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -158,7 +158,8 @@ fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
         let mut ms = [T::ZERO; SMALL_ROWS];
         let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
         // Sized to the input (a call of a few rows should not clear a whole group's worth).
-        let mut exps = vec![T::ZERO; x.len().min(SMALL_ROWS * k)];
+        let (mut stack, mut heap) = ([T::ZERO; STACK_SCRATCH], Vec::new());
+        let exps = super::scratch(x.len().min(SMALL_ROWS * k), &mut stack, &mut heap);
         for (xg, og) in groups(x, k).zip(out.chunks_mut(SMALL_ROWS)) {
             small_rows_stats(
                 xg,
