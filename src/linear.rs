@@ -226,13 +226,29 @@ fn product<T: Float>(
 /// class block, one element at a time from `d` rows apart: with the tile and the weight block
 /// in between evicting it, that pack took 12% of a call at 1024 x 1024 -> 32000 (perf, one
 /// thread, AVX-512) against the 3% of the same products run back to back.
-struct HiddenT<T>(Vec<T>);
+/// It remembers which block it holds (by its first row): the backward sweep asks for the same
+/// block once per class block, and with one row block it is transposed once, not per tile.
+struct HiddenT<T> {
+    rows: Vec<T>,
+    at: Option<usize>,
+}
 
 impl<T: Float> HiddenT<T> {
-    fn of(&mut self, h: &[T], nb: usize, d: usize) -> &[T] {
-        self.0.resize(nb * d, T::ZERO);
-        transpose(h, d, (nb, d), &mut self.0, nb);
-        &self.0
+    fn with_capacity(len: usize) -> HiddenT<T> {
+        HiddenT {
+            rows: Vec::with_capacity(len),
+            at: None,
+        }
+    }
+
+    /// The block of rows `r0..r0 + nb` (`h`, `nb x d`) transposed.
+    fn of(&mut self, r0: usize, h: &[T], nb: usize, d: usize) -> &[T] {
+        if self.at != Some(r0) {
+            self.rows.resize(nb * d, T::ZERO);
+            transpose(h, d, (nb, d), &mut self.rows, nb);
+            self.at = Some(r0);
+        }
+        &self.rows
     }
 }
 
@@ -617,13 +633,13 @@ fn forward<T: Float>(
     let (nb_max, kb_max) = (plan.rows.min(n), plan.cols.min(v));
     let mut tile = Vec::with_capacity(nb_max * kb_max);
     let mut hs = Vec::with_capacity(if a.hidden.in_place() { 0 } else { nb_max * d });
-    let mut ht = HiddenT(Vec::with_capacity(nb_max * d));
+    let mut ht = HiddenT::with_capacity(nb_max * d);
     let mut ws = Vec::with_capacity(if a.weight.in_place() { 0 } else { kb_max * d });
     let mut discard = Vec::new();
     for r0 in (0..n).step_by(plan.rows) {
         let nb = plan.rows.min(n - r0);
         let h = a.hidden.rows(r0, r0 + nb, d, &mut hs);
-        let ht = ht.of(h, nb, d);
+        let ht = ht.of(r0, h, nb, d);
         let mut stats: Vec<RowStats> = row_targets(a, r0, r0 + nb).collect();
         for c0 in (0..v).step_by(plan.cols) {
             if should_stop() {
@@ -666,7 +682,7 @@ fn backward<T: Float>(
     let (rows, cols) = (plan.rows.min(n), plan.cols.min(v));
     let mut tile = Vec::with_capacity(rows * cols);
     let mut hs = Vec::with_capacity(if a.hidden.in_place() { 0 } else { rows * d });
-    let mut ht = HiddenT(Vec::with_capacity(rows * d));
+    let mut ht = HiddenT::with_capacity(rows * d);
     let mut ws = Vec::with_capacity(if a.weight.in_place() { 0 } else { cols * d });
     let narrow = matches!(d_weight, RowsOut::Rows(_));
     let mut acc = Vec::with_capacity(if narrow { cols * d } else { 0 });
@@ -694,7 +710,14 @@ fn backward<T: Float>(
             let nb = plan.rows.min(n - r0);
             let h = a.hidden.rows(r0, r0 + nb, d, &mut hs);
             tile.resize(nb * kb, T::ZERO);
-            logits_t_into(&mut tile, (nb, kb, d), ht.of(h, nb, d), w, bias, threads);
+            logits_t_into(
+                &mut tile,
+                (nb, kb, d),
+                ht.of(r0, h, nb, d),
+                w,
+                bias,
+                threads,
+            );
             let o = tile_opts(a, c0, kb);
             let rg = &row_grads[r0..r0 + nb];
             grad_columns(isa, &mut tile, (nb, kb, c0), rg, o, threads);
@@ -765,12 +788,12 @@ fn keep<T: Float>(
     } else {
         plan.rows.min(n) * d
     });
-    let mut ht = HiddenT(Vec::with_capacity(plan.rows.min(n) * d));
+    let mut ht = HiddenT::with_capacity(plan.rows.min(n) * d);
     let mut row_grads = Vec::with_capacity(plan.rows);
     for r0 in (0..n).step_by(plan.rows) {
         let nb = plan.rows.min(n - r0);
         let h = a.hidden.rows(r0, r0 + nb, d, &mut hs);
-        let ht = ht.of(h, nb, d);
+        let ht = ht.of(r0, h, nb, d);
         // Held class by class, as the recompute schedule's tiles (see `logits_t_into`).
         let z = &mut z[..nb * v];
         let mut stats: Vec<RowStats> = row_targets(a, r0, r0 + nb).collect();
