@@ -107,21 +107,31 @@ pub(crate) fn mean_denominator<T: Float>(
     for r0 in (0..n).step_by(step) {
         let r1 = (r0 + step).min(n);
         let block = view.load_index(r0, r1, &mut idx);
-        for (i, &t) in block.iter().enumerate() {
-            if t == ignore_index {
-                continue;
+        // PERF: counted and checked without a branch per target, the search for the first bad
+        // one only where there is one (float32 65536 x 10 cross_entropy: 5% of a call before).
+        let (mut live, mut bad) = (0usize, 0usize);
+        for &t in block {
+            let kept = t != ignore_index;
+            live += usize::from(kept);
+            bad += usize::from(kept & (t as u64 >= k as u64));
+        }
+        if bad > 0 {
+            let (i, &t) = (block.iter().enumerate())
+                .find(|&(_, &t)| t != ignore_index && t as u64 >= k as u64)
+                .expect("a target out of range was counted");
+            return Err(Error::ClassIndex {
+                index: t,
+                position: View::position(r0 + i, shape),
+                classes: k,
+            });
+        }
+        match weight {
+            Some(w) => {
+                for &t in block.iter().filter(|&&t| t != ignore_index) {
+                    total += w[t as usize].to_f64();
+                }
             }
-            if t < 0 || t as u64 >= k as u64 {
-                return Err(Error::ClassIndex {
-                    index: t,
-                    position: View::position(r0 + i, shape),
-                    classes: k,
-                });
-            }
-            match weight {
-                Some(w) => total += w[t as usize].to_f64(),
-                None => count += 1,
-            }
+            None => count += live,
         }
     }
     Ok(if weight.is_some() {
@@ -256,7 +266,9 @@ pub fn multiclass_loss<T: Float>(
         if let Some(mut lp) = l_piece {
             lp.store::<f64, _>(&mut sl, |l| l.copy_from_slice(row_losses));
         }
-        row_losses.iter().fold(0.0, |a, &b| a + b)
+        // PERF: in independent lanes, not one chain of dependent adds (float32 65536 x 10
+        // cross_entropy: 5% of a call).
+        kernels::sum(row_losses)
     });
     Ok(reduction.finish(ordered_sum(&parts), denominator))
 }
