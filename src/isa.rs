@@ -21,6 +21,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::float::Float;
+use crate::simd::{self, Lanes};
 
 /// An instruction-set level the kernels are compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -164,6 +165,12 @@ pub trait Arith: Copy + Send + Sync + 'static {
     fn exp<T: Float>(self, x: T) -> T;
     /// `exp(x)` for `x <= 0`: every `x - max` of a softmax.
     fn exp_nonpos<T: Float>(self, x: T) -> T;
+    /// [`simd::rows_to_lanes`]: a block of short rows as lanes. The instruction sets with a
+    /// transposition in registers override it for full blocks of `f32`.
+    #[inline(always)]
+    fn rows_to_lanes<T: Float>(self, block: &[T], k: usize, cols: &mut Lanes<T>) {
+        simd::rows_to_lanes(block, k, cols);
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -194,6 +201,89 @@ impl Arith for Fused {
     }
 }
 
+/// [`Fused`] on a CPU with AVX2 and FMA: the arithmetic of `isa_dispatch!`'s AVX2 copy, with
+/// its intrinsics. Only that copy makes one ([`Avx2::new`]), so holding one proves the CPU has
+/// them.
+#[derive(Clone, Copy, Debug)]
+pub struct Avx2(());
+
+/// [`Fused`] on a CPU with AVX-512 F/BW/DQ/VL; see [`Avx2`].
+#[derive(Clone, Copy, Debug)]
+pub struct Avx512(());
+
+impl Avx2 {
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[inline(always)]
+    pub unsafe fn new() -> Avx2 {
+        Avx2(())
+    }
+}
+
+impl Avx512 {
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/DQ/VL, AVX2 and FMA.
+    #[inline(always)]
+    pub unsafe fn new() -> Avx512 {
+        Avx512(())
+    }
+}
+
+/// `block` has `ROW_LANES` rows: a block the intrinsic transpositions take.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn full_block<T>(block: &[T], k: usize) -> bool {
+    k > 0 && k < simd::MAX_K && block.len() == simd::ROW_LANES * k
+}
+
+impl Arith for Avx2 {
+    #[inline(always)]
+    fn exp<T: Float>(self, x: T) -> T {
+        Fused.exp(x)
+    }
+    #[inline(always)]
+    fn exp_nonpos<T: Float>(self, x: T) -> T {
+        Fused.exp_nonpos(x)
+    }
+    #[inline(always)]
+    fn rows_to_lanes<T: Float>(self, block: &[T], k: usize, cols: &mut Lanes<T>) {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(b), Some(c), true) = (
+            simd::as_f32(block),
+            simd::as_f32_lanes(cols),
+            full_block(block, k),
+        ) {
+            // SAFETY: an Avx2 exists only on a CPU with AVX2 (Avx2::new's contract).
+            return unsafe { simd::x86::rows_to_lanes_avx2(b, k, c) };
+        }
+        simd::rows_to_lanes(block, k, cols);
+    }
+}
+
+impl Arith for Avx512 {
+    #[inline(always)]
+    fn exp<T: Float>(self, x: T) -> T {
+        Fused.exp(x)
+    }
+    #[inline(always)]
+    fn exp_nonpos<T: Float>(self, x: T) -> T {
+        Fused.exp_nonpos(x)
+    }
+    #[inline(always)]
+    fn rows_to_lanes<T: Float>(self, block: &[T], k: usize, cols: &mut Lanes<T>) {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(b), Some(c), true) = (
+            simd::as_f32(block),
+            simd::as_f32_lanes(cols),
+            full_block(block, k),
+        ) {
+            // SAFETY: an Avx512 exists only on a CPU with AVX-512F (Avx512::new's contract).
+            return unsafe { simd::x86::rows_to_lanes_avx512(b, k, c) };
+        }
+        simd::rows_to_lanes(block, k, cols);
+    }
+}
+
 /// The arithmetic of the baseline copy: aarch64's baseline (NEON) has fused multiply-add.
 #[cfg(target_arch = "aarch64")]
 pub type BaselineArith = Fused;
@@ -217,11 +307,13 @@ macro_rules! isa_dispatch {
             {
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2<$($gen)*>($($arg: $ty),*) $(-> $ret)? {
-                    $imp($($arg,)* $crate::isa::Fused)
+                    // SAFETY: this copy runs only where the CPU has AVX2 and FMA (below).
+                    $imp($($arg,)* unsafe { $crate::isa::Avx2::new() })
                 }
                 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
                 unsafe fn avx512<$($gen)*>($($arg: $ty),*) $(-> $ret)? {
-                    $imp($($arg,)* $crate::isa::Fused)
+                    // SAFETY: this copy runs only where the CPU has AVX-512 (below).
+                    $imp($($arg,)* unsafe { $crate::isa::Avx512::new() })
                 }
                 match isa.isa() {
                     // SAFETY: a `Level` only ever holds a level the CPU was detected to

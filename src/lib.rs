@@ -43,6 +43,7 @@ pub(crate) mod math;
 pub(crate) mod ops;
 pub(crate) mod pool;
 pub mod scoring;
+pub(crate) mod simd;
 pub(crate) mod strided;
 
 #[cfg(feature = "python")]

@@ -31,9 +31,11 @@
 //! arithmetic over blocks); probability targets, which only these row paths take, have their
 //! own loop.
 
+use super::lanes::lanes_stats;
 use super::online::{self, top_grad, RowGrad, RowStats};
 use super::{
-    max_exp_sum, rows, rows_mut, small_rows_stats, ExpSum, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
+    max_exp_sum, rows, rows_mut, small_rows_stats, ExpSum, LANES, SMALL_K, SMALL_ROWS,
+    STACK_SCRATCH,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -303,6 +305,9 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
 ) {
     let mut capped = Vec::new();
     let plain = o.weight.is_none() && o.label_smoothing == 0.0 && o.z_loss == 0.0;
+    if grad.is_none() && plain && k < LANES {
+        return plain_lane_losses(x, k, targets, o, losses, a);
+    }
     let mut ms = [T::ZERO; SMALL_ROWS];
     let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
     let mut tops = [0.0; SMALL_ROWS];
@@ -365,6 +370,50 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
                     ce_row_with(xr, target, o, g, &mut capped, a, pre)
                 }
             };
+        }
+    }
+}
+
+/// [`small_cross_entropy_rows`] without a gradient, options or a soft cap, on rows of fewer
+/// than [`LANES`] classes: the sums from [`lanes_stats`], then the losses of a group at once
+/// (its targets first, the loss `lse - x_t` of every class-index row in one loop), bitwise
+/// the loss of the row path.
+#[inline(always)]
+fn plain_lane_losses<'t, T: Float, A: Arith>(
+    x: &[T],
+    k: usize,
+    targets: impl Fn(usize) -> RowTarget<'t, T>,
+    o: &CeOptions<T>,
+    losses: &mut [f64],
+    a: A,
+) {
+    let mut capped = Vec::new();
+    let mut ms = [T::ZERO; SMALL_ROWS];
+    let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
+    for (gi, (xg, lg)) in x
+        .chunks(SMALL_ROWS * k)
+        .zip(losses.chunks_mut(SMALL_ROWS))
+        .enumerate()
+    {
+        let first = gi * SMALL_ROWS;
+        lanes_stats(xg, k, &mut ms, &mut ss, &mut ls, a);
+        // Per row: the logit at its class index (`class` 1), ignored (0), or a probability
+        // row, whose loss is taken here (2).
+        let (mut at, mut class) = ([T::ZERO; SMALL_ROWS], [0u8; SMALL_ROWS]);
+        for (r, xr) in rows(xg, k).enumerate() {
+            match targets(first + r) {
+                RowTarget::Class(t) => (at[r], class[r]) = (xr[t], 1),
+                RowTarget::Ignored => lg[r] = 0.0,
+                target @ RowTarget::Probs(_) => {
+                    let pre = Some((ms[r], ss[r]));
+                    lg[r] = ce_row_with(xr, target, o, None, &mut capped, a, pre);
+                    class[r] = 2;
+                }
+            }
+        }
+        for (r, l) in lg.iter_mut().enumerate() {
+            let loss = -((at[r].to_f64() - ms[r].to_f64()) - ls[r]);
+            *l = if class[r] == 1 { loss } else { *l };
         }
     }
 }
@@ -536,6 +585,33 @@ mod tests {
         );
         assert!((by_index - 0.417_030_02).abs() < 1e-8);
         assert!((by_index - by_probs).abs() < 1e-15);
+    }
+
+    /// Without a gradient, the plain losses of rows of fewer than [`LANES`] classes come from
+    /// [`plain_lane_losses`]; they are bitwise those of the grouped path with a gradient, at
+    /// every level, on class indices (some ignored) and probabilities.
+    #[test]
+    fn lane_losses_are_the_grouped_losses() {
+        for (k, x) in small_rows_cases().into_iter().filter(|(k, _)| *k < LANES) {
+            let n = x.len() / k;
+            let q: Vec<f32> = (0..x.len()).map(|i| ((i * 7) % 11) as f32 / 55.0).collect();
+            let o = CeOptions::plain(k);
+            for level in crate::isa::Level::supported() {
+                for soft in [false, true] {
+                    let target = |i: usize| match (soft, i % 5) {
+                        (true, _) => RowTarget::Probs(&q[i * k..(i + 1) * k]),
+                        (false, 3) => RowTarget::Ignored,
+                        (false, _) => RowTarget::Class((i * 3) % k),
+                    };
+                    let (mut lanes, mut grouped) = (vec![0.0; n], vec![0.0; n]);
+                    cross_entropy(level, &x, k, target, &o, None, &mut lanes);
+                    let mut g = vec![0f32; x.len()];
+                    let grad = Some((&mut g[..], Scale::Uniform(1.0)));
+                    cross_entropy(level, &x, k, target, &o, grad, &mut grouped);
+                    assert!(same_or_nan(&lanes, &grouped), "{level:?} k={k} soft={soft}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod binary;
 pub mod cross_entropy;
+mod lanes;
 pub mod linear;
 pub mod online;
 pub mod scoring;

@@ -9,9 +9,10 @@
 //! as in PyTorch). `ln(sum)` is `log1p` of the sum's rest beside the maximum's exact 1
 //! ([`ExpSum::ln`]), so where the maximum dominates, `logsumexp([0, -40]) = 4.25e-18` and not 0.
 
+use super::lanes::lanes_stats;
 use super::{
     dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, small_row_sum,
-    small_rows_exp, small_rows_stats, sum, ExpSum, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
+    small_rows_exp, small_rows_stats, sum, ExpSum, LANES, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -161,16 +162,12 @@ fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
         let (mut stack, mut heap) = ([T::ZERO; STACK_SCRATCH], Vec::new());
         let exps = super::scratch(x.len().min(SMALL_ROWS * k), &mut stack, &mut heap);
         for (xg, og) in groups(x, k).zip(out.chunks_mut(SMALL_ROWS)) {
-            small_rows_stats(
-                xg,
-                k,
-                &mut ms,
-                &mut exps[..xg.len()],
-                None,
-                &mut ss,
-                &mut ls,
-                a,
-            );
+            if k < LANES {
+                lanes_stats(xg, k, &mut ms, &mut ss, &mut ls, a);
+            } else {
+                let exps = &mut exps[..xg.len()];
+                small_rows_stats(xg, k, &mut ms, exps, None, &mut ss, &mut ls, a);
+            }
             for (((xr, &m), &l), o) in rows(xg, k).zip(&ms).zip(&ls).zip(og) {
                 *o = T::from_f64(lse_of(xr, m, l));
             }

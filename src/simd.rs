@@ -1,0 +1,190 @@
+//! The one job written with `std::arch` intrinsics: turning a block of short rows into lanes
+//! (a transposition in registers), which LLVM's vectorizer does badly from generic code (it
+//! scatters, or gathers, an element at a time: float32 65536 x 10, a third of the time of a
+//! logsumexp). Every other kernel is generic code the vectorizer handles (see [`crate::isa`]).
+//!
+//! The intrinsic versions are `unsafe` for one reason only, their instruction set: they are
+//! called through the tokens of [`crate::isa`] ([`crate::isa::Avx2`], [`crate::isa::Avx512`]),
+//! which exist only on a CPU that has it. They check their slices' lengths themselves and read
+//! and write only inside them.
+
+use crate::float::Float;
+
+/// Rows per block: one AVX-512 register of `f32`, two of AVX2.
+pub(crate) const ROW_LANES: usize = 16;
+/// Columns of a block's lanes: rows have fewer elements than this.
+pub(crate) const MAX_K: usize = 16;
+
+/// One block as lanes: `cols[j][l]` is element `j` of row `l`.
+pub(crate) type Lanes<T> = [[T; ROW_LANES]; MAX_K];
+
+/// `cols[j][l] = block[l * k + j]` for the `block.len() / k` rows of `block` (at most
+/// [`ROW_LANES`]) and `j < k`; the rest of `cols` is left as it is.
+#[inline(always)]
+pub(crate) fn rows_to_lanes<T: Copy>(block: &[T], k: usize, cols: &mut Lanes<T>) {
+    for (l, row) in block.chunks_exact(k.max(1)).take(ROW_LANES).enumerate() {
+        for (col, &v) in cols.iter_mut().zip(row) {
+            col[l] = v;
+        }
+    }
+}
+
+/// `block` as `f32` when `T` is `f32`.
+#[inline(always)]
+pub(crate) fn as_f32<T: Float>(block: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32 itself (same type, size and alignment), so the slice is reread as what
+    // it is.
+    (T::DTYPE == crate::dtype::DType::F32)
+        .then(|| unsafe { std::slice::from_raw_parts(block.as_ptr().cast::<f32>(), block.len()) })
+}
+
+/// `cols` as `f32` lanes when `T` is `f32`.
+#[inline(always)]
+pub(crate) fn as_f32_lanes<T: Float>(cols: &mut Lanes<T>) -> Option<&mut Lanes<f32>> {
+    // SAFETY: as in `as_f32`: T is f32, and the borrow is moved, not duplicated.
+    (T::DTYPE == crate::dtype::DType::F32)
+        .then(|| unsafe { &mut *(cols as *mut Lanes<T>).cast::<Lanes<f32>>() })
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use super::{Lanes, MAX_K, ROW_LANES};
+    use std::arch::x86_64::*;
+
+    /// The loads of a full block (`ROW_LANES` rows of `k`, `0 < k < MAX_K`), `W` elements at
+    /// a time: straight from the block where they fit, and from a copy of its last 16
+    /// elements followed by zeros where they would run past its end.
+    struct Loads<'a> {
+        block: &'a [f32],
+        tail: [f32; 32],
+    }
+
+    impl<'a> Loads<'a> {
+        #[inline(always)]
+        fn new(block: &'a [f32], k: usize) -> Loads<'a> {
+            assert!(k > 0 && k < MAX_K && block.len() == ROW_LANES * k);
+            let mut tail = [0.0; 32];
+            tail[..16].copy_from_slice(&block[block.len() - 16..]);
+            Loads { block, tail }
+        }
+
+        /// A pointer to `W <= 16` readable elements, the first being `block[at]` (`at <
+        /// block.len()`).
+        #[inline(always)]
+        fn at<const W: usize>(&self, at: usize) -> *const f32 {
+            let n = self.block.len();
+            if at + W <= n {
+                self.block[at..at + W].as_ptr()
+            } else {
+                // n - 16 < at < n: the copy's offset is below 16, and 16 + W <= 32.
+                self.tail[at + 16 - n..at + 16 - n + W].as_ptr()
+            }
+        }
+    }
+
+    /// [`super::rows_to_lanes`] of a full block with AVX-512: 16 row loads and a 16 x 16
+    /// transposition in four rounds of shuffles.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn rows_to_lanes_avx512(block: &[f32], k: usize, cols: &mut Lanes<f32>) {
+        let loads = Loads::new(block, k);
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (l, v) in r.iter_mut().enumerate() {
+            // SAFETY: `at` points to 16 readable elements.
+            *v = unsafe { _mm512_loadu_ps(loads.at::<16>(l * k)) };
+        }
+        // Pairs of rows interleaved by element, then by pairs of elements: t2[4i + c] holds,
+        // in its 128-bit lane q, element 4q + c of rows 4i..4i + 4.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        let mut t2 = [_mm512_setzero_ps(); 16];
+        for i in 0..4 {
+            let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+            t2[4 * i] = pairs_lo(a, c);
+            t2[4 * i + 1] = pairs_hi(a, c);
+            t2[4 * i + 2] = pairs_lo(b, d);
+            t2[4 * i + 3] = pairs_hi(b, d);
+        }
+        // Then the 128-bit lanes of four such registers gathered into each column.
+        let mut out = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            let (a, b, e, f) = (t2[c], t2[4 + c], t2[8 + c], t2[12 + c]);
+            let ab_lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
+            let ab_hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
+            let ef_lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(e, f);
+            let ef_hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(e, f);
+            out[c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(ab_lo, ef_lo);
+            out[4 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(ab_lo, ef_lo);
+            out[8 + c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(ab_hi, ef_hi);
+            out[12 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(ab_hi, ef_hi);
+        }
+        for (col, v) in cols.iter_mut().zip(out).take(k) {
+            // SAFETY: a column holds 16 f32.
+            unsafe { _mm512_storeu_ps(col.as_mut_ptr(), v) };
+        }
+    }
+
+    /// The pairs of elements at even (`lo`) or odd (`hi`) pair positions of `a` and `b`, in
+    /// turn.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn pairs_lo(a: __m512, b: __m512) -> __m512 {
+        _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn pairs_hi(a: __m512, b: __m512) -> __m512 {
+        _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+    }
+
+    /// [`super::rows_to_lanes`] of a full block with AVX2: 8 x 8 transpositions of rows
+    /// 0..8 and 8..16 for elements 0..8, and 8..16 when `k > 8`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn rows_to_lanes_avx2(block: &[f32], k: usize, cols: &mut Lanes<f32>) {
+        let loads = Loads::new(block, k);
+        for half in 0..2 {
+            for c0 in (0..k).step_by(8) {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (i, v) in r.iter_mut().enumerate() {
+                    // SAFETY: `at` points to 8 readable elements.
+                    *v = unsafe { _mm256_loadu_ps(loads.at::<8>((8 * half + i) * k + c0)) };
+                }
+                let mut t = [_mm256_setzero_ps(); 8];
+                for p in 0..4 {
+                    t[2 * p] = _mm256_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+                    t[2 * p + 1] = _mm256_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+                }
+                // u[4g + c] holds element c (lane 0) and c + 4 (lane 1) of rows 4g..4g + 4.
+                let mut u = [_mm256_setzero_ps(); 8];
+                for g in 0..2 {
+                    let (a, b) = (t[4 * g], t[4 * g + 2]);
+                    u[4 * g] = _mm256_shuffle_ps::<0x44>(a, b);
+                    u[4 * g + 1] = _mm256_shuffle_ps::<0xEE>(a, b);
+                    let (a, b) = (t[4 * g + 1], t[4 * g + 3]);
+                    u[4 * g + 2] = _mm256_shuffle_ps::<0x44>(a, b);
+                    u[4 * g + 3] = _mm256_shuffle_ps::<0xEE>(a, b);
+                }
+                for j in 0..8.min(k - c0) {
+                    let v = if j < 4 {
+                        _mm256_permute2f128_ps::<0x20>(u[j], u[4 + j])
+                    } else {
+                        _mm256_permute2f128_ps::<0x31>(u[j - 4], u[j])
+                    };
+                    // SAFETY: 8 * half + 8 <= 16, the length of a column.
+                    unsafe { _mm256_storeu_ps(cols[c0 + j].as_mut_ptr().add(8 * half), v) };
+                }
+            }
+        }
+    }
+}
