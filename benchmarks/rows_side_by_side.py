@@ -1,0 +1,67 @@
+"""Row-wise calls on many rows (one thread), several builds side by side in one process.
+
+Each argument is `NAME=PATH` to a build's extension module (`sce_rs/_sce_rs.abi3.so` of an
+installed wheel or of an editable build). All are loaded into this one process under parent
+names of their own and timed in alternation, R rounds, the builds' order reversed every other
+round, so that the machine's load falls on every build alike; each figure is the minimum over
+the rounds (the one least touched by other work), in ms per call, with the ratio to the first
+build. Logits are standard normal times 3 (the maximum dominates its row's sum in 74% of rows
+of 10 classes, at random). Run it pinned to one core:
+
+    taskset -c 1 python benchmarks/rows_side_by_side.py before=/venv-a/.../_sce_rs.abi3.so \\
+        after=python/sce_rs/_sce_rs.abi3.so --shape 65536x10 --shape 8192x1000
+"""
+
+import argparse
+import importlib.util
+import timeit
+
+import numpy as np
+
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("builds", nargs="+", metavar="NAME=PATH")
+ap.add_argument("--shape", action="append", metavar="NxK", help="default: 65536x10")
+ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+ap.add_argument("--rounds", type=int, default=15)
+args = ap.parse_args()
+
+mods = {}
+for i, arg in enumerate(args.builds):
+    name, path = arg.split("=", 1)
+    spec = importlib.util.spec_from_file_location(f"build{i}._sce_rs", path)
+    assert spec is not None and spec.loader is not None, path
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    m.set_num_threads(1)
+    mods[name] = m
+
+rng = np.random.default_rng(0)
+names = list(mods)
+for shape in args.shape or ["65536x10"]:
+    n, k = map(int, shape.split("x"))
+    x = (rng.standard_normal((n, k)) * 3).astype(args.dtype)
+    t = rng.integers(0, k, n)
+    o = np.empty_like(x)
+
+    def calls(m):
+        """One build's timed calls, each a closure over its module."""
+        return {
+            "logsumexp": lambda: m.logsumexp(x),
+            "cross_entropy": lambda: m.cross_entropy(x, t),
+            "softmax(out=)": lambda: m.softmax(x, out=o),
+            "log_softmax(out=)": lambda: m.log_softmax(x, out=o),
+            "cross_entropy_and_grad(out=)": lambda: m.cross_entropy_and_grad(x, t, out=o),
+        }
+
+    fns = {b: calls(m) for b, m in mods.items()}
+    number = max(1, int(2e6 // (n * k)))
+    times: dict[str, dict[str, list[float]]] = {c: {b: [] for b in names} for c in fns[names[0]]}
+    for r in range(args.rounds):
+        for c in times:
+            for b in names if r % 2 else names[::-1]:
+                times[c][b].append(timeit.timeit(fns[b][c], number=number) / number * 1e3)
+    print(f"{args.dtype} {n}x{k}, one thread, min over {args.rounds} rounds (ms per call)")
+    for c, per in times.items():
+        base = min(per[names[0]])
+        cells = [f"{b} {min(per[b]):8.3f} ({min(per[b]) / base:4.2f}x)" for b in names]
+        print(f"  {c:30s} " + "  ".join(cells))
