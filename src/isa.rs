@@ -171,6 +171,11 @@ pub trait Arith: Copy + Send + Sync + 'static {
     fn rows_to_lanes<T: Float>(self, block: &[T], k: usize, cols: &mut Lanes<T>) {
         simd::rows_to_lanes(block, k, cols);
     }
+    /// [`simd::lanes_to_rows`], the way back; overridden as [`Arith::rows_to_lanes`] is.
+    #[inline(always)]
+    fn lanes_to_rows<T: Float>(self, cols: &Lanes<T>, k: usize, block: &mut [T]) {
+        simd::lanes_to_rows(cols, k, block);
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -250,13 +255,23 @@ impl Arith for Avx2 {
         #[cfg(target_arch = "x86_64")]
         if let (Some(b), Some(c), true) = (
             simd::as_f32(block),
-            simd::as_f32_lanes(cols),
+            simd::as_f32_lanes_mut(cols),
             full_block(block, k),
         ) {
             // SAFETY: an Avx2 exists only on a CPU with AVX2 (Avx2::new's contract).
             return unsafe { simd::x86::rows_to_lanes_avx2(b, k, c) };
         }
         simd::rows_to_lanes(block, k, cols);
+    }
+    #[inline(always)]
+    fn lanes_to_rows<T: Float>(self, cols: &Lanes<T>, k: usize, block: &mut [T]) {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(c), true) = (simd::as_f32_lanes(cols), full_block(block, k)) {
+            let b = simd::as_f32_mut(block).expect("T is f32");
+            // SAFETY: an Avx2 exists only on a CPU with AVX2 (Avx2::new's contract).
+            return unsafe { simd::x86::lanes_to_rows_avx2(c, k, b) };
+        }
+        simd::lanes_to_rows(cols, k, block);
     }
 }
 
@@ -274,13 +289,23 @@ impl Arith for Avx512 {
         #[cfg(target_arch = "x86_64")]
         if let (Some(b), Some(c), true) = (
             simd::as_f32(block),
-            simd::as_f32_lanes(cols),
+            simd::as_f32_lanes_mut(cols),
             full_block(block, k),
         ) {
             // SAFETY: an Avx512 exists only on a CPU with AVX-512F (Avx512::new's contract).
             return unsafe { simd::x86::rows_to_lanes_avx512(b, k, c) };
         }
         simd::rows_to_lanes(block, k, cols);
+    }
+    #[inline(always)]
+    fn lanes_to_rows<T: Float>(self, cols: &Lanes<T>, k: usize, block: &mut [T]) {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(c), true) = (simd::as_f32_lanes(cols), full_block(block, k)) {
+            let b = simd::as_f32_mut(block).expect("T is f32");
+            // SAFETY: an Avx512 exists only on a CPU with AVX-512F (Avx512::new's contract).
+            return unsafe { simd::x86::lanes_to_rows_avx512(c, k, b) };
+        }
+        simd::lanes_to_rows(cols, k, block);
     }
 }
 

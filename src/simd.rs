@@ -29,6 +29,17 @@ pub(crate) fn rows_to_lanes<T: Copy>(block: &[T], k: usize, cols: &mut Lanes<T>)
     }
 }
 
+/// The inverse of [`rows_to_lanes`]: `block[l * k + j] = cols[j][l]` for the
+/// `block.len() / k` rows of `block` (at most [`ROW_LANES`]) and `j < k`.
+#[inline(always)]
+pub(crate) fn lanes_to_rows<T: Copy>(cols: &Lanes<T>, k: usize, block: &mut [T]) {
+    for (l, row) in block.chunks_exact_mut(k.max(1)).take(ROW_LANES).enumerate() {
+        for (col, v) in cols.iter().zip(row) {
+            *v = col[l];
+        }
+    }
+}
+
 /// `block` as `f32` when `T` is `f32`.
 #[inline(always)]
 pub(crate) fn as_f32<T: Float>(block: &[T]) -> Option<&[f32]> {
@@ -38,10 +49,27 @@ pub(crate) fn as_f32<T: Float>(block: &[T]) -> Option<&[f32]> {
         .then(|| unsafe { std::slice::from_raw_parts(block.as_ptr().cast::<f32>(), block.len()) })
 }
 
+/// `block` as `f32` when `T` is `f32`.
+#[inline(always)]
+pub(crate) fn as_f32_mut<T: Float>(block: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: as in `as_f32`; the borrow is moved, not duplicated.
+    (T::DTYPE == crate::dtype::DType::F32).then(|| unsafe {
+        std::slice::from_raw_parts_mut(block.as_mut_ptr().cast::<f32>(), block.len())
+    })
+}
+
 /// `cols` as `f32` lanes when `T` is `f32`.
 #[inline(always)]
-pub(crate) fn as_f32_lanes<T: Float>(cols: &mut Lanes<T>) -> Option<&mut Lanes<f32>> {
-    // SAFETY: as in `as_f32`: T is f32, and the borrow is moved, not duplicated.
+pub(crate) fn as_f32_lanes<T: Float>(cols: &Lanes<T>) -> Option<&Lanes<f32>> {
+    // SAFETY: as in `as_f32`.
+    (T::DTYPE == crate::dtype::DType::F32)
+        .then(|| unsafe { &*(cols as *const Lanes<T>).cast::<Lanes<f32>>() })
+}
+
+/// `cols` as `f32` lanes when `T` is `f32`.
+#[inline(always)]
+pub(crate) fn as_f32_lanes_mut<T: Float>(cols: &mut Lanes<T>) -> Option<&mut Lanes<f32>> {
+    // SAFETY: as in `as_f32`; the borrow is moved, not duplicated.
     (T::DTYPE == crate::dtype::DType::F32)
         .then(|| unsafe { &mut *(cols as *mut Lanes<T>).cast::<Lanes<f32>>() })
 }
@@ -96,8 +124,20 @@ pub(crate) mod x86 {
             // SAFETY: `at` points to 16 readable elements.
             *v = unsafe { _mm512_loadu_ps(loads.at::<16>(l * k)) };
         }
-        // Pairs of rows interleaved by element, then by pairs of elements: t2[4i + c] holds,
-        // in its 128-bit lane q, element 4q + c of rows 4i..4i + 4.
+        let out = transpose16(r);
+        for (col, v) in cols.iter_mut().zip(out).take(k) {
+            // SAFETY: a column holds 16 f32.
+            unsafe { _mm512_storeu_ps(col.as_mut_ptr(), v) };
+        }
+    }
+
+    /// The 16 x 16 transposition of `r` (register `i`, element `j` to register `j`, element
+    /// `i`): pairs of rows interleaved by element, then by pairs of elements, then the 128-bit
+    /// lanes of four registers gathered into each result.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        // t2[4i + c] holds, in its 128-bit lane q, element 4q + c of rows 4i..4i + 4.
         let mut t = [_mm512_setzero_ps(); 16];
         for i in 0..8 {
             t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
@@ -111,7 +151,6 @@ pub(crate) mod x86 {
             t2[4 * i + 2] = pairs_lo(b, d);
             t2[4 * i + 3] = pairs_hi(b, d);
         }
-        // Then the 128-bit lanes of four such registers gathered into each column.
         let mut out = [_mm512_setzero_ps(); 16];
         for c in 0..4 {
             let (a, b, e, f) = (t2[c], t2[4 + c], t2[8 + c], t2[12 + c]);
@@ -124,9 +163,28 @@ pub(crate) mod x86 {
             out[8 + c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(ab_hi, ef_hi);
             out[12 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(ab_hi, ef_hi);
         }
-        for (col, v) in cols.iter_mut().zip(out).take(k) {
+        out
+    }
+
+    /// [`super::lanes_to_rows`] of a full block with AVX-512: the transposition back, and
+    /// each row stored under a mask of its `k` elements.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn lanes_to_rows_avx512(cols: &Lanes<f32>, k: usize, block: &mut [f32]) {
+        assert!(k > 0 && k < MAX_K && block.len() == ROW_LANES * k);
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (v, col) in r.iter_mut().zip(cols) {
             // SAFETY: a column holds 16 f32.
-            unsafe { _mm512_storeu_ps(col.as_mut_ptr(), v) };
+            *v = unsafe { _mm512_loadu_ps(col.as_ptr()) };
+        }
+        let mask = ((1u32 << k) - 1) as __mmask16;
+        for (l, v) in transpose16(r).into_iter().enumerate() {
+            // SAFETY: the mask writes elements l * k..l * k + k, inside the block (l < 16);
+            // masked-off elements are neither written nor faulted on.
+            unsafe { _mm512_mask_storeu_ps(block.as_mut_ptr().add(l * k), mask, v) };
         }
     }
 
@@ -160,31 +218,73 @@ pub(crate) mod x86 {
                     // SAFETY: `at` points to 8 readable elements.
                     *v = unsafe { _mm256_loadu_ps(loads.at::<8>((8 * half + i) * k + c0)) };
                 }
-                let mut t = [_mm256_setzero_ps(); 8];
-                for p in 0..4 {
-                    t[2 * p] = _mm256_unpacklo_ps(r[2 * p], r[2 * p + 1]);
-                    t[2 * p + 1] = _mm256_unpackhi_ps(r[2 * p], r[2 * p + 1]);
-                }
-                // u[4g + c] holds element c (lane 0) and c + 4 (lane 1) of rows 4g..4g + 4.
-                let mut u = [_mm256_setzero_ps(); 8];
-                for g in 0..2 {
-                    let (a, b) = (t[4 * g], t[4 * g + 2]);
-                    u[4 * g] = _mm256_shuffle_ps::<0x44>(a, b);
-                    u[4 * g + 1] = _mm256_shuffle_ps::<0xEE>(a, b);
-                    let (a, b) = (t[4 * g + 1], t[4 * g + 3]);
-                    u[4 * g + 2] = _mm256_shuffle_ps::<0x44>(a, b);
-                    u[4 * g + 3] = _mm256_shuffle_ps::<0xEE>(a, b);
-                }
-                for j in 0..8.min(k - c0) {
-                    let v = if j < 4 {
-                        _mm256_permute2f128_ps::<0x20>(u[j], u[4 + j])
-                    } else {
-                        _mm256_permute2f128_ps::<0x31>(u[j - 4], u[j])
-                    };
+                for (j, v) in transpose8(r).into_iter().take(k - c0).enumerate() {
                     // SAFETY: 8 * half + 8 <= 16, the length of a column.
                     unsafe { _mm256_storeu_ps(cols[c0 + j].as_mut_ptr().add(8 * half), v) };
                 }
             }
         }
+    }
+
+    /// [`super::lanes_to_rows`] of a full block with AVX2: the transpositions back, and the
+    /// rows stored 8 elements at a time in row order into a copy with room past its end (a
+    /// store's elements past its row are written again by the rows after it), then copied.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn lanes_to_rows_avx2(cols: &Lanes<f32>, k: usize, block: &mut [f32]) {
+        assert!(k > 0 && k < MAX_K && block.len() == ROW_LANES * k);
+        let mut buf = [0.0f32; ROW_LANES * MAX_K + 16];
+        for half in 0..2 {
+            let mut pieces = [[_mm256_setzero_ps(); 8]; 2];
+            for (c, piece) in pieces.iter_mut().enumerate().take(k.div_ceil(8)) {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (v, col) in r.iter_mut().zip(&cols[8 * c..]) {
+                    // SAFETY: elements 8 * half..8 * half + 8 of a column of 16.
+                    *v = unsafe { _mm256_loadu_ps(col.as_ptr().add(8 * half)) };
+                }
+                *piece = transpose8(r);
+            }
+            for i in 0..8 {
+                let at = (8 * half + i) * k;
+                for (c, piece) in pieces.iter().enumerate().take(k.div_ceil(8)) {
+                    // at + 8 * c + 8 <= 15 * 15 + 16 < buf.len().
+                    let dst = &mut buf[at + 8 * c..at + 8 * c + 8];
+                    // SAFETY: 8 writable elements.
+                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), piece[i]) };
+                }
+            }
+        }
+        block.copy_from_slice(&buf[..block.len()]);
+    }
+
+    /// The 8 x 8 transposition of `r`: pairs of rows interleaved by element, then by pairs of
+    /// elements, then the 128-bit halves exchanged.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let mut t = [_mm256_setzero_ps(); 8];
+        for p in 0..4 {
+            t[2 * p] = _mm256_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+            t[2 * p + 1] = _mm256_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+        }
+        // u[4g + c] holds element c (lane 0) and c + 4 (lane 1) of rows 4g..4g + 4.
+        let mut u = [_mm256_setzero_ps(); 8];
+        for g in 0..2 {
+            let (a, b) = (t[4 * g], t[4 * g + 2]);
+            u[4 * g] = _mm256_shuffle_ps::<0x44>(a, b);
+            u[4 * g + 1] = _mm256_shuffle_ps::<0xEE>(a, b);
+            let (a, b) = (t[4 * g + 1], t[4 * g + 3]);
+            u[4 * g + 2] = _mm256_shuffle_ps::<0x44>(a, b);
+            u[4 * g + 3] = _mm256_shuffle_ps::<0xEE>(a, b);
+        }
+        let mut out = [_mm256_setzero_ps(); 8];
+        for j in 0..4 {
+            out[j] = _mm256_permute2f128_ps::<0x20>(u[j], u[4 + j]);
+            out[4 + j] = _mm256_permute2f128_ps::<0x31>(u[j], u[4 + j]);
+        }
+        out
     }
 }

@@ -31,11 +31,10 @@
 //! arithmetic over blocks); probability targets, which only these row paths take, have their
 //! own loop.
 
-use super::lanes::lanes_stats;
+use super::lanes::{lanes_stats, LIMIT};
 use super::online::{self, top_grad, RowGrad, RowStats};
 use super::{
-    max_exp_sum, rows, rows_mut, small_rows_stats, ExpSum, LANES, SMALL_K, SMALL_ROWS,
-    STACK_SCRATCH,
+    max_exp_sum, rows, rows_mut, small_rows_stats, ExpSum, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -305,7 +304,7 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
 ) {
     let mut capped = Vec::new();
     let plain = o.weight.is_none() && o.label_smoothing == 0.0 && o.z_loss == 0.0;
-    if grad.is_none() && plain && k < LANES {
+    if grad.is_none() && plain && k < LIMIT {
         return plain_lane_losses(x, k, targets, o, losses, a);
     }
     let mut ms = [T::ZERO; SMALL_ROWS];
@@ -375,7 +374,7 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
 }
 
 /// [`small_cross_entropy_rows`] without a gradient, options or a soft cap, on rows of fewer
-/// than [`LANES`] classes: the sums from [`lanes_stats`], then the losses of a group at once
+/// than [`LIMIT`] classes: the sums from [`lanes_stats`], then the losses of a group at once
 /// (its targets first, the loss `lse - x_t` of every class-index row in one loop), bitwise
 /// the loss of the row path.
 #[inline(always)]
@@ -587,12 +586,12 @@ mod tests {
         assert!((by_index - by_probs).abs() < 1e-15);
     }
 
-    /// Without a gradient, the plain losses of rows of fewer than [`LANES`] classes come from
+    /// Without a gradient, the plain losses of rows of fewer than [`LIMIT`] classes come from
     /// [`plain_lane_losses`]; they are bitwise those of the grouped path with a gradient, at
     /// every level, on class indices (some ignored) and probabilities.
     #[test]
     fn lane_losses_are_the_grouped_losses() {
-        for (k, x) in small_rows_cases().into_iter().filter(|(k, _)| *k < LANES) {
+        for (k, x) in small_rows_cases().into_iter().filter(|(k, _)| *k < LIMIT) {
             let n = x.len() / k;
             let q: Vec<f32> = (0..x.len()).map(|i| ((i * 7) % 11) as f32 / 55.0).collect();
             let o = CeOptions::plain(k);

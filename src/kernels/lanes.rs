@@ -1,13 +1,17 @@
-//! Rows as lanes: the statistics of rows shorter than one accumulator set ([`LANES`]
-//! elements), [`ROW_LANES`] rows at a time, each row in one SIMD lane.
+//! Rows as lanes: rows shorter than one accumulator set ([`LANES`] elements), [`ROW_LANES`]
+//! rows at a time, each row in one SIMD lane.
 //!
 //! A row of ten classes read as a vector is mostly padding, and its maximum and sum end in
 //! horizontal reductions and scalar tails. Transposed, a block of 16 such rows is `k` vectors
 //! whose `j`-th holds element `j` of every row: the maximum, the count of maxima, the exps and
-//! the sum are then `k` full-width steps for 16 rows, and the `f64` logarithm runs over the 16
-//! sums at once. Each lane does exactly the scalar arithmetic of [`super::small_rows_stats`]
-//! for its row, in the same order (the maximum over `j`, then the sum of the rest from 0
-//! upwards in `T`), so the two are bitwise equal; a test holds them to it.
+//! the sums are then `k` full-width steps for 16 rows, the `f64` logarithm runs over the 16
+//! sums at once, and results per element (probabilities, log-probabilities, gradients) are
+//! formed in lanes and transposed back. The transpositions are [`Arith::rows_to_lanes`] and
+//! [`Arith::lanes_to_rows`] (in registers for float32 on AVX2 and AVX-512).
+//!
+//! Each lane does exactly the scalar arithmetic of the grouped short-row paths for its row,
+//! in the same order (the maximum over `j`, then sums from 0 upwards in `T`), so the two are
+//! bitwise equal; tests hold them to it.
 
 use super::{ExpSum, LANES};
 use crate::float::Float;
@@ -15,7 +19,71 @@ use crate::isa::Arith;
 use crate::simd::MAX_K;
 pub(crate) use crate::simd::ROW_LANES;
 
-/// For rows of `k` elements, `0 < k < LANES`, held in `x` (at most `ms.len()` rows): each
+/// The lanes paths take rows of `1..LIMIT` elements.
+pub(crate) const LIMIT: usize = if LANES < MAX_K { LANES } else { MAX_K };
+
+/// Called once per column in the loops over a block's columns: an empty `asm!`, which LLVM's
+/// loop vectorizer cannot vectorize, so it leaves those loops alone and the SLP vectorizer
+/// makes each column's 16 lanes one vector (or two, or four). Left to itself, the loop
+/// vectorizer took the loop over columns, once the lanes were unrolled, and vectorized it
+/// with a gather and a scatter per lane: float32 65536 x 10 softmax took 2.5 times as long.
+#[inline(always)]
+fn per_column() {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    // SAFETY: an empty template: no instruction is emitted and no register, flag, stack or
+    // memory is touched.
+    unsafe {
+        std::arch::asm!("", options(nomem, nostack, preserves_flags));
+    }
+}
+
+/// Each lane's maximum over the columns `cols` (the value of `row_max`: the order does not
+/// matter to a maximum).
+#[inline(always)]
+fn lane_max<T: Float>(cols: &[[T; ROW_LANES]]) -> [T; ROW_LANES] {
+    let mut m = [T::NEG_INFINITY; ROW_LANES];
+    for col in cols {
+        for l in 0..ROW_LANES {
+            m[l] = if col[l] > m[l] { col[l] } else { m[l] };
+        }
+    }
+    m
+}
+
+/// Each lane's sums over the columns `cols`, whose maxima are `m`, and their `ln s`, as
+/// [`super::small_rows_stats`] gives them: the rest summed from 0 upwards in `T` without the
+/// terms of the maxima, the count of those added in `f64`.
+#[inline(always)]
+fn lane_sums<T: Float, A: Arith>(
+    cols: &[[T; ROW_LANES]],
+    m: [T; ROW_LANES],
+    a: A,
+) -> ([ExpSum; ROW_LANES], [f64; ROW_LANES]) {
+    let (mut count, mut rest) = ([0u32; ROW_LANES], [T::ZERO; ROW_LANES]);
+    for col in cols {
+        for l in 0..ROW_LANES {
+            let d = col[l] - m[l];
+            count[l] += u32::from(col[l] == m[l]);
+            // The maximum's own term is exactly 1: left out of the rest (as in
+            // small_rows_stats, an infinite maximum leaves no 0 and a NaN sum).
+            let e = a.exp_nonpos(d);
+            rest[l] += if d == T::ZERO { T::ZERO } else { e };
+        }
+    }
+    let (mut sums, mut lns) = ([ExpSum::ZERO; ROW_LANES], [0.0; ROW_LANES]);
+    for l in 0..ROW_LANES {
+        let r = rest[l].to_f64();
+        let s = f64::from(count[l]) + r;
+        sums[l] = ExpSum {
+            s,
+            rest: if s < 2.0 { r } else { s },
+        };
+        lns[l] = sums[l].ln();
+    }
+    (sums, lns)
+}
+
+/// For rows of `k` elements, `0 < k < LIMIT`, held in `x` (at most `ms.len()` rows): each
 /// row's maximum into `ms`, its sums into `ss` and `ln s` into `ls`, bitwise those of
 /// [`super::small_rows_stats`] (which also gives the exps; these are not kept).
 #[inline(always)]
@@ -27,7 +95,7 @@ pub(crate) fn lanes_stats<T: Float, A: Arith>(
     ls: &mut [f64],
     a: A,
 ) {
-    assert!(k > 0 && k < LANES.min(MAX_K), "rows of 1 to 15 elements");
+    assert!(k > 0 && k < LIMIT, "rows of 1 to {} elements", LIMIT - 1);
     let blocks = x
         .chunks(ROW_LANES * k)
         .zip(ms.chunks_mut(ROW_LANES))
@@ -38,38 +106,65 @@ pub(crate) fn lanes_stats<T: Float, A: Arith>(
     let mut xt = [[T::ZERO; ROW_LANES]; MAX_K];
     for (((xb, mb), sb), lb) in blocks {
         a.rows_to_lanes(xb, k, &mut xt);
-        let xt = &xt[..k];
-        let mut m = [T::NEG_INFINITY; ROW_LANES];
-        for col in xt {
-            for l in 0..ROW_LANES {
-                m[l] = if col[l] > m[l] { col[l] } else { m[l] };
-            }
-        }
-        let (mut count, mut rest) = ([0u32; ROW_LANES], [T::ZERO; ROW_LANES]);
-        for col in xt {
-            for l in 0..ROW_LANES {
-                let d = col[l] - m[l];
-                count[l] += u32::from(col[l] == m[l]);
-                // The maximum's own term is exactly 1: left out of the rest (as in
-                // small_rows_stats, an infinite maximum leaves no 0 and a NaN sum).
-                let e = a.exp_nonpos(d);
-                rest[l] += if d == T::ZERO { T::ZERO } else { e };
-            }
-        }
-        let (mut sums, mut lns) = ([ExpSum::ZERO; ROW_LANES], [0.0; ROW_LANES]);
-        for l in 0..ROW_LANES {
-            let r = rest[l].to_f64();
-            let s = f64::from(count[l]) + r;
-            sums[l] = ExpSum {
-                s,
-                rest: if s < 2.0 { r } else { s },
-            };
-            lns[l] = sums[l].ln();
-        }
+        let m = lane_max(&xt[..k]);
+        let (sums, lns) = lane_sums(&xt[..k], m, a);
         let rows = xb.len() / k;
         mb[..rows].copy_from_slice(&m[..rows]);
         sb[..rows].copy_from_slice(&sums[..rows]);
         lb[..rows].copy_from_slice(&lns[..rows]);
+    }
+}
+
+/// `out = softmax(x)` for rows of `0 < k < LIMIT`, bitwise the grouped path's
+/// ([`super::small_rows_exp`], then each row's exps times one over their sum in `T`).
+#[inline(always)]
+pub(crate) fn lanes_softmax<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
+    assert!(k > 0 && k < LIMIT, "rows of 1 to {} elements", LIMIT - 1);
+    let mut xt = [[T::ZERO; ROW_LANES]; MAX_K];
+    for (xb, ob) in x.chunks(ROW_LANES * k).zip(out.chunks_mut(ROW_LANES * k)) {
+        a.rows_to_lanes(xb, k, &mut xt);
+        let m = lane_max(&xt[..k]);
+        for col in xt[..k].iter_mut() {
+            per_column();
+            for l in 0..ROW_LANES {
+                col[l] = a.exp_nonpos(col[l] - m[l]);
+            }
+        }
+        let mut sum = [T::ZERO; ROW_LANES];
+        for col in &xt[..k] {
+            per_column();
+            for l in 0..ROW_LANES {
+                sum[l] += col[l];
+            }
+        }
+        let inv = sum.map(|s| T::from_f64(1.0 / s.to_f64()));
+        for col in xt[..k].iter_mut() {
+            per_column();
+            for l in 0..ROW_LANES {
+                col[l] *= inv[l];
+            }
+        }
+        a.lanes_to_rows(&xt, k, ob);
+    }
+}
+
+/// `out = log_softmax(x)` for rows of `0 < k < LIMIT`: `(x - m) - ln s`, bitwise the
+/// grouped path's.
+#[inline(always)]
+pub(crate) fn lanes_log_softmax<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
+    assert!(k > 0 && k < LIMIT, "rows of 1 to {} elements", LIMIT - 1);
+    let mut xt = [[T::ZERO; ROW_LANES]; MAX_K];
+    for (xb, ob) in x.chunks(ROW_LANES * k).zip(out.chunks_mut(ROW_LANES * k)) {
+        a.rows_to_lanes(xb, k, &mut xt);
+        let m = lane_max(&xt[..k]);
+        let ln_s = lane_sums(&xt[..k], m, a).1.map(T::from_f64);
+        for col in xt[..k].iter_mut() {
+            per_column();
+            for l in 0..ROW_LANES {
+                col[l] = (col[l] - m[l]) - ln_s[l];
+            }
+        }
+        a.lanes_to_rows(&xt, k, ob);
     }
 }
 
@@ -78,8 +173,8 @@ mod tests {
     use super::*;
     use crate::isa::{isa_dispatch, Level};
     use crate::kernels::softmax::tests::small_rows_cases;
-    use crate::kernels::{small_rows_stats, SMALL_ROWS};
-    use crate::simd::{rows_to_lanes, Lanes};
+    use crate::kernels::{small_row_sum, small_rows_exp, small_rows_stats, SMALL_ROWS};
+    use crate::simd::{lanes_to_rows, rows_to_lanes, Lanes};
 
     #[inline(always)]
     fn transpose_with<T: Float, A: Arith>(block: &[T], k: usize, cols: &mut Lanes<T>, a: A) {
@@ -101,9 +196,112 @@ mod tests {
         [lanes, rows]
     }
 
+    #[inline(always)]
+    fn back_with<T: Float, A: Arith>(cols: &Lanes<T>, k: usize, block: &mut [T], a: A) {
+        a.lanes_to_rows(cols, k, block);
+    }
+
+    /// Softmax and log-softmax of rows, rows as lanes and by the grouped path.
+    #[inline(always)]
+    fn per_element_with<T: Float, A: Arith>(x: &[T], k: usize, a: A) -> [[Vec<T>; 2]; 2] {
+        let mut lanes = [vec![T::ZERO; x.len()], vec![T::ZERO; x.len()]];
+        lanes_softmax(x, k, &mut lanes[0], a);
+        lanes_log_softmax(x, k, &mut lanes[1], a);
+        let mut grouped = lanes.clone();
+        let mut ms = [T::ZERO; SMALL_ROWS];
+        let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
+        let mut exps = vec![T::ZERO; SMALL_ROWS * k];
+        for (gi, xg) in x.chunks(SMALL_ROWS * k).enumerate() {
+            let span = gi * SMALL_ROWS * k..gi * SMALL_ROWS * k + xg.len();
+            // Softmax: small_rows_exp, then each row times one over its sum.
+            let og = &mut grouped[0][span.clone()];
+            small_rows_exp(xg, k, &mut ms, og, a);
+            for or in og.chunks_mut(k) {
+                let inv = T::from_f64(1.0 / small_row_sum(or));
+                or.iter_mut().for_each(|o| *o *= inv);
+            }
+            // Log-softmax: small_rows_stats, then (x - m) - ln s.
+            let ex = &mut exps[..xg.len()];
+            small_rows_stats(xg, k, &mut ms, ex, None, &mut ss, &mut ls, a);
+            let og = &mut grouped[1][span];
+            for (r, (or, xr)) in og.chunks_mut(k).zip(xg.chunks(k)).enumerate() {
+                let ln_s = T::from_f64(ls[r]);
+                for (o, &v) in or.iter_mut().zip(xr) {
+                    *o = (v - ms[r]) - ln_s;
+                }
+            }
+        }
+        [lanes, grouped]
+    }
+
     isa_dispatch! {
         pub fn transpose[T: Float](block: &[T], k: usize, cols: &mut Lanes<T>) = transpose_with;
+        pub fn back[T: Float](cols: &Lanes<T>, k: usize, block: &mut [T]) = back_with;
         pub fn both[T: Float](x: &[T], k: usize) -> [Stats<T>; 2] = both_with;
+        pub fn per_element[T: Float](x: &[T], k: usize) -> [[Vec<T>; 2]; 2] = per_element_with;
+    }
+
+    /// Softmax and log-softmax, rows as lanes, are bitwise the grouped path's at every level
+    /// (NaN matching NaN).
+    fn per_element_results_are_the_grouped_ones<T: Float>() {
+        for (k, x) in small_rows_cases().into_iter().filter(|(k, _)| *k < LIMIT) {
+            let x: Vec<T> = x.iter().map(|&v| T::from_f64(v.into())).collect();
+            for level in Level::supported() {
+                let [lanes, grouped] = per_element(level, &x, k);
+                for (what, (l, g)) in ["softmax", "log_softmax"]
+                    .iter()
+                    .zip(lanes.iter().zip(&grouped))
+                {
+                    let bad = l
+                        .iter()
+                        .zip(g)
+                        .position(|(a, b)| !same(a.to_f64(), b.to_f64()));
+                    assert!(bad.is_none(), "{what} {level:?} k={k} at {bad:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn per_element_results_are_the_grouped_ones_f32() {
+        per_element_results_are_the_grouped_ones::<f32>();
+    }
+
+    #[test]
+    fn per_element_results_are_the_grouped_ones_f64() {
+        per_element_results_are_the_grouped_ones::<f64>();
+    }
+
+    /// Every level's way back from lanes is the scalar one.
+    fn transposes_back_like_the_scalar_copy<T: Float>() {
+        for level in Level::supported() {
+            for k in 1..MAX_K {
+                for rows in [ROW_LANES, ROW_LANES - 1, 1] {
+                    let mut cols = [[T::ZERO; ROW_LANES]; MAX_K];
+                    for (j, col) in cols.iter_mut().enumerate() {
+                        for (l, v) in col.iter_mut().enumerate() {
+                            *v = T::from_f64((l * MAX_K + j) as f64);
+                        }
+                    }
+                    let (mut got, mut want) = (vec![T::ZERO; rows * k], vec![T::ZERO; rows * k]);
+                    back(level, &cols, k, &mut got);
+                    lanes_to_rows(&cols, k, &mut want);
+                    let g: Vec<f64> = got.iter().map(|v| v.to_f64()).collect();
+                    let w: Vec<f64> = want.iter().map(|v| v.to_f64()).collect();
+                    assert_eq!(g, w, "{level:?} k={k} rows={rows}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transposes_back_like_the_scalar_copy_f32() {
+        transposes_back_like_the_scalar_copy::<f32>();
+    }
+
+    #[test]
+    fn transposes_back_like_the_scalar_copy_f64() {
+        transposes_back_like_the_scalar_copy::<f64>();
     }
 
     fn same(a: f64, b: f64) -> bool {

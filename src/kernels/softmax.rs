@@ -9,10 +9,10 @@
 //! as in PyTorch). `ln(sum)` is `log1p` of the sum's rest beside the maximum's exact 1
 //! ([`ExpSum::ln`]), so where the maximum dominates, `logsumexp([0, -40]) = 4.25e-18` and not 0.
 
-use super::lanes::lanes_stats;
+use super::lanes::{lanes_log_softmax, lanes_softmax, lanes_stats, LIMIT};
 use super::{
     dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, small_row_sum,
-    small_rows_exp, small_rows_stats, sum, ExpSum, LANES, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
+    small_rows_exp, small_rows_stats, sum, ExpSum, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -99,6 +99,9 @@ pub fn softmax_jacobian_row<T: Float, A: Arith>(x: &[T], s: &mut [T], out: &mut 
 /// Row-block forms: `x` and `out` hold whole rows of length `k`.
 #[inline(always)]
 fn softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
+    if k > 0 && k < LIMIT {
+        return lanes_softmax(x, k, out, a);
+    }
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
         for (xg, og) in groups(x, k).zip(groups_mut(out, k)) {
@@ -128,6 +131,9 @@ fn groups_mut<T>(x: &mut [T], k: usize) -> std::slice::ChunksMut<'_, T> {
 
 #[inline(always)]
 fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
+    if k > 0 && k < LIMIT {
+        return lanes_log_softmax(x, k, out, a);
+    }
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
         let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
@@ -162,7 +168,7 @@ fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
         let (mut stack, mut heap) = ([T::ZERO; STACK_SCRATCH], Vec::new());
         let exps = super::scratch(x.len().min(SMALL_ROWS * k), &mut stack, &mut heap);
         for (xg, og) in groups(x, k).zip(out.chunks_mut(SMALL_ROWS)) {
-            if k < LANES {
+            if k < LIMIT {
                 lanes_stats(xg, k, &mut ms, &mut ss, &mut ls, a);
             } else {
                 let exps = &mut exps[..xg.len()];
