@@ -176,6 +176,12 @@ pub trait Arith: Copy + Send + Sync + 'static {
     fn lanes_to_rows<T: Float>(self, cols: &Lanes<T>, k: usize, block: &mut [T]) {
         simd::lanes_to_rows(cols, k, block);
     }
+    /// Whether both transpositions of `T` run in registers here (float32 on AVX2 and
+    /// AVX-512): a path that transposes twice only pays off then.
+    #[inline(always)]
+    fn lanes_in_registers<T: Float>(self) -> bool {
+        false
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -243,6 +249,10 @@ fn full_block<T>(block: &[T], k: usize) -> bool {
 
 impl Arith for Avx2 {
     #[inline(always)]
+    fn lanes_in_registers<T: Float>(self) -> bool {
+        cfg!(target_arch = "x86_64") && T::DTYPE == crate::dtype::DType::F32
+    }
+    #[inline(always)]
     fn exp<T: Float>(self, x: T) -> T {
         Fused.exp(x)
     }
@@ -276,6 +286,10 @@ impl Arith for Avx2 {
 }
 
 impl Arith for Avx512 {
+    #[inline(always)]
+    fn lanes_in_registers<T: Float>(self) -> bool {
+        cfg!(target_arch = "x86_64") && T::DTYPE == crate::dtype::DType::F32
+    }
     #[inline(always)]
     fn exp<T: Float>(self, x: T) -> T {
         Fused.exp(x)

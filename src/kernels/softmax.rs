@@ -99,7 +99,9 @@ pub fn softmax_jacobian_row<T: Float, A: Arith>(x: &[T], s: &mut [T], out: &mut 
 /// Row-block forms: `x` and `out` hold whole rows of length `k`.
 #[inline(always)]
 fn softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
-    if k > 0 && k < LIMIT {
+    // PERF: with both transpositions a scalar copy, float64 65536 x 10 took 1.29x the grouped
+    // path's time (see BENCHMARKS.md); log-softmax, which also transposes twice, still gains.
+    if k > 0 && k < LIMIT && a.lanes_in_registers::<T>() {
         return lanes_softmax(x, k, out, a);
     }
     if k < SMALL_K {
