@@ -13,10 +13,10 @@ every build; the minimum over rounds is the figure least touched by other work, 
 """
 
 import argparse
-import importlib.util
 import timeit
 
 import numpy as np
+from _builds import load
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("builds", nargs="+", metavar="NAME=PATH")
@@ -24,15 +24,7 @@ ap.add_argument("--rounds", type=int, default=121)
 ap.add_argument("--calls", type=int, default=5000)
 args = ap.parse_args()
 
-mods = {}
-for i, arg in enumerate(args.builds):
-    name, path = arg.split("=", 1)
-    spec = importlib.util.spec_from_file_location(f"build{i}._sce_rs", path)
-    assert spec is not None and spec.loader is not None, path
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
-    m.set_num_threads(1)
-    mods[name] = m
+mods = load(args.builds)
 
 rng = np.random.default_rng(0)
 x = rng.standard_normal((8, 10), dtype=np.float32)

@@ -247,81 +247,54 @@ fn full_block<T>(block: &[T], k: usize) -> bool {
     k > 0 && k < simd::MAX_K && block.len() == simd::ROW_LANES * k
 }
 
-impl Arith for Avx2 {
-    #[inline(always)]
-    fn lanes_in_registers<T: Float>(self) -> bool {
-        cfg!(target_arch = "x86_64") && T::DTYPE == crate::dtype::DType::F32
-    }
-    #[inline(always)]
-    fn exp<T: Float>(self, x: T) -> T {
-        Fused.exp(x)
-    }
-    #[inline(always)]
-    fn exp_nonpos<T: Float>(self, x: T) -> T {
-        Fused.exp_nonpos(x)
-    }
-    #[inline(always)]
-    fn rows_to_lanes<T: Float>(self, block: &[T], k: usize, cols: &mut Lanes<T>) {
-        #[cfg(target_arch = "x86_64")]
-        if let (Some(b), Some(c), true) = (
-            simd::as_f32(block),
-            simd::as_f32_lanes_mut(cols),
-            full_block(block, k),
-        ) {
-            // SAFETY: an Avx2 exists only on a CPU with AVX2 (Avx2::new's contract).
-            return unsafe { simd::x86::rows_to_lanes_avx2(b, k, c) };
+/// The [`Arith`] of a token: [`Fused`]'s exponentials, and the transpositions of full float32
+/// blocks in registers by `$to` and `$back` (`simd::x86`), which need the token's instruction
+/// set.
+macro_rules! token_arith {
+    ($token:ident, $to:ident, $back:ident) => {
+        impl Arith for $token {
+            #[inline(always)]
+            fn exp<T: Float>(self, x: T) -> T {
+                Fused.exp(x)
+            }
+            #[inline(always)]
+            fn exp_nonpos<T: Float>(self, x: T) -> T {
+                Fused.exp_nonpos(x)
+            }
+            #[inline(always)]
+            fn lanes_in_registers<T: Float>(self) -> bool {
+                cfg!(target_arch = "x86_64") && T::DTYPE == crate::dtype::DType::F32
+            }
+            #[inline(always)]
+            fn rows_to_lanes<T: Float>(self, block: &[T], k: usize, cols: &mut Lanes<T>) {
+                #[cfg(target_arch = "x86_64")]
+                if let (Some(b), Some(c), true) = (
+                    simd::as_f32(block),
+                    simd::as_f32_lanes_mut(cols),
+                    full_block(block, k),
+                ) {
+                    // SAFETY: the token exists only on a CPU with the instruction set `$to`
+                    // is compiled for (the contract of its `new`).
+                    return unsafe { simd::x86::$to(b, k, c) };
+                }
+                simd::rows_to_lanes(block, k, cols);
+            }
+            #[inline(always)]
+            fn lanes_to_rows<T: Float>(self, cols: &Lanes<T>, k: usize, block: &mut [T]) {
+                #[cfg(target_arch = "x86_64")]
+                if let (Some(c), true) = (simd::as_f32_lanes(cols), full_block(block, k)) {
+                    let b = simd::as_f32_mut(block).expect("T is f32");
+                    // SAFETY: as above, for `$back`.
+                    return unsafe { simd::x86::$back(c, k, b) };
+                }
+                simd::lanes_to_rows(cols, k, block);
+            }
         }
-        simd::rows_to_lanes(block, k, cols);
-    }
-    #[inline(always)]
-    fn lanes_to_rows<T: Float>(self, cols: &Lanes<T>, k: usize, block: &mut [T]) {
-        #[cfg(target_arch = "x86_64")]
-        if let (Some(c), true) = (simd::as_f32_lanes(cols), full_block(block, k)) {
-            let b = simd::as_f32_mut(block).expect("T is f32");
-            // SAFETY: an Avx2 exists only on a CPU with AVX2 (Avx2::new's contract).
-            return unsafe { simd::x86::lanes_to_rows_avx2(c, k, b) };
-        }
-        simd::lanes_to_rows(cols, k, block);
-    }
+    };
 }
 
-impl Arith for Avx512 {
-    #[inline(always)]
-    fn lanes_in_registers<T: Float>(self) -> bool {
-        cfg!(target_arch = "x86_64") && T::DTYPE == crate::dtype::DType::F32
-    }
-    #[inline(always)]
-    fn exp<T: Float>(self, x: T) -> T {
-        Fused.exp(x)
-    }
-    #[inline(always)]
-    fn exp_nonpos<T: Float>(self, x: T) -> T {
-        Fused.exp_nonpos(x)
-    }
-    #[inline(always)]
-    fn rows_to_lanes<T: Float>(self, block: &[T], k: usize, cols: &mut Lanes<T>) {
-        #[cfg(target_arch = "x86_64")]
-        if let (Some(b), Some(c), true) = (
-            simd::as_f32(block),
-            simd::as_f32_lanes_mut(cols),
-            full_block(block, k),
-        ) {
-            // SAFETY: an Avx512 exists only on a CPU with AVX-512F (Avx512::new's contract).
-            return unsafe { simd::x86::rows_to_lanes_avx512(b, k, c) };
-        }
-        simd::rows_to_lanes(block, k, cols);
-    }
-    #[inline(always)]
-    fn lanes_to_rows<T: Float>(self, cols: &Lanes<T>, k: usize, block: &mut [T]) {
-        #[cfg(target_arch = "x86_64")]
-        if let (Some(c), true) = (simd::as_f32_lanes(cols), full_block(block, k)) {
-            let b = simd::as_f32_mut(block).expect("T is f32");
-            // SAFETY: an Avx512 exists only on a CPU with AVX-512F (Avx512::new's contract).
-            return unsafe { simd::x86::lanes_to_rows_avx512(c, k, b) };
-        }
-        simd::lanes_to_rows(cols, k, block);
-    }
-}
+token_arith!(Avx2, rows_to_lanes_avx2, lanes_to_rows_avx2);
+token_arith!(Avx512, rows_to_lanes_avx512, lanes_to_rows_avx512);
 
 /// The arithmetic of the baseline copy: aarch64's baseline (NEON) has fused multiply-add.
 #[cfg(target_arch = "aarch64")]
