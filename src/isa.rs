@@ -17,6 +17,10 @@
 //! results never depend on the thread count or the vector width. The AVX2 and AVX-512 copies
 //! use fused multiply-add inside `exp` ([`Arith`]) and so agree bitwise with each other; the
 //! SSE2 baseline rounds its multiply-adds twice and may differ from them in the last bits.
+//!
+//! The AVX2 and AVX-512 copies pass their kernels a token ([`Avx2`], [`Avx512`]) as their
+//! [`Arith`]: a value only those copies can make, so a kernel that holds one may call the few
+//! intrinsics of [`crate::simd`] for that instruction set, soundly, from generic code.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
