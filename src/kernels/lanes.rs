@@ -5,9 +5,10 @@
 //! horizontal reductions and scalar tails. Transposed, a block of 16 such rows is `k` vectors
 //! whose `j`-th holds element `j` of every row: the maximum, the count of maxima, the exps and
 //! the sums are then `k` full-width steps for 16 rows, the `f64` logarithm runs over the 16
-//! sums at once, and results per element (probabilities, log-probabilities, gradients) are
-//! formed in lanes and transposed back. The transpositions are [`Arith::rows_to_lanes`] and
-//! [`Arith::lanes_to_rows`] (in registers for float32 on AVX2 and AVX-512).
+//! sums at once, and results per element (probabilities, log-probabilities) are formed in
+//! lanes and transposed back. The transpositions are [`Arith::rows_to_lanes`] and
+//! [`Arith::lanes_to_rows`] (in registers for float32 on AVX2 and AVX-512). The gradient of
+//! the cross-entropy stays on the grouped path: as lanes it was no faster (BENCHMARKS.md).
 //!
 //! Each lane does exactly the scalar arithmetic of the grouped short-row paths for its row,
 //! in the same order (the maximum over `j`, then sums from 0 upwards in `T`), so the two are
