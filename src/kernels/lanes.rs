@@ -73,12 +73,7 @@ fn lane_sums<T: Float, A: Arith>(
     }
     let (mut sums, mut lns) = ([ExpSum::ZERO; ROW_LANES], [0.0; ROW_LANES]);
     for l in 0..ROW_LANES {
-        let r = rest[l].to_f64();
-        let s = f64::from(count[l]) + r;
-        sums[l] = ExpSum {
-            s,
-            rest: if s < 2.0 { r } else { s },
-        };
+        sums[l] = ExpSum::of_ones_and_rest(count[l], rest[l].to_f64());
         lns[l] = sums[l].ln();
     }
     (sums, lns)

@@ -157,6 +157,17 @@ impl ExpSum {
         log1p_or_ln(self.dominated(), self.rest, self.s)
     }
 
+    /// The sums of a row with `ones` terms exactly 1 (its maxima) and the others adding up to
+    /// `rest`, by [`ExpSum`]'s rule: `rest = s` where `s >= 2` (never dominated).
+    #[inline(always)]
+    pub fn of_ones_and_rest(ones: u32, rest: f64) -> ExpSum {
+        let s = f64::from(ones) + rest;
+        ExpSum {
+            s,
+            rest: if s < 2.0 { rest } else { s },
+        }
+    }
+
     /// The sums of two disjoint parts of a row over the same shift.
     #[inline(always)]
     pub fn plus(self, o: ExpSum) -> ExpSum {
@@ -438,13 +449,7 @@ pub(crate) fn small_rows_stats<T: Float, A: Arith>(
         *r = small_row_sum(er);
     }
     for (((l, o), &rest), &c) in ls.iter_mut().zip(ss.iter_mut()).zip(&rv).zip(&cv) {
-        let s = f64::from(c) + rest;
-        // ExpSum's rule: rest = s where s >= 2 (never dominated); its `ln` is the one every
-        // path takes (log1p_or_ln, selects only).
-        *o = ExpSum {
-            s,
-            rest: if s < 2.0 { rest } else { s },
-        };
+        *o = ExpSum::of_ones_and_rest(c, rest);
         *l = o.ln();
     }
 }

@@ -168,9 +168,15 @@ fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
         let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
-        // Sized to the input (a call of a few rows should not clear a whole group's worth).
+        // Sized to the input (a call of a few rows should not clear a whole group's worth);
+        // none for the lanes path, which keeps no exps.
+        let len = if k < LIMIT {
+            0
+        } else {
+            x.len().min(SMALL_ROWS * k)
+        };
         let (mut stack, mut heap) = ([T::ZERO; STACK_SCRATCH], Vec::new());
-        let exps = super::scratch(x.len().min(SMALL_ROWS * k), &mut stack, &mut heap);
+        let exps = super::scratch(len, &mut stack, &mut heap);
         for (xg, og) in groups(x, k).zip(out.chunks_mut(SMALL_ROWS)) {
             if k < LIMIT {
                 lanes_stats(xg, k, &mut ms, &mut ss, &mut ls, a);

@@ -223,12 +223,7 @@ pub fn multiclass_loss<T: Float>(
         // PERF: a small block's losses on the stack: a calloc/free pair is a twentieth of a
         // call on a tiny array (see BENCHMARKS.md, the cost per call).
         let (mut on_stack, mut on_heap) = ([0.0f64; 64], Vec::new());
-        let row_losses: &mut [f64] = if r.len() <= on_stack.len() {
-            &mut on_stack[..r.len()]
-        } else {
-            on_heap.resize(r.len(), 0.0);
-            &mut on_heap
-        };
+        let row_losses = kernels::scratch(r.len(), &mut on_stack, &mut on_heap);
         let xs = x.load::<T>(r.clone(), g_piece.as_ref(), &mut sx);
         let (idx, probs): (&[i64], &[T]) = match targets {
             Targets::Index { view, .. } => (view.load_index(r.start, r.end, &mut si), &[]),
