@@ -129,13 +129,19 @@ fn slice_pieces<U>(s: Option<&mut [U]>, width: usize, n: usize, k: usize) -> Vec
 }
 
 /// Checks every target and returns how many rows are not ignored.
-fn check_targets(t: &TargetIndex<'_>, k: usize, n: usize, ignore_index: i64) -> Result<u64> {
+fn check_targets(
+    isa: Level,
+    t: &TargetIndex<'_>,
+    k: usize,
+    n: usize,
+    ignore_index: i64,
+) -> Result<u64> {
     let targets = Targets::Index {
         view: t.view,
         ignore_index,
         shape: t.shape,
     };
-    Ok(mean_denominator::<f64>(&targets, k, n, None)? as u64)
+    Ok(mean_denominator::<f64>(isa, &targets, k, n, None)? as u64)
 }
 
 /// Runs the row kernel over every block of `x`, each block writing its own pieces; returns the
@@ -239,7 +245,7 @@ pub(crate) fn score_views<T: Float>(
         }
     }
     if let Some(t) = &targets {
-        check_targets(t, k, n, o.ignore_index)?;
+        check_targets(isa, t, k, n, o.ignore_index)?;
     }
     let with_t = targets.is_some();
     let pieces = row_pieces(out.logprob.filter(|_| with_t), n, k)
@@ -270,7 +276,7 @@ pub(crate) fn perplexity_view<T: Float>(
     ignore_index: i64,
 ) -> Result<(f64, u64)> {
     let (n, k) = (x.rows(), x.k());
-    let count = check_targets(&targets, k, n, ignore_index)?;
+    let count = check_targets(isa, &targets, k, n, ignore_index)?;
     let plan = Plan {
         ignore_index,
         inv_temperature: T::ONE,

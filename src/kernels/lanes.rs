@@ -14,6 +14,7 @@
 //! in the same order (the maximum over `j`, then sums from 0 upwards in `T`), so the two are
 //! bitwise equal; tests hold them to it.
 
+use super::softmax::lse_of;
 use super::{ExpSum, LANES};
 use crate::float::Float;
 use crate::isa::Arith;
@@ -79,6 +80,40 @@ fn lane_sums<T: Float, A: Arith>(
     (sums, lns)
 }
 
+/// What [`lane_blocks`] gives for each block: each lane's maximum, sums and `ln s`.
+struct LaneStats<T> {
+    m: [T; ROW_LANES],
+    sums: [ExpSum; ROW_LANES],
+    lns: [f64; ROW_LANES],
+}
+
+/// The blocks of [`ROW_LANES`] rows of `x`, rows of `0 < k < LIMIT` elements: `each` gets
+/// the block's first row, its row count, its columns and the statistics of its lanes,
+/// bitwise those [`super::small_rows_stats`] gives. Lanes past a short last block's rows
+/// hold zeros or the previous block's rows: nothing they compute traps, and `each` is to
+/// write out only the first `rows` lanes.
+#[inline(always)]
+fn lane_blocks<T: Float, A: Arith>(
+    x: &[T],
+    k: usize,
+    a: A,
+    mut each: impl FnMut(usize, usize, &[[T; ROW_LANES]], &LaneStats<T>),
+) {
+    assert!(k > 0 && k < LIMIT, "rows of 1 to {} elements", LIMIT - 1);
+    let mut xt = [[T::ZERO; ROW_LANES]; MAX_K];
+    for (b, xb) in x.chunks(ROW_LANES * k).enumerate() {
+        a.rows_to_lanes(xb, k, &mut xt);
+        let m = lane_max(&xt[..k]);
+        let (sums, lns) = lane_sums(&xt[..k], m, a);
+        each(
+            b * ROW_LANES,
+            xb.len() / k,
+            &xt[..k],
+            &LaneStats { m, sums, lns },
+        );
+    }
+}
+
 /// For rows of `k` elements, `0 < k < LIMIT`, held in `x` (at most `ms.len()` rows): each
 /// row's maximum into `ms`, its sums into `ss` and `ln s` into `ls`, bitwise those of
 /// [`super::small_rows_stats`] (which also gives the exps; these are not kept).
@@ -91,24 +126,71 @@ pub(crate) fn lanes_stats<T: Float, A: Arith>(
     ls: &mut [f64],
     a: A,
 ) {
-    assert!(k > 0 && k < LIMIT, "rows of 1 to {} elements", LIMIT - 1);
-    let blocks = x
-        .chunks(ROW_LANES * k)
-        .zip(ms.chunks_mut(ROW_LANES))
-        .zip(ss.chunks_mut(ROW_LANES))
-        .zip(ls.chunks_mut(ROW_LANES));
-    // Lanes past a short last block's rows hold zeros or the previous block's rows: nothing
-    // they compute traps or is written out.
-    let mut xt = [[T::ZERO; ROW_LANES]; MAX_K];
-    for (((xb, mb), sb), lb) in blocks {
-        a.rows_to_lanes(xb, k, &mut xt);
-        let m = lane_max(&xt[..k]);
-        let (sums, lns) = lane_sums(&xt[..k], m, a);
-        let rows = xb.len() / k;
-        mb[..rows].copy_from_slice(&m[..rows]);
-        sb[..rows].copy_from_slice(&sums[..rows]);
-        lb[..rows].copy_from_slice(&lns[..rows]);
-    }
+    lane_blocks(x, k, a, |first, rows, _, st| {
+        let r = first..first + rows;
+        ms[r.clone()].copy_from_slice(&st.m[..rows]);
+        ss[r.clone()].copy_from_slice(&st.sums[..rows]);
+        ls[r].copy_from_slice(&st.lns[..rows]);
+    });
+}
+
+/// `out = logsumexp(x)` (one value per row) for rows of `0 < k < LIMIT`, bitwise
+/// [`lse_of`] of the grouped path's statistics: `m + ln s` formed in lanes, and PyTorch's
+/// rule for an infinite maximum taken row by row only in a block that has one.
+#[inline(always)]
+pub(crate) fn lanes_logsumexp<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
+    lane_blocks(x, k, a, |first, rows, _, st| {
+        let lse: [T; ROW_LANES] =
+            std::array::from_fn(|l| T::from_f64(st.m[l].to_f64() + st.lns[l]));
+        let infinite = (st.m.iter()).fold(false, |f, m| f | m.to_f64().is_infinite());
+        let out = &mut out[first..first + rows];
+        out.copy_from_slice(&lse[..rows]);
+        if infinite {
+            let xs = x[first * k..].chunks(k);
+            for (r, (o, xr)) in out.iter_mut().zip(xs).enumerate() {
+                *o = T::from_f64(lse_of(xr, st.m[r], st.lns[r]));
+            }
+        }
+    });
+}
+
+/// The plain cross-entropy `lse - x_t` of rows of `0 < k < LIMIT` on the class indices `idx`
+/// (one per row), bitwise the row path's: 0 where the index is `ignore`; NaN for an index
+/// outside `[0, k)` (the callers check them first).
+#[inline(always)]
+pub(crate) fn lanes_class_losses<T: Float, A: Arith>(
+    x: &[T],
+    k: usize,
+    idx: &[i64],
+    ignore: i64,
+    losses: &mut [f64],
+    a: A,
+) {
+    assert_eq!(idx.len() * k, x.len(), "one class index per row");
+    const IGNORED: i32 = -1;
+    const OUTSIDE: i32 = -2;
+    lane_blocks(x, k, a, |first, rows, cols, st| {
+        let mut t = [IGNORED; ROW_LANES];
+        for (tl, &i) in t.iter_mut().zip(&idx[first..first + rows]) {
+            let inside = if (i as u64) < k as u64 {
+                i as i32
+            } else {
+                OUTSIDE
+            };
+            *tl = if i == ignore { IGNORED } else { inside };
+        }
+        // PERF: a load per lane from the columns; LLVM turned a select per column into a
+        // branch per lane (float32 65536 x 10 cross_entropy took 1.7 times as long).
+        let last = cols.len() - 1;
+        let at: [T; ROW_LANES] = std::array::from_fn(|l| cols[(t[l] as usize).min(last)][l]);
+        let mut loss = [0.0; ROW_LANES];
+        for l in 0..ROW_LANES {
+            let v = -((at[l].to_f64() - st.m[l].to_f64()) - st.lns[l]);
+            let v = if t[l] == OUTSIDE { f64::NAN } else { v };
+            loss[l] = if t[l] == IGNORED { 0.0 } else { v };
+        }
+        losses[first..first + rows].copy_from_slice(&loss[..rows]);
+    });
 }
 
 /// `out = softmax(x)` for rows of `0 < k < LIMIT`, bitwise the grouped path's
@@ -192,6 +274,20 @@ mod tests {
         [lanes, rows]
     }
 
+    /// Both paths' logsumexp: [`lanes_logsumexp`], and [`lse_of`] of the grouped statistics.
+    #[inline(always)]
+    fn lse_both_with<T: Float, A: Arith>(x: &[T], k: usize, a: A) -> [Vec<T>; 2] {
+        let mut lanes = vec![T::ZERO; x.len() / k];
+        lanes_logsumexp(x, k, &mut lanes, a);
+        let mut grouped = Vec::new();
+        for group in x.chunks(SMALL_ROWS * k) {
+            let [_, (ms, _, ls)] = both_with(group, k, a);
+            let rows = group.chunks(k).enumerate();
+            grouped.extend(rows.map(|(r, xr)| T::from_f64(lse_of(xr, ms[r], ls[r]))));
+        }
+        [lanes, grouped]
+    }
+
     #[inline(always)]
     fn back_with<T: Float, A: Arith>(cols: &Lanes<T>, k: usize, block: &mut [T], a: A) {
         a.lanes_to_rows(cols, k, block);
@@ -234,6 +330,7 @@ mod tests {
         pub fn transpose[T: Float](block: &[T], k: usize, cols: &mut Lanes<T>) = transpose_with;
         pub fn back[T: Float](cols: &Lanes<T>, k: usize, block: &mut [T]) = back_with;
         pub fn both[T: Float](x: &[T], k: usize) -> [Stats<T>; 2] = both_with;
+        pub fn lse_both[T: Float](x: &[T], k: usize) -> [Vec<T>; 2] = lse_both_with;
         pub fn per_element[T: Float](x: &[T], k: usize) -> [[Vec<T>; 2]; 2] = per_element_with;
     }
 
@@ -256,6 +353,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Logsumexp, rows as lanes, is bitwise the grouped path's at every level, on rows with
+    /// infinite maxima (PyTorch's rule) and NaN, over full blocks and a short last one.
+    fn logsumexp_is_the_grouped_one<T: Float>() {
+        for (k, x) in small_rows_cases().into_iter().filter(|(k, _)| *k < LIMIT) {
+            let x: Vec<T> = x.iter().map(|&v| T::from_f64(v.into())).collect();
+            for level in Level::supported() {
+                let [lanes, grouped] = lse_both(level, &x, k);
+                let bad =
+                    (lanes.iter().zip(&grouped)).position(|(a, b)| !same(a.to_f64(), b.to_f64()));
+                assert!(bad.is_none(), "{level:?} k={k} row {bad:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn logsumexp_is_the_grouped_one_f32() {
+        logsumexp_is_the_grouped_one::<f32>();
+    }
+
+    #[test]
+    fn logsumexp_is_the_grouped_one_f64() {
+        logsumexp_is_the_grouped_one::<f64>();
     }
 
     #[test]

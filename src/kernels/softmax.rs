@@ -9,7 +9,7 @@
 //! as in PyTorch). `ln(sum)` is `log1p` of the sum's rest beside the maximum's exact 1
 //! ([`ExpSum::ln`]), so where the maximum dominates, `logsumexp([0, -40]) = 4.25e-18` and not 0.
 
-use super::lanes::{lanes_log_softmax, lanes_softmax, lanes_stats, LIMIT};
+use super::lanes::{lanes_log_softmax, lanes_logsumexp, lanes_softmax, LIMIT};
 use super::{
     dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, small_row_sum,
     small_rows_exp, small_rows_stats, sum, ExpSum, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
@@ -165,25 +165,18 @@ fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
         out.fill(T::NEG_INFINITY);
         return;
     }
+    if k < LIMIT {
+        return lanes_logsumexp(x, k, out, a);
+    }
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
         let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
-        // Sized to the input (a call of a few rows should not clear a whole group's worth);
-        // none for the lanes path, which keeps no exps.
-        let len = if k < LIMIT {
-            0
-        } else {
-            x.len().min(SMALL_ROWS * k)
-        };
+        // Sized to the input: a call of a few rows should not clear a whole group's worth.
         let (mut stack, mut heap) = ([T::ZERO; STACK_SCRATCH], Vec::new());
-        let exps = super::scratch(len, &mut stack, &mut heap);
+        let exps = super::scratch(x.len().min(SMALL_ROWS * k), &mut stack, &mut heap);
         for (xg, og) in groups(x, k).zip(out.chunks_mut(SMALL_ROWS)) {
-            if k < LIMIT {
-                lanes_stats(xg, k, &mut ms, &mut ss, &mut ls, a);
-            } else {
-                let exps = &mut exps[..xg.len()];
-                small_rows_stats(xg, k, &mut ms, exps, None, &mut ss, &mut ls, a);
-            }
+            let exps = &mut exps[..xg.len()];
+            small_rows_stats(xg, k, &mut ms, exps, None, &mut ss, &mut ls, a);
             for (((xr, &m), &l), o) in rows(xg, k).zip(&ms).zip(&ls).zip(og) {
                 *o = T::from_f64(lse_of(xr, m, l));
             }
