@@ -6,7 +6,9 @@
 //! whose `j`-th holds element `j` of every row: the maximum, the count of maxima, the exps and
 //! the sums are then `k` full-width steps for 16 rows, the `f64` logarithm runs over the 16
 //! sums at once, and results per element (probabilities, log-probabilities) are formed in
-//! lanes and transposed back. The transpositions are [`Arith::rows_to_lanes`] and
+//! lanes and transposed back; results per row (the logsumexp, the cross-entropy against a
+//! class index, whose target logit is picked out of the columns) are formed in lanes and
+//! written out 16 at a time. The transpositions are [`Arith::rows_to_lanes`] and
 //! [`Arith::lanes_to_rows`] (in registers for float32 on AVX2 and AVX-512). The gradient of
 //! the cross-entropy stays on the grouped path: as lanes it was no faster (BENCHMARKS.md).
 //!
