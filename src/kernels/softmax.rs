@@ -99,15 +99,7 @@ pub fn softmax_jacobian_row<T: Float, A: Arith>(x: &[T], s: &mut [T], out: &mut 
 /// Row-block forms: `x` and `out` hold whole rows of length `k`.
 #[inline(always)]
 fn softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
-    // PERF: with both transpositions a scalar copy, float64 65536 x 10 took 1.29x the grouped
-    // path's time (see BENCHMARKS.md).
-    let (x, out) = if k > 0 && k < LIMIT && a.lanes_in_registers::<T>() {
-        let ((xf, x), (of, out)) = full_lane_blocks(x, k, out);
-        lanes_softmax(xf, k, of, a);
-        (x, out)
-    } else {
-        (x, out)
-    };
+    let (x, out) = lanes_first(x, k, out, a, lanes_softmax);
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
         for (xg, og) in groups(x, k).zip(groups_mut(out, k)) {
@@ -126,19 +118,28 @@ fn softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     }
 }
 
-/// `x` and `out` cut after their last full block of [`ROW_LANES`] rows of `k`: the part the
-/// per-element lanes paths take, and the rest, for the grouped path (the two are bitwise
-/// equal row by row).
-// PERF: a short block goes through scalar copies both ways; float32 8 x 10 softmax took
+/// Where both transpositions run in registers, the full blocks of [`ROW_LANES`] rows of `x`
+/// through `lanes` (a per-element lanes path); returns the rest of `x` and `out` for the
+/// grouped path (the two are bitwise equal row by row).
+// PERF: only in registers, and only full blocks. With both transpositions scalar copies,
+// float64 65536 x 10 softmax took 1.29x the grouped path's time and log-softmax 1.05-1.09x
+// (BENCHMARKS.md); a short block is transposed that way too: float32 8 x 10 softmax took
 // 0.59 us per call through lanes, 0.49 us grouped (benchmarks/per_call_side_by_side.py).
-#[allow(clippy::type_complexity)]
-fn full_lane_blocks<'x, 'o, T>(
+#[inline(always)]
+fn lanes_first<'x, 'o, T: Float, A: Arith>(
     x: &'x [T],
     k: usize,
     out: &'o mut [T],
-) -> ((&'x [T], &'x [T]), (&'o mut [T], &'o mut [T])) {
+    a: A,
+    lanes: impl FnOnce(&[T], usize, &mut [T], A),
+) -> (&'x [T], &'o mut [T]) {
+    if !(k > 0 && k < LIMIT && a.lanes_in_registers::<T>()) {
+        return (x, out);
+    }
     let full = x.len() / (ROW_LANES * k) * (ROW_LANES * k);
-    (x.split_at(full), out.split_at_mut(full))
+    let ((xf, x), (of, out)) = (x.split_at(full), out.split_at_mut(full));
+    lanes(xf, k, of, a);
+    (x, out)
 }
 
 /// Groups of [`SMALL_ROWS`] rows (the last may be shorter) for the small-row path.
@@ -152,15 +153,7 @@ fn groups_mut<T>(x: &mut [T], k: usize) -> std::slice::ChunksMut<'_, T> {
 
 #[inline(always)]
 fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
-    // PERF: as softmax: through scalar copies, float64 65536 x 10 took 1.05-1.09x the grouped
-    // path's time (0.80x at 4 classes).
-    let (x, out) = if k > 0 && k < LIMIT && a.lanes_in_registers::<T>() {
-        let ((xf, x), (of, out)) = full_lane_blocks(x, k, out);
-        lanes_log_softmax(xf, k, of, a);
-        (x, out)
-    } else {
-        (x, out)
-    };
+    let (x, out) = lanes_first(x, k, out, a, lanes_log_softmax);
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
         let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
