@@ -9,13 +9,15 @@
 //! lanes and transposed back; results per row (the logsumexp, the cross-entropy against a
 //! class index, whose target logit is picked out of the columns) are formed in lanes and
 //! written out 16 at a time. The transpositions are [`Arith::rows_to_lanes`] and
-//! [`Arith::lanes_to_rows`] (in registers for float32 on AVX2 and AVX-512). The gradient of
-//! the cross-entropy stays on the grouped path: as lanes it was no faster (BENCHMARKS.md).
+//! [`Arith::lanes_to_rows`] (in registers for float32 on AVX2 and AVX-512). The cross-entropy
+//! against class indices with its gradient is both: losses per row, the gradient per element
+//! (the target's element set row by row after the way back).
 //!
 //! Each lane does exactly the scalar arithmetic of the grouped short-row paths for its row,
 //! in the same order (the maximum over `j`, then sums from 0 upwards in `T`), so the two are
 //! bitwise equal; tests hold them to it.
 
+use super::online::top_grad;
 use super::softmax::lse_of;
 use super::{ExpSum, LANES};
 use crate::float::Float;
@@ -163,6 +165,54 @@ pub(crate) fn lanes_logsumexp<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [
     });
 }
 
+/// A lane's class index: `IGNORED`, `OUTSIDE` `[0, k)`, or the index.
+const IGNORED: i32 = -1;
+const OUTSIDE: i32 = -2;
+
+/// The class indices `idx` of a block's rows as lanes (lanes past its rows ignored).
+#[inline(always)]
+fn lane_targets(idx: &[i64], ignore: i64, k: usize) -> [i32; ROW_LANES] {
+    let mut t = [IGNORED; ROW_LANES];
+    for (tl, &i) in t.iter_mut().zip(idx) {
+        let inside = if (i as u64) < k as u64 {
+            i as i32
+        } else {
+            OUTSIDE
+        };
+        *tl = if i == ignore { IGNORED } else { inside };
+    }
+    t
+}
+
+/// Each lane's value in the column of its class index `t` (any column for the others).
+// PERF: a load per lane from the columns; LLVM turned a select per column into a branch per
+// lane (float32 65536 x 10 cross_entropy took 1.7 times as long).
+#[inline(always)]
+fn at_targets<T: Float>(cols: &[[T; ROW_LANES]], t: &[i32; ROW_LANES]) -> [T; ROW_LANES] {
+    let last = cols.len() - 1;
+    let mut at = [T::ZERO; ROW_LANES];
+    for l in 0..ROW_LANES {
+        at[l] = cols[(t[l] as usize).min(last)][l];
+    }
+    at
+}
+
+/// Each lane's loss `-((x_t - m) - ln s)`: 0 where ignored, NaN for an index outside the row.
+#[inline(always)]
+fn lane_losses<T: Float>(
+    at: [T; ROW_LANES],
+    st: &LaneStats<T>,
+    t: &[i32; ROW_LANES],
+) -> [f64; ROW_LANES] {
+    let mut loss = [0.0; ROW_LANES];
+    for l in 0..ROW_LANES {
+        let v = -((at[l].to_f64() - st.m[l].to_f64()) - st.lns[l]);
+        let v = if t[l] == OUTSIDE { f64::NAN } else { v };
+        loss[l] = if t[l] == IGNORED { 0.0 } else { v };
+    }
+    loss
+}
+
 /// The plain cross-entropy `lse - x_t` of rows of `0 < k < LIMIT` on the class indices `idx`
 /// (one per row), bitwise the row path's: 0 where the index is `ignore`; NaN for an index
 /// outside `[0, k)` (the callers check them first).
@@ -176,8 +226,9 @@ pub(crate) fn lanes_class_losses<T: Float, A: Arith>(
     a: A,
 ) {
     assert_eq!(idx.len() * k, x.len(), "one class index per row");
-    const IGNORED: i32 = -1;
-    const OUTSIDE: i32 = -2;
+    // PERF: the targets and losses written out here, not through the helpers that
+    // `lanes_class_grads` uses: through them, this kernel's code was laid out differently and
+    // float32 65536 x 4 and x 10 took 1.05-1.21x the time (five builds).
     lane_blocks(x, k, a, |first, rows, cols, st| {
         let mut t = [IGNORED; ROW_LANES];
         for (tl, &i) in t.iter_mut().zip(&idx[first..first + rows]) {
@@ -200,6 +251,100 @@ pub(crate) fn lanes_class_losses<T: Float, A: Arith>(
         }
         losses[first..first + rows].copy_from_slice(&loss[..rows]);
     });
+}
+
+/// [`lanes_class_losses`] with the gradient: into `grad` (laid out as `x`) each row's
+/// `scale(r) * (softmax - onehot)`, bitwise the grouped path's (the exps times one over their
+/// sum, then times the scale; at the target minus the scale, or `scale * top_grad` where the
+/// target is the dominating maximum). Ignored rows get 0, rows whose index lies outside
+/// `[0, k)` NaN. Full blocks of [`ROW_LANES`] rows only: this path only pays off where both
+/// transpositions run in registers, and a short block's are copies.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // an input, its targets, the scales and two outputs
+pub(crate) fn lanes_class_grads<T: Float, A: Arith>(
+    x: &[T],
+    k: usize,
+    idx: &[i64],
+    ignore: i64,
+    scale: impl Fn(usize) -> f64,
+    grad: &mut [T],
+    losses: &mut [f64],
+    a: A,
+) {
+    assert!(k > 0 && k < LIMIT, "rows of 1 to {} elements", LIMIT - 1);
+    assert_eq!(idx.len() * k, x.len(), "one class index per row");
+    assert!(
+        grad.len() == x.len() && losses.len() == idx.len(),
+        "outputs as x"
+    );
+    assert!(
+        idx.len().is_multiple_of(ROW_LANES),
+        "full blocks of {ROW_LANES} rows"
+    );
+    let mut xt = [[T::ZERO; ROW_LANES]; MAX_K];
+    let blocks = (x
+        .chunks_exact(ROW_LANES * k)
+        .zip(grad.chunks_exact_mut(ROW_LANES * k)))
+    .zip(
+        idx.chunks_exact(ROW_LANES)
+            .zip(losses.chunks_exact_mut(ROW_LANES)),
+    );
+    for (b, ((xb, gb), (ib, lb))) in blocks.enumerate() {
+        a.rows_to_lanes(xb, k, &mut xt);
+        let cols = &mut xt[..k];
+        let t = lane_targets(ib, ignore, k);
+        let m = lane_max(cols);
+        let at = at_targets(cols, &t);
+        // lane_sums' arithmetic, the exps kept in place.
+        let (mut count, mut rest) = ([0u32; ROW_LANES], [T::ZERO; ROW_LANES]);
+        for col in cols.iter_mut() {
+            per_column();
+            for l in 0..ROW_LANES {
+                let d = col[l] - m[l];
+                count[l] += u32::from(col[l] == m[l]);
+                let e = a.exp_nonpos(d);
+                rest[l] += if d == T::ZERO { T::ZERO } else { e };
+                col[l] = e;
+            }
+        }
+        // PERF: loops over the lanes, not `array::from_fn` (left as a call, 7% of a call).
+        let (mut sums, mut lns) = ([ExpSum::ZERO; ROW_LANES], [0.0; ROW_LANES]);
+        for l in 0..ROW_LANES {
+            sums[l] = ExpSum::of_ones_and_rest(count[l], rest[l].to_f64());
+            lns[l] = sums[l].ln();
+        }
+        lb.copy_from_slice(&lane_losses(at, &LaneStats { m, lns }, &t));
+        let mut sc = [0.0; ROW_LANES];
+        for (r, s) in sc.iter_mut().enumerate() {
+            *s = scale(b * ROW_LANES + r);
+        }
+        let (mut ca, mut inv_s) = ([T::ZERO; ROW_LANES], [T::ZERO; ROW_LANES]);
+        for l in 0..ROW_LANES {
+            (ca[l], inv_s[l]) = (T::from_f64(sc[l]), T::from_f64(1.0 / sums[l].s));
+        }
+        for col in cols.iter_mut() {
+            per_column();
+            for l in 0..ROW_LANES {
+                col[l] = ca[l] * (col[l] * inv_s[l]);
+            }
+        }
+        let at_grad = at_targets(cols, &t);
+        let mut fix = [T::ZERO; ROW_LANES];
+        for l in 0..ROW_LANES {
+            let top = T::from_f64(sc[l] * top_grad(1.0, 0.0, 0.0, 1.0, sums[l]));
+            let plain = at_grad[l] - T::from_f64(sc[l]);
+            let at_top = sums[l].dominated() & (at[l] == m[l]);
+            fix[l] = if at_top { top } else { plain };
+        }
+        a.lanes_to_rows(&xt, k, gb);
+        for (gr, (&tl, &f)) in gb.chunks_mut(k).zip(t.iter().zip(&fix)) {
+            match tl {
+                IGNORED => gr.fill(T::ZERO),
+                OUTSIDE => gr.fill(T::from_f64(f64::NAN)),
+                c => gr[c as usize] = f,
+            }
+        }
+    }
 }
 
 /// `out = softmax(x)` for rows of `0 < k < LIMIT`, bitwise the grouped path's

@@ -232,22 +232,21 @@ pub fn multiclass_loss<T: Float>(
             Targets::Index { .. } => RowTarget::Class(idx[i] as usize),
             Targets::Probs(_) => RowTarget::Probs(&probs[i * k..(i + 1) * k]),
         };
+        let by_index = matches!(targets, Targets::Index { .. });
         match (loss, g_piece.as_mut()) {
             (Loss::CrossEntropy(o), Some(gp)) => {
                 let scale = block_scale(upstream, uniform, r.clone(), &mut su);
                 gp.store::<T, _>(&mut sg, |g| {
-                    kernels::cross_entropy::cross_entropy(
-                        isa,
-                        xs,
-                        k,
-                        target,
-                        o,
-                        Some((g, scale)),
-                        row_losses,
-                    )
+                    if by_index {
+                        let (t, g) = ((idx, ignore), (g, scale));
+                        kernels::cross_entropy::class_grads(isa, xs, k, t, o, g, row_losses)
+                    } else {
+                        let g = Some((g, scale));
+                        kernels::cross_entropy::cross_entropy(isa, xs, k, target, o, g, row_losses)
+                    }
                 });
             }
-            (Loss::CrossEntropy(o), None) if matches!(targets, Targets::Index { .. }) => {
+            (Loss::CrossEntropy(o), None) if by_index => {
                 kernels::cross_entropy::class_losses(isa, xs, k, idx, ignore, o, row_losses)
             }
             (Loss::CrossEntropy(o), None) => {
