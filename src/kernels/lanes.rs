@@ -19,7 +19,7 @@
 
 use super::online::top_grad;
 use super::softmax::lse_of;
-use super::{ExpSum, LANES};
+use super::{per_column, ExpSum, LANES};
 use crate::float::Float;
 use crate::isa::Arith;
 use crate::simd::MAX_K;
@@ -27,21 +27,6 @@ pub(crate) use crate::simd::ROW_LANES;
 
 /// The lanes paths take rows of `1..LIMIT` elements.
 pub(crate) const LIMIT: usize = if LANES < MAX_K { LANES } else { MAX_K };
-
-/// Called once per column in the loops over a block's columns: an empty `asm!`, which LLVM's
-/// loop vectorizer cannot vectorize, so it leaves those loops alone and the SLP vectorizer
-/// makes each column's 16 lanes one vector (or two, or four). Left to itself, the loop
-/// vectorizer took the loop over columns, once the lanes were unrolled, and vectorized it
-/// with a gather and a scatter per lane: float32 65536 x 10 softmax took 2.5 times as long.
-#[inline(always)]
-fn per_column() {
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    // SAFETY: an empty template: no instruction is emitted and no register, flag, stack or
-    // memory is touched.
-    unsafe {
-        std::arch::asm!("", options(nomem, nostack, preserves_flags));
-    }
-}
 
 /// Each lane's maximum over the columns `cols` (the value of `row_max`: the order does not
 /// matter to a maximum).
