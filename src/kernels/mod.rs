@@ -90,12 +90,11 @@ fn lanes_total_t<T: Float>(acc: [T; LANES], tail: T) -> f64 {
     lanes_total(acc.map(|v| v.to_f64()), tail.to_f64())
 }
 
-/// Called once per step of a loop whose body is already a vector's worth of lanes (a column
-/// of [`lanes`], a step of [`LANES`] accumulators): an empty `asm!`, which LLVM's loop
-/// vectorizer cannot vectorize, so it leaves those loops alone and the SLP vectorizer makes
-/// each step's 16 lanes one vector (or two, or four). Left to itself, the loop
-/// vectorizer took the loop over columns, once the lanes were unrolled, and vectorized it
-/// with a gather and a scatter per lane: float32 65536 x 10 softmax took 2.5 times as long.
+/// Called once per column in the loops over a block's columns in [`lanes`]: an empty `asm!`,
+/// which LLVM's loop vectorizer cannot vectorize, so it leaves those loops alone and the SLP
+/// vectorizer makes each column's 16 lanes one vector (or two, or four). Left to itself, the
+/// loop vectorizer took the loop over columns, once the lanes were unrolled, and vectorized
+/// it with a gather and a scatter per lane: float32 65536 x 10 softmax took 2.5 times as long.
 #[inline(always)]
 pub(crate) fn per_column() {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
