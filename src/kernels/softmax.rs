@@ -213,6 +213,24 @@ fn softmax_backward_rows<T: Float, A: Arith>(g: &[T], s: &[T], k: usize, out: &m
 
 #[inline(always)]
 fn log_softmax_backward_rows<T: Float, A: Arith>(g: &[T], ls: &[T], k: usize, out: &mut [T], a: A) {
+    if k > 0 && k < SMALL_K {
+        // PERF: the exps as one flat map over a group of rows, then each row's sum and
+        // update: per row, a map of a few elements ran mostly in its loop's scalar remainder
+        // (float32 65536 x 10: see BENCHMARKS.md). The same operations as the row path.
+        let groups = groups(g, k).zip(groups(ls, k)).zip(groups_mut(out, k));
+        for ((gg, lg), og) in groups {
+            for (o, &l) in og.iter_mut().zip(lg) {
+                *o = a.exp(l);
+            }
+            for (gr, or) in rows(gg, k).zip(rows_mut(og, k)) {
+                let sg = T::from_f64(sum(gr));
+                for (o, &gi) in or.iter_mut().zip(gr) {
+                    *o = gi - *o * sg;
+                }
+            }
+        }
+        return;
+    }
     for ((gr, lr), or) in rows(g, k).zip(rows(ls, k)).zip(rows_mut(out, k)) {
         log_softmax_backward_row(gr, lr, or, a);
     }
@@ -380,6 +398,37 @@ pub(crate) mod tests {
         assert!(s.iter().all(|v| v.is_nan()));
         logsumexp::<f64>(Level::active(), &[], 0, &mut o);
         assert_eq!(o[0], f64::NEG_INFINITY);
+    }
+
+    #[inline(always)]
+    fn backward_by_rows_with<T: Float, A: Arith>(g: &[T], ls: &[T], k: usize, out: &mut [T], a: A) {
+        for ((gr, lr), or) in rows(g, k).zip(rows(ls, k)).zip(rows_mut(out, k)) {
+            log_softmax_backward_row(gr, lr, or, a);
+        }
+    }
+
+    crate::isa::isa_dispatch! {
+        pub fn backward_by_rows[T: Float](g: &[T], ls: &[T], k: usize, out: &mut [T]) =
+            backward_by_rows_with;
+    }
+
+    /// The grouped log-softmax backward pass of rows under [`SMALL_K`] is bitwise the row
+    /// path at every level, infinities and NaN included.
+    #[test]
+    fn short_log_softmax_backward_is_the_row_path() {
+        for (k, ls) in small_rows_cases() {
+            let g: Vec<f32> = (0..ls.len())
+                .map(|i| ((i * 13) % 17) as f32 / 4.0 - 2.0)
+                .collect();
+            for level in Level::supported() {
+                let (mut got, mut want) = (vec![0f32; ls.len()], vec![1f32; ls.len()]);
+                log_softmax_backward(level, &g, &ls, k, &mut got);
+                backward_by_rows(level, &g, &ls, k, &mut want);
+                let bad = (got.iter().zip(&want))
+                    .position(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan()));
+                assert!(bad.is_none(), "{level:?} k={k} at {bad:?}");
+            }
+        }
     }
 
     #[test]
