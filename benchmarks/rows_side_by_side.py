@@ -23,6 +23,11 @@ ap.add_argument("builds", nargs="+", metavar="NAME=PATH")
 ap.add_argument("--shape", action="append", metavar="NxK", help="default: 65536x10")
 ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
 ap.add_argument("--rounds", type=int, default=15)
+ap.add_argument(
+    "--backward",
+    action="store_true",
+    help="time softmax_backward and log_softmax_backward (into fresh arrays) instead",
+)
 args = ap.parse_args()
 
 mods = load(args.builds)
@@ -35,8 +40,16 @@ for shape in args.shape or ["65536x10"]:
     t = rng.integers(0, k, n)
     o = np.empty_like(x)
 
-    def calls(m, x=x, t=t, o=o):
+    g = rng.standard_normal((n, k)).astype(args.dtype)
+    p, lp = mods[names[0]].softmax(x), mods[names[0]].log_softmax(x)
+
+    def calls(m, x=x, t=t, o=o, g=g, p=p, lp=lp):
         """One build's timed calls, each a closure over its module and this shape's arrays."""
+        if args.backward:
+            return {
+                "softmax_backward": lambda: m.softmax_backward(g, p),
+                "log_softmax_backward": lambda: m.log_softmax_backward(g, lp),
+            }
         return {
             "logsumexp": lambda: m.logsumexp(x),
             "cross_entropy": lambda: m.cross_entropy(x, t),
