@@ -76,6 +76,13 @@ impl<T: Float> CeOptions<T> {
         }
     }
 
+    /// No weights, smoothing or z-loss: the loss is the negative log-likelihood of the target
+    /// alone (a soft cap may still apply).
+    #[inline(always)]
+    fn plain_terms(&self) -> bool {
+        self.weight.is_none() && self.label_smoothing == 0.0 && self.z_loss == 0.0
+    }
+
     #[inline(always)]
     fn w(&self, c: usize) -> f64 {
         self.weight.as_ref().map_or(1.0, |w| w[c].to_f64())
@@ -312,7 +319,7 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
     a: A,
 ) {
     let mut capped = Vec::new();
-    let plain = o.weight.is_none() && o.label_smoothing == 0.0 && o.z_loss == 0.0;
+    let plain = o.plain_terms();
     if grad.is_none() && plain && k < LIMIT {
         return plain_lane_losses(x, k, targets, o, losses, a);
     }
@@ -438,7 +445,7 @@ fn class_losses_rows<T: Float, A: Arith>(
     losses: &mut [f64],
     a: A,
 ) {
-    let plain = o.weight.is_none() && o.label_smoothing == 0.0 && o.z_loss == 0.0;
+    let plain = o.plain_terms();
     if plain && o.softcap.is_none() && k > 0 && k < LIMIT {
         return lanes_class_losses(x, k, idx, ignore, losses, a);
     }
@@ -481,7 +488,7 @@ fn class_grads_rows<T: Float, A: Arith>(
     losses: &mut [f64],
     a: A,
 ) {
-    let plain = o.weight.is_none() && o.label_smoothing == 0.0 && o.z_loss == 0.0;
+    let plain = o.plain_terms();
     let target = class_targets(idx, ignore);
     if !(plain && o.softcap.is_none() && k > 0 && k < LIMIT && a.lanes_in_registers::<T>()) {
         return cross_entropy_rows(x, k, target, o, Some((grad, scale)), losses, a);
