@@ -193,13 +193,25 @@ struct Layout {
 
 impl Layout {
     /// `axis = None` makes every element its own row of length one.
+    #[inline(always)]
     fn new(dtype: DType, shape: &[usize], strides: &[isize], axis: Option<usize>) -> Layout {
         assert_eq!(shape.len(), strides.len(), "one stride per axis");
         let (k, k_stride) = match axis {
             Some(a) => (shape[a], strides[a]),
             None => (1, dtype.size() as isize),
         };
-        let mut outer = Outer::new();
+        let k_stride = if k <= 1 {
+            dtype.size() as isize
+        } else {
+            k_stride
+        };
+        // PERF: inlined, with the views' constructors, into the binding's calls, and the first
+        // two outer axes kept in locals rather than pushed into `outer` in memory: eight-byte
+        // stores read back by the sixteen-byte loads of a move stall store-to-load forwarding
+        // (tens of ns on a tiny array's call, see BENCHMARKS.md).
+        let (mut first, mut second, mut more): (_, _, Vec<(usize, isize)>) =
+            ((0, 0), (0, 0), Vec::new());
+        let mut n_outer = 0usize;
         let mut n_rows = 1usize;
         for (d, (&len, &st)) in shape.iter().zip(strides).enumerate() {
             if Some(d) == axis {
@@ -209,15 +221,33 @@ impl Layout {
             if len == 1 {
                 continue;
             }
-            match outer.last_mut() {
+            let last = match n_outer {
+                0 => None,
+                1 => Some(&mut first),
+                2 => Some(&mut second),
+                _ => more.last_mut(),
+            };
+            match last {
                 Some(last) if last.1 == st * len as isize => *last = (last.0 * len, st),
-                _ => outer.push((len, st)),
+                _ => {
+                    match n_outer {
+                        0 => first = (len, st),
+                        1 => second = (len, st),
+                        _ => more.push((len, st)),
+                    }
+                    n_outer += 1;
+                }
             }
         }
-        let k_stride = if k <= 1 {
-            dtype.size() as isize
+        let outer = if n_outer <= 2 {
+            Dims::Inline {
+                len: n_outer,
+                items: [first, second],
+            }
         } else {
-            k_stride
+            let mut all = vec![first, second];
+            all.extend(more);
+            Dims::Heap(all)
         };
         Layout {
             dtype,
@@ -401,6 +431,7 @@ impl<'a> View<'a> {
     /// `ptr`, `shape` and `strides` must describe memory of `dtype` elements valid for reads
     /// for all of `'a`, which nothing writes during `'a`.
     #[cfg_attr(not(feature = "python"), allow(dead_code))] // the binding's
+    #[inline(always)]
     pub unsafe fn from_raw(
         ptr: *const u8,
         dtype: DType,
@@ -524,6 +555,7 @@ impl<'a> ViewMut<'a> {
     /// `ptr`, `shape` and `strides` must describe memory of `dtype` elements valid for reads
     /// and writes for all of `'a`, which nothing else reads or writes during `'a`.
     #[cfg_attr(not(feature = "python"), allow(dead_code))] // the binding's
+    #[inline(always)]
     pub unsafe fn from_raw(
         ptr: *mut u8,
         dtype: DType,

@@ -12,7 +12,7 @@ use pyo3::sync::PyOnceLock;
 
 use crate::dtype::DType;
 use crate::error::fmt_index;
-use crate::strided::{Dims, View, ViewMut};
+use crate::strided::{View, ViewMut};
 
 /// Axes kept in place: every array of up to four dimensions.
 pub const AXES: usize = 4;
@@ -127,8 +127,6 @@ fn dtype_name(d: &Bound<'_, PyArrayDescr>) -> String {
 pub struct Arr<'py> {
     pub arr: Bound<'py, PyUntypedArray>,
     pub dtype: DType,
-    pub shape: Dims<usize, AXES>,
-    pub strides: Dims<isize, AXES>,
     ptr: *mut u8,
 }
 
@@ -154,42 +152,53 @@ impl<'py> Arr<'py> {
         Ok(Self::wrap(arr, dtype))
     }
 
+    #[inline(always)]
     fn wrap(arr: Bound<'py, PyUntypedArray>, dtype: DType) -> Self {
         // SAFETY: as_array_ptr points at the live PyArrayObject that `arr` keeps alive.
         let ptr = unsafe { (*arr.as_array_ptr()).fields.data as *mut u8 };
-        Arr {
-            shape: Dims::from(arr.shape()),
-            strides: Dims::from(arr.strides()),
-            arr,
-            dtype,
-            ptr,
-        }
+        Arr { arr, dtype, ptr }
+    }
+
+    /// The array's shape, read from NumPy's own object.
+    // PERF: not copied into the Arr: a copy of a few axes just written, read back by wider
+    // loads when the Arr moved, stalled the store buffer (tens of ns on a tiny array's call).
+    #[inline(always)]
+    pub fn shape(&self) -> &[usize] {
+        self.arr.shape()
+    }
+
+    /// Its strides in bytes.
+    #[inline(always)]
+    pub fn strides(&self) -> &[isize] {
+        self.arr.strides()
     }
 
     pub fn ndim(&self) -> usize {
-        self.shape.len()
+        self.shape().len()
     }
 
     pub fn size(&self) -> usize {
-        self.shape.iter().product()
+        self.shape().iter().product()
     }
 
     /// The array as rows along `axis` (`None`: one row per element, in C order), for reading.
+    #[inline(always)]
     pub fn view(&self, axis: Option<usize>) -> View<'_> {
         // SAFETY: ptr/shape/strides come from the live array, which `self` keeps referenced
         // for the borrow. The binding writes no input: one that shares memory with an output
         // was copied first or is read from that output itself (`guard_against`). Another
         // Python thread writing the array meanwhile is a race in the caller's program, as with
         // any NumPy function that releases the GIL.
-        unsafe { View::from_raw(self.ptr, self.dtype, &self.shape, &self.strides, axis) }
+        unsafe { View::from_raw(self.ptr, self.dtype, self.shape(), self.strides(), axis) }
     }
 
     /// The array as rows along `axis`, for writing; an error if two of its elements share
     /// memory (an `out=` made by `as_strided`, say).
+    #[inline(always)]
     pub fn view_mut(&mut self, axis: Option<usize>) -> crate::Result<ViewMut<'_>> {
         // SAFETY: as in `view`; outputs are fresh arrays or the caller's `out=`, which no
         // input viewed during the call shares memory with (`guard_against`).
-        unsafe { ViewMut::from_raw(self.ptr, self.dtype, &self.shape, &self.strides, axis) }
+        unsafe { ViewMut::from_raw(self.ptr, self.dtype, self.shape(), self.strides(), axis) }
     }
 
     /// This fresh C-contiguous array seen as `n` rows of `k` elements, for writing (results
@@ -197,11 +206,11 @@ impl<'py> Arr<'py> {
     pub fn rows_mut(&mut self, n: usize, k: usize) -> crate::Result<ViewMut<'_>> {
         let size = self.dtype.size() as isize;
         let contiguous =
-            self.size() == 0 || self.strides == crate::strided::c_strides(&self.shape, size);
+            self.size() == 0 || self.strides() == crate::strided::c_strides(self.shape(), size);
         if n * k != self.size() || !contiguous {
             return Err(crate::Error::Shape(format!(
                 "{} is not {n} contiguous rows of {k}",
-                fmt_index(&self.shape)
+                fmt_index(self.shape())
             )));
         }
         // SAFETY: as in `view_mut`; checked above to be exactly n * k contiguous elements.
@@ -223,11 +232,11 @@ impl<'py> Arr<'py> {
         axis: Option<usize>,
         what: &str,
     ) -> PyResult<View<'_>> {
-        let strides = crate::strided::broadcast_strides(&self.shape, &self.strides, shape)
+        let strides = crate::strided::broadcast_strides(self.shape(), self.strides(), shape)
             .map_err(|_| {
                 PyValueError::new_err(format!(
                     "{what} of shape {} does not broadcast to the input shape {}",
-                    fmt_index(&self.shape),
+                    fmt_index(self.shape()),
                     fmt_index(shape)
                 ))
             })?;
@@ -237,11 +246,11 @@ impl<'py> Arr<'py> {
 
     /// The byte range the array's elements occupy, or `None` when it has none.
     fn extent(&self) -> Option<(usize, usize)> {
-        if self.shape.contains(&0) {
+        if self.shape().contains(&0) {
             return None;
         }
         let (mut lo, mut hi) = (self.ptr as isize, self.ptr as isize);
-        for (&len, &st) in self.shape.iter().zip(&self.strides) {
+        for (&len, &st) in self.shape().iter().zip(self.strides()) {
             let span = (len as isize - 1) * st;
             if span < 0 {
                 lo += span;
@@ -254,8 +263,8 @@ impl<'py> Arr<'py> {
 
     fn same_layout(&self, other: &Arr<'_>) -> bool {
         self.ptr == other.ptr
-            && self.shape == other.shape
-            && self.strides == other.strides
+            && self.shape() == other.shape()
+            && self.strides() == other.strides()
             && self.dtype == other.dtype
     }
 
@@ -327,16 +336,20 @@ impl<'py> Arr<'py> {
                 )));
             }
         };
-        let mut dims: Dims<npy_intp, AXES> = shape.iter().map(|&d| d as npy_intp).collect();
+        // PERF: the shape as it is, not a copy: `npy_intp` is `isize`, of `usize`'s size, and
+        // copying the axes just before NumPy read them back stalled the store buffer.
+        let dims = shape.as_ptr() as *mut npy_intp;
         // SAFETY: NewFromDescr steals the descriptor reference `into_dtype_ptr` hands over;
-        // dims outlives the call; a NULL result is turned into the pending Python error.
+        // it only reads `dims` (`npy_intp const *` in NumPy's C API), `shape.len()` values
+        // that outlive the call and are below `isize::MAX` (axes of arrays that exist); a
+        // NULL result is turned into the pending Python error.
         let arr = unsafe {
             let p = PY_ARRAY_API.PyArray_NewFromDescr(
                 py,
                 npyffi::get_type_object(py, npyffi::NpyTypes::PyArray_Type),
                 descr.into_dtype_ptr(),
-                dims.len() as c_int,
-                dims.as_mut_ptr(),
+                shape.len() as c_int,
+                dims,
                 ptr::null_mut(),
                 ptr::null_mut(),
                 0,
@@ -397,7 +410,7 @@ impl<'py> Arr<'py> {
 
     /// The array itself, or the NumPy scalar inside a 0-d array (as NumPy's reductions return).
     pub fn into_result(self) -> PyResult<Bound<'py, PyAny>> {
-        if self.shape.is_empty() {
+        if self.shape().is_empty() {
             let py = self.arr.py();
             self.arr.as_any().get_item(pyo3::types::PyTuple::empty(py))
         } else {

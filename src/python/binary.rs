@@ -32,11 +32,11 @@ pub(super) fn binary<'py>(
     let mut x = arg(py, f, input, "input")?;
     let mut y = arg(py, f, target, "target")?;
     let reduction = parse_reduction(py, f, reduction)?;
-    if y.shape != x.shape {
+    if y.shape() != x.shape() {
         return Err(PyValueError::new_err(format!(
             "{f}: target has shape {} but input has shape {}; they must be equal",
-            fmt_index(&y.shape),
-            fmt_index(&x.shape)
+            fmt_index(y.shape()),
+            fmt_index(x.shape())
         )));
     }
     let dt = x.dtype.result();
@@ -49,7 +49,7 @@ pub(super) fn binary<'py>(
         .map(|w| arg(py, f, w, "pos_weight"))
         .transpose()?;
     let (scalar_up, mut up_arr) = if want_grad {
-        upstream(py, f, grad_output, reduction, &x.shape)?
+        upstream(py, f, grad_output, reduction, x.shape())?
     } else {
         (1.0, None)
     };
@@ -66,7 +66,7 @@ pub(super) fn binary<'py>(
         )?,
         None => false,
     };
-    let shape = x.shape.clone();
+    let shape = x.shape();
     let axis = if shape.is_empty() {
         None
     } else {
@@ -76,20 +76,20 @@ pub(super) fn binary<'py>(
     let yv = y.view(axis);
     let wv = w
         .as_ref()
-        .map(|w| w.broadcast_view(&shape, axis, "weight"))
+        .map(|w| w.broadcast_view(shape, axis, "weight"))
         .transpose()
         .map_err(|e| prefixed(py, f, e))?;
     let pv = pw
         .as_ref()
-        .map(|p| p.broadcast_view(&shape, axis, "pos_weight"))
+        .map(|p| p.broadcast_view(shape, axis, "pos_weight"))
         .transpose()
         .map_err(|e| prefixed(py, f, e))?;
     let uv = up_arr
         .as_ref()
-        .map(|u| u.broadcast_view(&shape, axis, "grad_output"))
+        .map(|u| u.broadcast_view(shape, axis, "grad_output"))
         .transpose()?;
     let mut losses = if reduction == Reduction::None {
-        Some(Arr::empty(py, &shape, dt, &x)?)
+        Some(Arr::empty(py, shape, dt, &x)?)
     } else {
         None
     };
@@ -108,7 +108,7 @@ pub(super) fn binary<'py>(
         target: &yv,
         weight: wv.as_ref(),
         pos_weight: pv.as_ref(),
-        shape: &shape,
+        shape,
     };
     let up = match &uv {
         Some(v) => Upstream::PerRow(v),

@@ -69,28 +69,31 @@ fn linear<'py>(
     if h.ndim() != 2 {
         return Err(shape_error(
             f,
-            format!("hidden must have shape (N, D), got {}", fmt_index(&h.shape)),
+            format!(
+                "hidden must have shape (N, D), got {}",
+                fmt_index(h.shape())
+            ),
         ));
     }
-    let (n, d) = (h.shape[0], h.shape[1]);
-    if w.ndim() != 2 || w.shape[1] != d {
+    let (n, d) = (h.shape()[0], h.shape()[1]);
+    if w.ndim() != 2 || w.shape()[1] != d {
         return Err(shape_error(
             f,
             format!(
                 "weight must have shape (V, D) with D = {d} as hidden of shape {} has, got {}",
-                fmt_index(&h.shape),
-                fmt_index(&w.shape)
+                fmt_index(h.shape()),
+                fmt_index(w.shape())
             ),
         ));
     }
-    let v = w.shape[0];
+    let v = w.shape()[0];
     let t = arg(py, f, target, "target")?;
-    if t.shape != [n] {
+    if t.shape() != [n] {
         return Err(shape_error(
             f,
             format!(
                 "target must have shape ({n},), one class index per row of hidden, got {}",
-                fmt_index(&t.shape)
+                fmt_index(t.shape())
             ),
         ));
     }
@@ -109,10 +112,10 @@ fn linear<'py>(
         .map(|b| arg(py, f, b, "bias"))
         .transpose()?;
     if let Some(b) = &b {
-        if b.shape != [v] {
+        if b.shape() != [v] {
             return Err(shape_error(
                 f,
-                format!("bias must have shape ({v},), got {}", fmt_index(&b.shape)),
+                format!("bias must have shape ({v},), got {}", fmt_index(b.shape())),
             ));
         }
     }

@@ -53,10 +53,10 @@ pub(super) fn class_weights(
     k: usize,
 ) -> PyResult<Vec<f64>> {
     let w = arg(py, f, w, "weight")?;
-    if w.shape != [k] {
+    if w.shape() != [k] {
         return Err(PyValueError::new_err(format!(
             "{f}: weight must have shape ({k},), one value per class, got {}",
-            fmt_index(&w.shape)
+            fmt_index(w.shape())
         )));
     }
     ensure_allocatable(f, k.saturating_mul(16))?; // the f64 weights and their compute-type copy
@@ -88,10 +88,10 @@ pub(super) fn upstream<'py>(
         };
     }
     let a = arg(py, f, g, "grad_output")?;
-    if crate::strided::broadcast_strides(&a.shape, &a.strides, loss_shape).is_err() {
+    if crate::strided::broadcast_strides(a.shape(), a.strides(), loss_shape).is_err() {
         return Err(PyValueError::new_err(format!(
             "{f}: grad_output of shape {} does not match the per-row loss shape {}",
-            fmt_index(&a.shape),
+            fmt_index(a.shape()),
             fmt_index(loss_shape)
         )));
     }
@@ -107,8 +107,8 @@ pub(super) fn grad_buffer<'py>(
     dt: DType,
 ) -> PyResult<Arr<'py>> {
     match out.filter(|o| !o.is_none()) {
-        Some(o) => Arr::out(o, &x.shape, dt).map_err(|e| prefixed(py, f, e)),
-        None => Arr::empty(py, &x.shape, dt, x),
+        Some(o) => Arr::out(o, x.shape(), dt).map_err(|e| prefixed(py, f, e)),
+        None => Arr::empty(py, x.shape(), dt, x),
     }
 }
 
@@ -144,8 +144,8 @@ pub(super) fn multiclass<'py>(
     let a = norm_axis(py, f, o.axis, x.ndim())?;
     let reduction = parse_reduction(py, f, o.reduction)?;
     check_options(py, f, &o)?;
-    let k = x.shape[a];
-    let outer = shape_without(&x.shape, a);
+    let k = x.shape()[a];
+    let outer = shape_without(x.shape(), a);
     let dt = x.dtype.result();
     let weight = o
         .weight
@@ -154,9 +154,9 @@ pub(super) fn multiclass<'py>(
         .transpose()?;
 
     let mut t = arg(py, f, target, "target")?;
-    let probs = if t.shape == x.shape {
+    let probs = if t.shape() == x.shape() {
         true
-    } else if t.shape == outer {
+    } else if t.shape() == &*outer {
         if !t.dtype.is_integer() {
             // A float array of the index shape is a shape mismatch (probabilities need the
             // input's shape: a ValueError, as the conformance vectors ask); a bool one is of a
@@ -169,18 +169,18 @@ pub(super) fn multiclass<'py>(
             return Err(err(format!(
                 "{f}: class-index targets must have an integer dtype, got {} (probability targets need the input's shape {})",
                 t.dtype.name(),
-                fmt_index(&x.shape)
+                fmt_index(x.shape())
             )));
         }
         false
     } else {
         return Err(PyValueError::new_err(format!(
             "{f}: target has shape {} but input of shape {} with axis={} needs class indices of shape {} or probabilities of shape {}",
-            fmt_index(&t.shape),
-            fmt_index(&x.shape),
+            fmt_index(t.shape()),
+            fmt_index(x.shape()),
             o.axis,
             fmt_index(&outer),
-            fmt_index(&x.shape)
+            fmt_index(x.shape())
         )));
     };
 

@@ -39,11 +39,11 @@ fn class_targets<'py>(
             t.dtype.name()
         )));
     }
-    if t.shape != outer {
+    if t.shape() != outer {
         return Err(PyValueError::new_err(format!(
             "{f}: target has shape {} but logits of shape {} with axis={axis} need one class index per row, shape {}",
-            fmt_index(&t.shape),
-            fmt_index(&x.shape),
+            fmt_index(t.shape()),
+            fmt_index(x.shape()),
             fmt_index(outer)
         )));
     }
@@ -84,8 +84,8 @@ fn _token_logprobs<'py>(
     let isa = Level::active();
     let x = arg(py, f, logits, "logits")?;
     let a = norm_axis(py, f, axis.0, x.ndim())?;
-    let k = x.shape[a];
-    let outer = shape_without(&x.shape, a);
+    let k = x.shape()[a];
+    let outer = shape_without(x.shape(), a);
     let n: usize = outer.iter().product();
     let top_k = usize::try_from(top_k.0)
         .map_err(|_| PyValueError::new_err(format!("{f}: top_k must be >= 0, got {}", top_k.0)))?;
@@ -242,7 +242,7 @@ fn perplexity<'py>(
     let isa = Level::active();
     let x = arg(py, f, logits, "logits")?;
     let a = norm_axis(py, f, axis.0, x.ndim())?;
-    let outer = shape_without(&x.shape, a);
+    let outer = shape_without(x.shape(), a);
     let t = class_targets(py, f, target, &x, a, &outer)?;
     let (prev_nll, prev_count) = prior_state(f, state)?;
     let dt = x.dtype.result();

@@ -35,8 +35,8 @@ pub(super) fn row_map_py<'py>(
     let dt = x.dtype.result();
     let given = out.is_some();
     let mut out = match out {
-        Some(o) => Arr::out(o, &x.shape, dt).map_err(|e| prefixed(py, f, e))?,
-        None => Arr::empty(py, &x.shape, dt, &x)?,
+        Some(o) => Arr::out(o, x.shape(), dt).map_err(|e| prefixed(py, f, e))?,
+        None => Arr::empty(py, x.shape(), dt, &x)?,
     };
     let in_place = x.guard_against(&out)?;
     let xv = (!in_place).then(|| x.view(Some(a)));
@@ -211,11 +211,11 @@ pub(super) fn logsumexp<'py>(
     let x = arg(py, f, x, "x")?;
     let a = norm_axis(py, f, axis, x.ndim())?;
     let dt = x.dtype.result();
-    let mut shape = x.shape.clone();
+    let mut shape = crate::strided::Dims::from(x.shape());
     if keepdims {
         shape[a] = 1;
     } else {
-        shape = shape_without(&x.shape, a);
+        shape = shape_without(x.shape(), a);
     }
     let mut out = Arr::empty(py, &shape, dt, &x)?;
     let xv = x.view(Some(a));
@@ -264,8 +264,8 @@ pub(super) fn softmax_jacobian<'py>(
     let x = arg(py, f, x, "x")?;
     let a = norm_axis(py, f, axis.0, x.ndim())?;
     let dt = x.dtype.result();
-    let k = x.shape[a];
-    let mut shape = shape_without(&x.shape, a);
+    let k = x.shape()[a];
+    let mut shape = shape_without(x.shape(), a);
     let n: usize = shape.iter().product();
     shape.extend([k, k]);
     let mut out = Arr::empty(py, &shape, dt, &x)?;
@@ -290,17 +290,17 @@ pub(super) fn backward_py<'py>(
     let isa = Level::active();
     let g = arg(py, f, g, "grad_output")?;
     let y = arg(py, f, y, "output")?;
-    if g.shape != y.shape {
+    if g.shape() != y.shape() {
         return Err(PyValueError::new_err(format!(
             "{f}: grad_output has shape {} but output has shape {}; they must match",
-            fmt_index(&g.shape),
-            fmt_index(&y.shape)
+            fmt_index(g.shape()),
+            fmt_index(y.shape())
         )));
     }
     let a = norm_axis(py, f, axis.0, g.ndim())?;
     let dt = promote(g.dtype, y.dtype);
     let like = if g.dtype == dt { &g } else { &y };
-    let mut out = Arr::empty(py, &g.shape, dt, like)?;
+    let mut out = Arr::empty(py, g.shape(), dt, like)?;
     let (gv, yv) = (g.view(Some(a)), y.view(Some(a)));
     let mut ov = out.view_mut(Some(a)).map_err(|e| to_py(py, f, e))?;
     let c = dt.compute();
