@@ -28,6 +28,11 @@ ap.add_argument(
     action="store_true",
     help="time softmax_backward and log_softmax_backward (into fresh arrays) instead",
 )
+ap.add_argument(
+    "--options",
+    action="store_true",
+    help="time the cross-entropy with label smoothing and on probability targets instead",
+)
 args = ap.parse_args()
 
 mods = load(args.builds)
@@ -42,9 +47,19 @@ for shape in args.shape or ["65536x10"]:
 
     g = rng.standard_normal((n, k)).astype(args.dtype)
     p, lp = mods[names[0]].softmax(x), mods[names[0]].log_softmax(x)
+    q = mods[names[0]].softmax(g)
 
-    def calls(m, x=x, t=t, o=o, g=g, p=p, lp=lp):
+    def calls(m, x=x, t=t, o=o, g=g, p=p, lp=lp, q=q):
         """One build's timed calls, each a closure over its module and this shape's arrays."""
+        if args.options:
+            return {
+                "cross_entropy(smoothing)": lambda: m.cross_entropy(x, t, label_smoothing=0.1),
+                "cross_entropy_and_grad(smoothing)": lambda: m.cross_entropy_and_grad(
+                    x, t, label_smoothing=0.1, out=o
+                ),
+                "cross_entropy(probs)": lambda: m.cross_entropy(x, q),
+                "cross_entropy_and_grad(probs)": lambda: m.cross_entropy_and_grad(x, q, out=o),
+            }
         if args.backward:
             return {
                 "softmax_backward": lambda: m.softmax_backward(g, p),

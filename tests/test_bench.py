@@ -100,6 +100,27 @@ def test_peer_callables_compute_the_same_loss():
         assert abs(ours - theirs) < 1e-5 * abs(theirs), peer
 
 
+def test_peers_smooth_labels_alike():
+    """Every peer's smoothed loss and gradient against the float64 reference of the contract."""
+    x, t = _inputs(32, 50)
+    eps = bench.cases.SMOOTHING
+    want_loss, want_grad = reference.cross_entropy_and_grad(
+        x.astype(np.float64), t, label_smoothing=eps
+    )
+    for peer in ["sce_rs", *INSTALLED]:
+        b = bench.build(peer, "smoothed_cross_entropy_and_grad", x, t)
+        if b is None:
+            continue
+        b.reset()
+        result = b()
+        # PyTorch returns the loss only: its gradient stays on the leaf its restore resets.
+        loss, *grad = result if isinstance(result, (tuple, list)) else (result,)
+        assert abs(float(np.asarray(loss)) - want_loss) < 1e-5 * abs(want_loss), peer
+        for g in grad:
+            np.testing.assert_allclose(g, want_grad, rtol=1e-4, atol=1e-7, err_msg=peer)
+        assert peer == "torch" or grad, f"{peer} returned no gradient"
+
+
 @pytest.mark.parametrize("per_call", [False, True])
 def test_every_repeat_of_the_in_place_gradient_sees_the_same_logits(monkeypatch, per_call):
     x, t = _inputs()
@@ -130,7 +151,9 @@ def test_every_repeat_of_the_in_place_gradient_sees_the_same_logits(monkeypatch,
     assert not np.array_equal(seen[1], x)
 
 
-@pytest.mark.parametrize("op", ["cross_entropy_and_grad", "softmax_inplace"])
+@pytest.mark.parametrize(
+    "op", ["cross_entropy_and_grad", "smoothed_cross_entropy_and_grad", "softmax_inplace"]
+)
 def test_every_peer_restores_its_input_before_each_call(op):
     x, t = _inputs()
     for peer in ["sce_rs", *INSTALLED]:

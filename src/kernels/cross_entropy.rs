@@ -130,8 +130,9 @@ pub fn ce_row<T: Float, A: Arith>(
     ce_row_with(x, target, o, grad, capped, ar, None)
 }
 
-/// [`ce_row`], optionally with the row's maximum and sums already known (`pre`, the small-row
-/// path without a soft cap); then `grad`, when given, already holds `exp(x - max)`.
+/// [`ce_row`], optionally with the row's maximum, sums and `ln` of its sum already known
+/// (`pre`, the small-row path without a soft cap: `(m, s, s.ln())`); then `grad`, when
+/// given, already holds `exp(x - max)`.
 #[inline(always)]
 fn ce_row_with<T: Float, A: Arith>(
     x: &[T],
@@ -140,7 +141,7 @@ fn ce_row_with<T: Float, A: Arith>(
     grad: Option<(&mut [T], f64)>,
     capped: &mut Vec<T>,
     ar: A,
-    pre: Option<(T, ExpSum)>,
+    pre: Option<(T, ExpSum, f64)>,
 ) -> f64 {
     let k = x.len();
     if matches!(target, RowTarget::Ignored) || k == 0 {
@@ -150,7 +151,10 @@ fn ce_row_with<T: Float, A: Arith>(
         return 0.0;
     }
     let z = online::capped(x, o.softcap, capped);
-    let (m, sums) = pre.unwrap_or_else(|| max_exp_sum(z, ar));
+    let (m, sums, ln_s) = pre.unwrap_or_else(|| {
+        let (m, sums) = max_exp_sum(z, ar);
+        (m, sums, sums.ln())
+    });
     // exp(z - m) of the gradient loops: read back from `grad` when the caller put it there.
     let held = pre.is_some();
     let scale = grad.as_ref().map_or(0.0, |(_, sc)| *sc);
@@ -160,7 +164,7 @@ fn ce_row_with<T: Float, A: Arith>(
             let mut st = RowStats::new(Some(t));
             let w = o.weight.as_deref();
             st.fold_sums(z, 0, w, o.label_smoothing > 0.0, m, sums);
-            let (loss, rg) = st.finish(o, k, scale);
+            let (loss, rg) = st.finish_with_ln(o, k, scale, ln_s);
             let g = grad.map(|(g, _)| {
                 class_grad(g, z, &rg, w, held, ar);
                 g
@@ -169,7 +173,7 @@ fn ce_row_with<T: Float, A: Arith>(
         }
         RowTarget::Probs(q) => {
             let mut g = grad.map(|(g, _)| g);
-            let loss = probs_row(z, q, o, m, sums, g.as_deref_mut(), scale, held, ar);
+            let loss = probs_row(z, q, o, (m, sums, ln_s), g.as_deref_mut(), scale, held, ar);
             (loss, g)
         }
         RowTarget::Ignored => unreachable!(),
@@ -221,22 +225,21 @@ fn class_grad<T: Float, A: Arith>(
 }
 
 /// The loss of a row of (soft-capped) logits `z` against probabilities `q`, whose maximum is
-/// `m` and sums `sums`; when `g` is given, also its `scale`-d gradient before the soft cap.
+/// `m`, sums `sums` and `ln_s = sums.ln()`; when `g` is given, also its `scale`-d gradient
+/// before the soft cap.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn probs_row<T: Float, A: Arith>(
     z: &[T],
     q: &[T],
     o: &CeOptions<T>,
-    m: T,
-    sums: ExpSum,
+    (m, sums, ln_s): (T, ExpSum, f64),
     g: Option<&mut [T]>,
     scale: f64,
     held: bool,
     ar: A,
 ) -> f64 {
     let (eps, kf, mf) = (o.label_smoothing, z.len() as f64, m.to_f64());
-    let ln_s = sums.ln();
     let lse = mf + ln_s;
     let (mut total, mut wqz) = (0.0, 0.0);
     for (c, (&qc, &zc)) in q.iter().zip(z).enumerate() {
@@ -380,7 +383,7 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
                     -((xr[t].to_f64() - ms[r].to_f64()) - ls[r])
                 }
                 _ => {
-                    let pre = Some((ms[r], ss[r]));
+                    let pre = Some((ms[r], ss[r], ls[r]));
                     let g = sc.map(|sc| (er, sc));
                     ce_row_with(xr, target, o, g, &mut capped, a, pre)
                 }
@@ -420,7 +423,7 @@ fn plain_lane_losses<'t, T: Float, A: Arith>(
                 RowTarget::Class(t) => (at[r], class[r]) = (xr[t], 1),
                 RowTarget::Ignored => lg[r] = 0.0,
                 target @ RowTarget::Probs(_) => {
-                    let pre = Some((ms[r], ss[r]));
+                    let pre = Some((ms[r], ss[r], ls[r]));
                     lg[r] = ce_row_with(xr, target, o, None, &mut capped, a, pre);
                     class[r] = 2;
                 }
@@ -644,7 +647,7 @@ mod tests {
                             small_rows_stats(
                                 xr, k, &mut ms, &mut rest, full, &mut ss, &mut ls, Unfused,
                             );
-                            let (g, pre) = (Some((gr, scale.at(i))), Some((ms[0], ss[0])));
+                            let (g, pre) = (Some((gr, scale.at(i))), Some((ms[0], ss[0], ls[0])));
                             pl[i] = ce_row_with(xr, target(i), &opts, g, &mut cap, Unfused, pre);
                         }
                         assert!(same_or_nan(&gg, &pg), "pinned grad k={k} soft={soft}");

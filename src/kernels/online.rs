@@ -120,11 +120,23 @@ impl RowStats {
     /// multiplied by the row's gradient `scale`.
     #[inline(always)]
     pub fn finish<T: Float>(&self, o: &CeOptions<T>, k: usize, scale: f64) -> (f64, RowGrad<T>) {
+        self.finish_with_ln(o, k, scale, self.s.ln())
+    }
+
+    /// [`RowStats::finish`] given `ln_s`, the bits of `self.s.ln()`, which the short-row
+    /// paths take for a group of rows at once.
+    #[inline(always)]
+    pub fn finish_with_ln<T: Float>(
+        &self,
+        o: &CeOptions<T>,
+        k: usize,
+        scale: f64,
+        ln_s: f64,
+    ) -> (f64, RowGrad<T>) {
         let Some(t) = self.target else {
             return (0.0, RowGrad::IGNORED);
         };
         let (eps, kf, mf) = (o.label_smoothing, k as f64, self.m);
-        let ln_s = self.s.ln();
         let lse = mf + ln_s;
         let wt = o.weight.as_ref().map_or(1.0, |w| w[t].to_f64());
         let nll = -wt * ((self.zt - mf) - ln_s);

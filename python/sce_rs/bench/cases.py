@@ -9,6 +9,8 @@ from typing import Any, Union
 import numpy as np
 from numpy.typing import NDArray
 
+SMOOTHING = 0.1
+
 # Each operation, with the mode every library runs it in. A library without that mode has no
 # row (it is named in a note) rather than a row in another mode: an allocating softmax is never
 # divided by one that writes into a buffer.
@@ -17,6 +19,9 @@ OPS: dict[str, str] = {
     "cross_entropy_and_grad": (
         "loss and gradient, every repeat from the same logits (restored untimed); "
         "sce_rs writes the gradient over them (out=x)"
+    ),
+    "smoothed_cross_entropy_and_grad": (
+        f"cross_entropy_and_grad with label_smoothing={SMOOTHING}, as a training loop runs it"
     ),
     "softmax_out": "into a buffer allocated once (out=buf); allocating-only libraries excluded",
     "softmax_inplace": "over its own input (out=x), the input restored untimed before each call",
@@ -32,7 +37,7 @@ LINEAR_OPS: dict[str, str] = {
 }
 ALL_OPS = {**OPS, **LINEAR_OPS}
 # Operations whose repeats each start from inputs restored outside the timed region.
-RESTORED_OPS = ("cross_entropy_and_grad", "softmax_inplace")
+RESTORED_OPS = ("cross_entropy_and_grad", "smoothed_cross_entropy_and_grad", "softmax_inplace")
 # Operations whose peak extra memory is always measured: the claim is that there is none.
 MEMORY_OPS = ("token_logprobs",)
 TOP_K = 5

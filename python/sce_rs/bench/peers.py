@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 import sce_rs
 from sce_rs import reference
 
-from .cases import TOP_K
+from .cases import RESTORED_OPS, SMOOTHING, TOP_K
 
 Array = NDArray[Any]
 
@@ -70,11 +70,13 @@ class SceRs(Peer):
     def build(self, op: str, x: Array, t: Array, threads: int) -> Bench | None:
         if op == "cross_entropy":
             return Bench(lambda: sce_rs.cross_entropy(x, t))
-        if op == "cross_entropy_and_grad":
+        if op in ("cross_entropy_and_grad", "smoothed_cross_entropy_and_grad"):
             # The in-place form a training step uses: the gradient over the logits.
             work = np.empty_like(x)
+            eps = SMOOTHING if op.startswith("smoothed") else 0.0
             return Bench(
-                lambda: sce_rs.cross_entropy_and_grad(work, t, out=work), _restorer(x, work)
+                lambda: sce_rs.cross_entropy_and_grad(work, t, label_smoothing=eps, out=work),
+                _restorer(x, work),
             )
         if op == "softmax_out":
             buf = np.empty_like(x)
@@ -187,8 +189,9 @@ class Torch(Peer):
         xt, tt = torch.from_numpy(x), torch.from_numpy(t)
         if op == "cross_entropy":
             return Bench(lambda: F.cross_entropy(xt, tt).item())
-        if op == "cross_entropy_and_grad":
+        if op in ("cross_entropy_and_grad", "smoothed_cross_entropy_and_grad"):
             leaf = xt.clone().requires_grad_()
+            eps = SMOOTHING if op.startswith("smoothed") else 0.0
 
             def restore() -> None:
                 leaf.grad = None
@@ -196,7 +199,7 @@ class Torch(Peer):
                     leaf.copy_(xt)
 
             def both() -> float:
-                loss = F.cross_entropy(leaf, tt)
+                loss = F.cross_entropy(leaf, tt, label_smoothing=eps)
                 loss.backward()
                 return float(loss.item())
 
@@ -238,6 +241,12 @@ class Jax(Peer):
             lse = jax.nn.logsumexp(z, axis=-1)
             return jnp.mean(lse - jnp.take_along_axis(z, t[:, None], axis=-1)[:, 0])
 
+        def smoothed(z: Any, t: Any) -> Any:
+            # PyTorch's label smoothing: (1 - eps) of the class's loss, eps of the mean of all.
+            lse = jax.nn.logsumexp(z, axis=-1)
+            nll = lse - jnp.take_along_axis(z, t[:, None], axis=-1)[:, 0]
+            return jnp.mean((1 - SMOOTHING) * nll + SMOOTHING * (lse - z.mean(axis=-1)))
+
         def score(z: Any, t: Any) -> Any:
             lp = jax.nn.log_softmax(z, axis=-1)
             target = jnp.take_along_axis(lp, t[:, None], axis=-1)[:, 0]
@@ -249,6 +258,7 @@ class Jax(Peer):
         fns: dict[str, Callable[..., Any]] = {
             "cross_entropy": ce,
             "cross_entropy_and_grad": jax.value_and_grad(ce),
+            "smoothed_cross_entropy_and_grad": jax.value_and_grad(smoothed),
             "softmax": lambda z, t: jax.nn.softmax(z, axis=-1),
             "log_softmax": lambda z, t: jax.nn.log_softmax(z, axis=-1),
             "token_logprobs": score,
@@ -259,7 +269,7 @@ class Jax(Peer):
         tj = jax.device_put(t)
         held = [jax.device_put(x)]
         reset = None
-        if op == "cross_entropy_and_grad":
+        if op in RESTORED_OPS:
             # JAX arrays are immutable and its gradient is a new array, but its repeats still get
             # fresh logits untimed as the other libraries' do, with the same memory traffic.
             def reset() -> None:
