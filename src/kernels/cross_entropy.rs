@@ -32,9 +32,10 @@
 //! own loop.
 
 use super::lanes::{lanes_class_grads, lanes_class_losses, lanes_stats, LIMIT, ROW_LANES};
-use super::online::{self, top_grad, RowGrad, RowStats};
+use super::online::{self, smoothed_loss, top_grad, RowGrad, RowStats, Terms};
 use super::{
-    max_exp_sum, rows, rows_mut, small_rows_stats, ExpSum, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
+    max_exp_sum, rows, rows_mut, shifted_dot, small_rows_stats, ExpSum, SMALL_K, SMALL_ROWS,
+    STACK_SCRATCH,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -322,10 +323,12 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
     a: A,
 ) {
     let mut capped = Vec::new();
-    let plain = o.plain_terms();
-    if grad.is_none() && plain && k < LIMIT {
+    if grad.is_none() && o.plain_terms() && k < LIMIT {
         return plain_lane_losses(x, k, targets, o, losses, a);
     }
+    // Without class weights or z-loss, every row against a class index has the same gradient
+    // terms: the online cross-entropy's, taken once here.
+    let shared = (o.weight.is_none() && o.z_loss == 0.0).then(|| Terms::new(o, k, 1.0));
     let mut ms = [T::ZERO; SMALL_ROWS];
     let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
     let mut tops = [0.0; SMALL_ROWS];
@@ -355,34 +358,49 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
         };
         // Which of two gradients the target takes is random per row (a confident one or not),
         // so both are formed, the divisions here for all rows, in a loop that vectorizes.
-        if scale.is_some() {
+        if let (Some(_), Some(tm)) = (scale, shared) {
             for (tg, &sums) in tops.iter_mut().zip(&ss) {
-                *tg = top_grad(1.0, 0.0, 0.0, 1.0, sums);
+                *tg = top_grad(1.0, tm.extra, tm.cbw, tm.corr, sums);
             }
         }
         for (r, ((xr, er), l)) in rows(xg, k).zip(rows_mut(eg, k)).zip(lg).enumerate() {
             let (target, sc) = (targets(first + r), scale.map(|sc| sc.at(first + r)));
-            *l = match target {
-                // The plain loss (no weight, smoothing or z-loss) on a class index: ce_row_with's
-                // arithmetic with its options' neutral terms left out, so the same bits, without
-                // its per-row branching (float32 65536 x 10: see BENCHMARKS.md).
-                RowTarget::Class(t) if plain => {
+            *l = match (target, shared) {
+                // A class index without weights or z-loss: ce_row_with's arithmetic (RowStats'
+                // fold and finish) with the terms shared by every row taken once and the
+                // neutral ones left out, so the same bits, without its per-row branching
+                // (float32 65536 x 10: see BENCHMARKS.md).
+                (RowTarget::Class(t), Some(tm)) => {
+                    let mf = ms[r].to_f64();
                     if let Some(sc) = sc {
-                        let (ca, inv_s) = (T::from_f64(sc), T::from_f64(1.0 / ss[r].s));
-                        for gj in er.iter_mut() {
-                            *gj = ca * (*gj * inv_s);
+                        let (ca, inv_s) = (T::from_f64(sc * tm.coef), T::from_f64(1.0 / ss[r].s));
+                        if o.label_smoothing > 0.0 {
+                            let cb = T::from_f64(sc * o.label_smoothing / k as f64);
+                            for gj in er.iter_mut() {
+                                *gj = ca * (*gj * inv_s) - cb;
+                            }
+                        } else {
+                            for gj in er.iter_mut() {
+                                *gj = ca * (*gj * inv_s);
+                            }
                         }
                         // top_grad(sc, ..) = sc * top_grad(1, ..), bitwise.
                         let top = T::from_f64(sc * tops[r]);
-                        let plain = er[t] - T::from_f64(sc);
+                        let plain = er[t] - T::from_f64(sc * tm.corr);
                         let at_top = ss[r].dominated() & (xr[t] == ms[r]);
                         // A load, not a select: x86 lowers a select of floats under a
                         // condition like this one into a branch (AVX2 and below).
                         er[t] = [plain, top][std::hint::black_box(usize::from(at_top))];
                     }
-                    -((xr[t].to_f64() - ms[r].to_f64()) - ls[r])
+                    let nll = -((xr[t].to_f64() - mf) - ls[r]);
+                    // RowStats::fold_sums' Σ (z_c - at) and finish's move of it to `mf`.
+                    let wz = || {
+                        let at = if mf.is_finite() { mf } else { 0.0 };
+                        shifted_dot::<T>(None, xr, at) + (at - mf) * k as f64
+                    };
+                    smoothed_loss(o, k, nll, wz, ls[r])
                 }
-                _ => {
+                (target, _) => {
                     let pre = Some((ms[r], ss[r], ls[r]));
                     let g = sc.map(|sc| (er, sc));
                     ce_row_with(xr, target, o, g, &mut capped, a, pre)

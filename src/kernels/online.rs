@@ -136,45 +136,90 @@ impl RowStats {
         let Some(t) = self.target else {
             return (0.0, RowGrad::IGNORED);
         };
-        let (eps, kf, mf) = (o.label_smoothing, k as f64, self.m);
+        let mf = self.m;
         let lse = mf + ln_s;
         let wt = o.weight.as_ref().map_or(1.0, |w| w[t].to_f64());
+        let Terms {
+            mut coef,
+            corr,
+            mut extra,
+            cbw,
+        } = Terms::new(o, k, wt);
         let nll = -wt * ((self.zt - mf) - ln_s);
-        // loss, the coefficient of p_j in the gradient, the target-class correction, and the
-        // part of the coefficient beyond the correction (for `top_grad`).
-        let (mut loss, mut coef, corr, mut extra) = if eps > 0.0 {
-            // Σ w_c (z_c - m), moved from the first block's shift to the row's maximum.
-            let wz = self.wz + (self.wz_at - mf) * self.w_seen;
-            let smooth = -wz + ln_s * o.weight_total;
-            (
-                (1.0 - eps) * nll + eps / kf * smooth,
-                (1.0 - eps) * wt + eps / kf * o.weight_total,
-                (1.0 - eps) * wt,
-                eps / kf * o.weight_total,
-            )
-        } else {
-            (nll, wt, wt, 0.0)
-        };
+        // Σ w_c (z_c - m), moved from the first block's shift to the row's maximum.
+        let wz = || self.wz + (self.wz_at - mf) * self.w_seen;
+        let mut loss = smoothed_loss(o, k, nll, wz, ln_s);
         if o.z_loss != 0.0 {
             loss += o.z_loss * lse * lse;
             coef += 2.0 * o.z_loss * lse;
             extra += 2.0 * o.z_loss * lse;
         }
         // The target's gradient apart where it is the dominating maximum (see `top_grad`).
-        let top = (self.s.dominated() && self.zt == mf).then(|| {
-            let cbw = eps / kf * wt;
-            T::from_f64(top_grad(scale, extra, cbw, corr, self.s))
-        });
+        let top = (self.s.dominated() && self.zt == mf)
+            .then(|| T::from_f64(top_grad(scale, extra, cbw, corr, self.s)));
         let grad = RowGrad {
             m: T::from_f64(mf),
             inv_s: T::from_f64(1.0 / self.s.s),
             ca: T::from_f64(scale * coef),
-            cb: T::from_f64(scale * eps / kf),
+            cb: T::from_f64(scale * o.label_smoothing / k as f64),
             corr: T::from_f64(scale * corr),
             top,
             target: Some(t),
         };
         (loss, grad)
+    }
+}
+
+/// The terms of a row's gradient that depend on the options and the target's weight `wt`
+/// alone, before the z-loss: the coefficient of `p_j`, the target-class correction, the part
+/// of the coefficient beyond the correction (for `top_grad`) and the target's constant term.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Terms {
+    pub coef: f64,
+    pub corr: f64,
+    pub extra: f64,
+    pub cbw: f64,
+}
+
+impl Terms {
+    #[inline(always)]
+    pub fn new<T: Float>(o: &CeOptions<T>, k: usize, wt: f64) -> Terms {
+        let (eps, kf) = (o.label_smoothing, k as f64);
+        let cbw = eps / kf * wt;
+        if eps > 0.0 {
+            Terms {
+                coef: (1.0 - eps) * wt + eps / kf * o.weight_total,
+                corr: (1.0 - eps) * wt,
+                extra: eps / kf * o.weight_total,
+                cbw,
+            }
+        } else {
+            Terms {
+                coef: wt,
+                corr: wt,
+                extra: 0.0,
+                cbw,
+            }
+        }
+    }
+}
+
+/// A row's loss before the z-loss, from its negative log-likelihood `nll`, `wz()` =
+/// `Σ w_c (z_c - m)` (asked for only with label smoothing) and `ln_s`.
+#[inline(always)]
+pub(crate) fn smoothed_loss<T: Float>(
+    o: &CeOptions<T>,
+    k: usize,
+    nll: f64,
+    wz: impl FnOnce() -> f64,
+    ln_s: f64,
+) -> f64 {
+    let eps = o.label_smoothing;
+    if eps > 0.0 {
+        let smooth = -wz() + ln_s * o.weight_total;
+        (1.0 - eps) * nll + eps / k as f64 * smooth
+    } else {
+        nll
     }
 }
 
