@@ -32,10 +32,9 @@
 //! own loop.
 
 use super::lanes::{lanes_class_grads, lanes_class_losses, lanes_stats, LIMIT, ROW_LANES};
-use super::online::{self, smoothed_loss, top_grad, RowGrad, RowStats, Terms};
+use super::online::{self, smoothed_loss, top_grad, unweighted_wz, RowGrad, RowStats, Terms};
 use super::{
-    max_exp_sum, rows, rows_mut, shifted_dot, small_rows_stats, ExpSum, SMALL_K, SMALL_ROWS,
-    STACK_SCRATCH,
+    max_exp_sum, rows, rows_mut, small_rows_stats, ExpSum, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -393,12 +392,7 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
                         er[t] = [plain, top][std::hint::black_box(usize::from(at_top))];
                     }
                     let nll = -((xr[t].to_f64() - mf) - ls[r]);
-                    // RowStats::fold_sums' Σ (z_c - at) and finish's move of it to `mf`.
-                    let wz = || {
-                        let at = if mf.is_finite() { mf } else { 0.0 };
-                        shifted_dot::<T>(None, xr, at) + (at - mf) * k as f64
-                    };
-                    smoothed_loss(o, k, nll, wz, ls[r])
+                    smoothed_loss(o, k, nll, || unweighted_wz(xr, mf), ls[r])
                 }
                 (target, _) => {
                     let pre = Some((ms[r], ss[r], ls[r]));
@@ -494,9 +488,9 @@ fn class_targets<'t, T>(idx: &[i64], ignore: i64) -> impl Fn(usize) -> RowTarget
     }
 }
 
-/// [`cross_entropy_rows`] with the gradient, on class indices: full blocks of plain short
-/// rows as lanes ([`lanes_class_grads`]) where their transpositions run in registers, any
-/// other row through the row paths.
+/// [`cross_entropy_rows`] with the gradient, on class indices: full blocks of short rows
+/// without options but label smoothing as lanes ([`lanes_class_grads`]) where their
+/// transpositions run in registers, any other row through the row paths.
 // PERF: a kernel of its own: within `class_losses`, the losses alone took 1.04-1.14x the time
 // (float32 65536 x 4..15).
 #[inline(always)]
@@ -509,9 +503,9 @@ fn class_grads_rows<T: Float, A: Arith>(
     losses: &mut [f64],
     a: A,
 ) {
-    let plain = o.plain_terms();
     let target = class_targets(idx, ignore);
-    if !(plain && o.softcap.is_none() && k > 0 && k < LIMIT && a.lanes_in_registers::<T>()) {
+    let unweighted = o.weight.is_none() && o.z_loss == 0.0 && o.softcap.is_none();
+    if !(unweighted && k > 0 && k < LIMIT && a.lanes_in_registers::<T>()) {
         return cross_entropy_rows(x, k, target, o, Some((grad, scale)), losses, a);
     }
     // PERF: full blocks only, as softmax (a short block's transpositions are copies).
@@ -519,7 +513,7 @@ fn class_grads_rows<T: Float, A: Arith>(
     let (xf, xr) = x.split_at(full * k);
     let (gf, gr) = grad.split_at_mut(full * k);
     let (lf, lr) = losses.split_at_mut(full);
-    lanes_class_grads(xf, k, &idx[..full], ignore, |i| scale.at(i), gf, lf, a);
+    lanes_class_grads(xf, k, (&idx[..full], ignore), o, |i| scale.at(i), gf, lf, a);
     let rest = |i: usize| target(full + i);
     cross_entropy_rows(xr, k, rest, o, Some((gr, scale.after(full))), lr, a)
 }
@@ -791,7 +785,7 @@ mod tests {
                     cross_entropy(level, &x, k, target, &o, grad, &mut grouped);
                     assert!(same_or_nan(&got, &grouped), "{level:?} k={k}");
                     assert!((3..n).step_by(5).all(|i| got[i] == 0.0), "ignored rows");
-                    // With the gradient (lanes for full blocks of plain short rows).
+                    // With the gradient (lanes for full blocks of short rows, smoothed or not).
                     for scale in [Scale::Uniform(0.375), Scale::PerRow(&per_row[..])] {
                         let (mut gg, mut wg) = (vec![1f32; x.len()], vec![2f32; x.len()]);
                         class_grads(level, &x, k, (&idx, ignore), &o, (&mut gg, scale), &mut got);

@@ -182,6 +182,15 @@ pub(crate) struct Terms {
 }
 
 impl Terms {
+    /// `Terms::new` of plain options (no smoothing) and `wt = 1`, as constants the compiler
+    /// can fold (`x * 1.0`, `x - 0.0`).
+    pub const UNIT: Terms = Terms {
+        coef: 1.0,
+        corr: 1.0,
+        extra: 0.0,
+        cbw: 0.0,
+    };
+
     #[inline(always)]
     pub fn new<T: Float>(o: &CeOptions<T>, k: usize, wt: f64) -> Terms {
         let (eps, kf) = (o.label_smoothing, k as f64);
@@ -202,6 +211,14 @@ impl Terms {
             }
         }
     }
+}
+
+/// `Σ (z_c - m)` of a whole row `z` without class weights, whose maximum is `m`: the value
+/// [`RowStats::fold_sums`] and [`RowStats::finish`] form for a row folded as one block.
+#[inline(always)]
+pub(crate) fn unweighted_wz<T: Float>(z: &[T], m: f64) -> f64 {
+    let at = if m.is_finite() { m } else { 0.0 };
+    shifted_dot::<T>(None, z, at) + (at - m) * z.len() as f64
 }
 
 /// A row's loss before the z-loss, from its negative log-likelihood `nll`, `wz()` =
@@ -331,6 +348,15 @@ pub(crate) mod tests {
     }
 
     /// Every option set of the cross-entropy on class indices, for `k` classes.
+    #[test]
+    fn unit_terms_are_those_of_plain_options() {
+        for k in [1, 10, 1000] {
+            let t = Terms::new(&CeOptions::<f32>::plain(k), k, 1.0);
+            let bits = |t: Terms| [t.coef, t.corr, t.extra, t.cbw].map(f64::to_bits);
+            assert_eq!(bits(t), bits(Terms::UNIT), "k={k}");
+        }
+    }
+
     pub(crate) fn option_sets(k: usize) -> Vec<CeOptions<f32>> {
         let weight: Vec<f32> = (0..k).map(|c| 0.5 + (c % 3) as f32).collect();
         let full = CeOptions {
