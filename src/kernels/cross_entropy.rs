@@ -268,7 +268,7 @@ fn probs_row<T: Float, A: Arith>(
         if sums.dominated() {
             // The maximum's term: a·p - wq = (a - total)·p - total·(1 - p) + (total - wq).
             if let Some(j) = z.iter().position(|&v| v == m) {
-                let wq = o.w(j) * ((1.0 - eps) * q[j].to_f64() + eps / kf);
+                let wq = o.w(j) * (terms.0 * q[j].to_f64() + terms.1);
                 g[j] = T::from_f64(top_grad(scale, extra, wq - total, total, sums));
             }
         }
@@ -555,7 +555,12 @@ fn class_grads_rows<T: Float, A: Arith>(
     let (xf, xr) = x.split_at(full * k);
     let (gf, gr) = grad.split_at_mut(full * k);
     let (lf, lr) = losses.split_at_mut(full);
-    lanes_class_grads(xf, k, (&idx[..full], ignore), o, |i| scale.at(i), gf, lf, a);
+    let (targets, sc) = ((&idx[..full], ignore), |i| scale.at(i));
+    if o.label_smoothing > 0.0 {
+        lanes_class_grads::<true, _, _>(xf, k, targets, o, sc, gf, lf, a);
+    } else {
+        lanes_class_grads::<false, _, _>(xf, k, targets, o, sc, gf, lf, a);
+    }
     let rest = |i: usize| target(full + i);
     cross_entropy_rows(xr, k, rest, o, Some((gr, scale.after(full))), lr, a)
 }

@@ -247,11 +247,12 @@ pub(crate) fn lanes_class_losses<T: Float, A: Arith>(
 /// rows whose index lies outside `[0, k)` NaN. Full blocks of [`ROW_LANES`] rows only: this
 /// path only pays off where both transpositions run in registers, and a short block's are
 /// copies.
-// PERF: the plain and the smoothed kernel are two copies (`SMOOTH`): with the smoothing's
-// branches in the one loop, float32 65536 x 4..15 plain gradients took 1.08-1.14x the time.
+// PERF: the plain and the smoothed kernel are two copies (`SMOOTH`, chosen by the caller):
+// with the smoothing's branches in the one loop, float32 65536 x 4..15 plain gradients took
+// 1.08-1.14x the time.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // an input, its targets, options, scales and two outputs
-pub(crate) fn lanes_class_grads<T: Float, A: Arith>(
+pub(crate) fn lanes_class_grads<const SMOOTH: bool, T: Float, A: Arith>(
     x: &[T],
     k: usize,
     (idx, ignore): (&[i64], i64),
@@ -266,6 +267,7 @@ pub(crate) fn lanes_class_grads<T: Float, A: Arith>(
         o.weight.is_none() && o.z_loss == 0.0 && o.softcap.is_none(),
         "label smoothing the only option"
     );
+    assert_eq!(SMOOTH, o.label_smoothing > 0.0, "SMOOTH as the options say");
     assert_eq!(idx.len() * k, x.len(), "one class index per row");
     assert!(
         grad.len() == x.len() && losses.len() == idx.len(),
@@ -275,26 +277,6 @@ pub(crate) fn lanes_class_grads<T: Float, A: Arith>(
         idx.len().is_multiple_of(ROW_LANES),
         "full blocks of {ROW_LANES} rows"
     );
-    if o.label_smoothing > 0.0 {
-        class_grad_blocks::<true, _, _>(x, k, (idx, ignore), o, scale, grad, losses, a)
-    } else {
-        class_grad_blocks::<false, _, _>(x, k, (idx, ignore), o, scale, grad, losses, a)
-    }
-}
-
-/// [`lanes_class_grads`] with label smoothing (`SMOOTH`) or without.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn class_grad_blocks<const SMOOTH: bool, T: Float, A: Arith>(
-    x: &[T],
-    k: usize,
-    (idx, ignore): (&[i64], i64),
-    o: &CeOptions<T>,
-    scale: impl Fn(usize) -> f64,
-    grad: &mut [T],
-    losses: &mut [f64],
-    a: A,
-) {
     // The gradient's terms shared by every row (the online cross-entropy's); without
     // smoothing as constants, so that the plain kernel is the one it was before smoothing.
     let tm = if SMOOTH {
