@@ -303,13 +303,10 @@ fn chunk_exp_sum<T: Float, A: Arith, const SKIP_ONES: bool>(
         }
     };
     if let Some(held) = held {
+        // A plain map, as `exp_map` (which it is without `SKIP_ONES`).
         let held = &mut held[..chunk.len()];
-        if SKIP_ONES {
-            for (h, &v) in held.iter_mut().zip(chunk) {
-                *h = term(v);
-            }
-        } else {
-            exp_map(chunk, shift, held, a);
+        for (h, &v) in held.iter_mut().zip(chunk) {
+            *h = term(v);
         }
         return chunk_sum(held);
     }
