@@ -3,7 +3,7 @@
 //!
 //! The floor loop takes each row in one pass for the maximum and one pass for the sum of
 //! `exp(x - max)`, with the crate's exponential (`exp(r) 2^n`, `r` reduced with a two-part
-//! `ln 2`, the Taylor polynomial of degree 7 in fused multiply-adds, `2^n` built from the
+//! `ln 2`, the fitted polynomial of degree 6 in fused multiply-adds, `2^n` built from the
 //! bits), one vector accumulator pair, a masked tail, and `ln` from `std` per row. It has none
 //! of what the crate adds: no fixed summation order across instruction sets (it sums in
 //! whatever lanes the register has), no `f64` chunk totals, no `log1p` of the rest where the
@@ -11,6 +11,8 @@
 //!
 //! `cargo bench --bench floor` runs every instruction set the CPU has (AVX-512 and AVX2 on
 //! x86-64); one thread (the crate's pool is set to 1). Groups:
+//! - `exp of 8192 (in L1)`: the exponential alone, the crate's beside the floor's, and the
+//!   floor's with `vscalefps` for the scaling by `2^n` on AVX-512;
 //! - `logsumexp of one row of 8192` (32 KiB, in L1): the max and exp-sum per element, the
 //!   exponential's cost;
 //! - `logsumexp 8192x1000` and `cross_entropy 8192x1000` (mean over class-index targets):
@@ -44,13 +46,12 @@ mod x86 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const S: f32 = 1.0 / 16_777_216.0;
-    const POLY: [f32; 8] = [
-        S / 5040.0,
-        S / 720.0,
-        S / 120.0,
-        S / 24.0,
-        S / 6.0,
-        S * 0.5,
+    const POLY: [f32; 7] = [
+        S * 0.001_381_461_4,
+        S * 0.008_368_71,
+        S * 0.041_668_39,
+        S * 0.166_665_21,
+        S * 0.499_999_94,
         S,
         S,
     ];
@@ -89,6 +90,74 @@ mod x86 {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
         }
         _mm256_mul_ps(p, scale)
+    }
+
+    /// [`exp16`] with the scaling by `2^n` done by `vscalefps` (`n` rounded by
+    /// `vrndscaleps`), which scales into the subnormal range with one rounding, so the
+    /// polynomial keeps its plain coefficients: one instruction fewer (issue #16 asks what
+    /// it is worth).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp16_scalef(x: __m512) -> __m512 {
+        // Still clamped: -inf would make r NaN.
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(POLY[0] / S);
+        for c in &POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c / S));
+        }
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// `out = exp(x)` for `x <= 0`, 16 lanes at a time ([`exp16_scalef`] where `SCALEF`,
+    /// else [`exp16`]), a masked last step.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn exp_map_avx512<const SCALEF: bool>(x: &[f32], out: &mut [f32]) {
+        let exp = |v| if SCALEF { exp16_scalef(v) } else { exp16(v) };
+        assert_eq!(x.len(), out.len());
+        let (steps, tail) = (x.len() / 16, x.len() % 16);
+        for i in 0..steps {
+            // SAFETY: elements 16 i..16 i + 16 lie inside both slices.
+            unsafe {
+                let v = exp(_mm512_loadu_ps(x.as_ptr().add(16 * i)));
+                _mm512_storeu_ps(out.as_mut_ptr().add(16 * i), v);
+            }
+        }
+        let mask = ((1u32 << tail) - 1) as __mmask16;
+        // SAFETY: the mask reads and writes only the last `tail` elements.
+        unsafe {
+            let v = exp(_mm512_maskz_loadu_ps(mask, x.as_ptr().add(16 * steps)));
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(16 * steps), mask, v);
+        }
+    }
+
+    /// `out = exp(x)` for `x <= 0` with [`exp8`], 8 lanes at a time and a scalar tail.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_map_avx2(x: &[f32], out: &mut [f32]) {
+        assert_eq!(x.len(), out.len());
+        let mut oc = out.chunks_exact_mut(8);
+        let mut xc = x.chunks_exact(8);
+        for (o, v) in (&mut oc).zip(&mut xc) {
+            // SAFETY: 8 readable and 8 writable f32.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), exp8(_mm256_loadu_ps(v.as_ptr()))) };
+        }
+        let (o, v) = (oc.into_remainder(), xc.remainder());
+        let mut a = [0f32; 8];
+        a[..v.len()].copy_from_slice(v);
+        let mut e = [0f32; 8];
+        // SAFETY: 8 readable and 8 writable f32.
+        unsafe { _mm256_storeu_ps(e.as_mut_ptr(), exp8(_mm256_loadu_ps(a.as_ptr()))) };
+        o.copy_from_slice(&e[..o.len()]);
     }
 
     /// The log-sum-exp of each row of `k` (AVX-512: 16-wide steps, a masked last step).
@@ -232,9 +301,66 @@ fn floors() -> Vec<(&'static str, fn(&[f32], usize, &mut [f32]))> {
     v
 }
 
+/// The floor's exponential maps this CPU can run, by name.
+#[allow(clippy::type_complexity)]
+fn exp_floors() -> Vec<(&'static str, Box<dyn Fn(&[f32], &mut [f32])>)> {
+    let mut v: Vec<(&'static str, Box<dyn Fn(&[f32], &mut [f32])>)> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY (both): the CPU was just detected to have AVX-512F.
+            v.push((
+                "floor avx512",
+                Box::new(|x, o| unsafe { x86::exp_map_avx512::<false>(x, o) }),
+            ));
+            v.push((
+                "floor avx512 vscalefps",
+                Box::new(|x, o| unsafe { x86::exp_map_avx512::<true>(x, o) }),
+            ));
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU was just detected to have AVX2 and FMA.
+            v.push((
+                "floor avx2",
+                Box::new(|x, o| unsafe { x86::exp_map_avx2(x, o) }),
+            ));
+        }
+    }
+    v
+}
+
+/// `exp` alone over a row of 8192 in L1, the crate's (as its kernels run it) beside the floor
+/// maps, each checked against `std` first.
+fn exp_alone(c: &mut Criterion, backend: &str) {
+    let x: Vec<f32> = logits(8192).iter().map(|v| v * 10.0 - 30.0).collect();
+    let want: Vec<f64> = x.iter().map(|&v| f64::from(v).exp()).collect();
+    let close = |got: &[f32]| {
+        got.iter()
+            .zip(&want)
+            .all(|(&g, &w)| (f64::from(g) - w).abs() <= 4.0 * f64::from(f32::EPSILON) * w)
+    };
+    let mut out = vec![0f32; x.len()];
+    let mut g = c.benchmark_group("exp of 8192 (in L1)");
+    g.throughput(Throughput::Elements(x.len() as u64));
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    sce_rs::exp_nonpos(&x, &mut out).unwrap();
+    assert!(close(&out), "sce_rs's exp");
+    g.bench_function(format!("sce_rs {backend}"), |b| {
+        b.iter(|| sce_rs::exp_nonpos(black_box(&x), &mut out).unwrap())
+    });
+    for (name, f) in exp_floors() {
+        f(&x, &mut out);
+        assert!(close(&out), "{name}'s exp");
+        g.bench_function(name, |b| b.iter(|| f(black_box(&x), &mut out)));
+    }
+    g.finish();
+}
+
 fn all(c: &mut Criterion) {
     sce_rs::set_num_threads(1).expect("one thread");
     let backend = sce_rs::simd_backend();
+    exp_alone(c, backend);
     for (n, k) in [(1usize, 8192usize), (8192, 1000)] {
         let x = logits(n * k);
         let t: Vec<i64> = (0..n).map(|i| ((i * 7919) % k) as i64).collect();

@@ -119,6 +119,21 @@ pub fn logsumexp<T: Float>(x: &[T], k: usize, out: &mut [T]) -> Result<()> {
     map_slice(Level::active(), RowMap::LogSumExp, x, k, out, 1)
 }
 
+/// `out = exp(x)` for `x <= 0` (any `x > 0` gives a wrong value, never undefined behaviour),
+/// with the exponential the kernels use: for the floor bench, which measures it alone.
+#[doc(hidden)]
+pub fn exp_nonpos<T: Float>(x: &[T], out: &mut [T]) -> Result<()> {
+    if x.len() != out.len() {
+        return Err(Error::Shape(format!(
+            "exp_nonpos: out has {} elements, x {}",
+            out.len(),
+            x.len()
+        )));
+    }
+    kernels::exp_nonpos_map(Level::active(), x, out);
+    Ok(())
+}
+
 /// Cross-entropy of rows of `k` logits against class indices (`-100` is ignored).
 pub fn cross_entropy<T: Float>(
     x: &[T],

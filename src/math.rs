@@ -4,15 +4,15 @@
 //! branch-free straight-line code (compare-and-select, integer bit tricks, Horner polynomials),
 //! so a loop over a slice becomes SIMD code on whatever instruction set the crate is compiled
 //! for. The method is the classic one: `exp(x) = 2^n * exp(r)` with `n = round(x / ln 2)`,
-//! `r = x - n ln 2` reduced exactly with a two-part `ln 2` (Cody–Waite), `exp(r)` from its
-//! Taylor polynomial on `|r| <= ln(2)/2`, and `2^n` built from exponent bits in two halves so
+//! `r = x - n ln 2` reduced exactly with a two-part `ln 2` (Cody–Waite), `exp(r)` from a
+//! polynomial on `|r| <= ln(2)/2` (fitted for `f32`, Taylor's for `f64`), and `2^n` built from exponent bits in two halves so
 //! that results in the subnormal range and the overflow to `+inf` come out right. The kernels
 //! mostly need `exp(x - max) <= 1`; for that case `exp_nonpos_*` builds `2^n` with one shift.
 //! Each has an `FMA` form, used where the instruction set fuses multiply-adds.
 //!
 //! Accuracy, measured by the tests below against `std`'s correctly rounded-in-practice `exp`
-//! over a dense sweep of the whole finite range, for every variant: at most 2 ULP for `f32` (Taylor degree 7;
-//! truncation 5e-9 relative) and at most 2 ULP for `f64` (degree 13; truncation 4e-18), in the
+//! over a dense sweep of the whole finite range, for every variant: at most 2 ULP for `f32` (degree 6, fitted;
+//! 3.8e-9 relative) and at most 2 ULP for `f64` (degree 13; truncation 4e-18), in the
 //! normal range; subnormal results may be off by one unit of the smallest subnormal.
 //! NaN propagates, `exp(-inf) = 0`, `exp(+inf) = +inf`.
 //!
@@ -56,20 +56,29 @@ fn reduce_f32<const FMA: bool>(x: f32, magic: f32) -> (f32, f32) {
     (t, madd32::<FMA>(-nf, LN2_LO, madd32::<FMA>(-nf, LN2_HI, x)))
 }
 
-/// `exp(r)` for `|r| <= ln(2)/2`: Taylor polynomial of degree 7, Horner form.
+/// The coefficients of `exp(r)` on `|r| <= ln(2)/2` for `f32`, highest first: degree 6,
+/// those of `r^6 .. r^2` fitted (minimax of the relative error, Lawson's iteration on 20001
+/// points, then rounded to `f32`: 3.8e-9 relative, below degree 7's Taylor truncation of 5e-9),
+/// those of `r` and 1 exactly 1.
+// PERF: one fused multiply-add fewer than Taylor's degree 7 (float32 exp of 8192 in L1:
+// BENCHMARKS.md, the Zen 5 section of 2026-12-02).
+const EXP_F32: [f32; 7] = [
+    0.001_381_461_4,
+    0.008_368_71,
+    0.041_668_39,
+    0.166_665_21,
+    0.499_999_94,
+    1.0,
+    1.0,
+];
+
+/// `exp(r)` for `|r| <= ln(2)/2` from [`EXP_F32`], Horner form, each coefficient times
+/// `scale` (a power of two, so exactly).
 #[inline(always)]
-fn poly_f32<const FMA: bool>(r: f32) -> f32 {
-    let mut p: f32 = 1.0 / 5040.0;
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
-        p = madd32::<FMA>(p, r, c);
+fn poly_f32<const FMA: bool>(r: f32, scale: f32) -> f32 {
+    let mut p: f32 = EXP_F32[0] * scale;
+    for c in &EXP_F32[1..] {
+        p = madd32::<FMA>(p, r, c * scale);
     }
     p
 }
@@ -92,7 +101,7 @@ pub fn exp_f32<const FMA: bool>(x: f32) -> f32 {
     let n2 = n.wrapping_sub(n1);
     let s1 = f32::from_bits((n1.wrapping_add(127) as u32).wrapping_shl(23));
     let s2 = f32::from_bits((n2.wrapping_add(127) as u32).wrapping_shl(23));
-    poly_f32::<FMA>(r) * s1 * s2
+    poly_f32::<FMA>(r, 1.0) * s1 * s2
 }
 
 /// `exp(x)` for `x <= 0` (or NaN), the case of every shifted logit `x - max`; same accuracy as
@@ -109,12 +118,7 @@ pub fn exp_nonpos_f32<const FMA: bool>(x: f32) -> f32 {
     // 2^(n + 24) (the magic number's own bits shift out).
     let (t, r) = reduce_f32::<FMA>(xc, MAGIC32 + 151.0);
     let scale = f32::from_bits(t.to_bits().wrapping_shl(23));
-    const S: f32 = 1.0 / 16_777_216.0; // 2^-24
-    let mut p: f32 = S / 5040.0;
-    for c in [S / 720.0, S / 120.0, S / 24.0, S / 6.0, S * 0.5, S, S] {
-        p = madd32::<FMA>(p, r, c);
-    }
-    p * scale
+    poly_f32::<FMA>(r, 1.0 / 16_777_216.0) * scale
 }
 
 /// The f64 range reduction; see [`reduce_f32`].

@@ -389,6 +389,17 @@ pub fn exp_store_sum<T: Float, A: Arith>(x: &[T], shift: T, out: &mut [T], a: A)
     total
 }
 
+/// `out = exp(x)` for `x <= 0`: the kernels' exponential alone, as their loops run it (the
+/// floor bench's `exp` group measures it per element).
+#[inline(always)]
+fn exp_nonpos_alone<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
+    exp_map(x, T::ZERO, out, a);
+}
+
+crate::isa::isa_dispatch! {
+    pub fn exp_nonpos_map[T: Float](x: &[T], out: &mut [T]) = exp_nonpos_alone;
+}
+
 /// For a group of rows shorter than [`SMALL_K`]: each row's maximum into `ms` and
 /// `out = exp(x - max)` row by row, the `exp` taken as one flat map over the whole group. Per
 /// row, a map of a few elements runs mostly in the scalar remainder of its vector loop; over
