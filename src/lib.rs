@@ -437,6 +437,20 @@ mod tests {
     }
 
     #[test]
+    fn exp_nonpos_is_exp_and_refuses_a_short_out() {
+        let x = [0.0, -0.5, -3.0, -700.0, f64::NEG_INFINITY];
+        let mut out = [0.0; 5];
+        exp_nonpos(&x, &mut out).unwrap();
+        assert!(
+            x.iter().zip(&out).all(|(&v, &e)| close(e, v.exp())),
+            "{out:?}"
+        );
+        let mut short = [7.0; 4];
+        assert!(matches!(exp_nonpos(&x, &mut short), Err(Error::Shape(_))));
+        assert_eq!(short, [7.0; 4], "nothing written on an error");
+    }
+
+    #[test]
     fn in_place_gradient_equals_the_separate_one() {
         let o = CeOptions::new(3, Some(&[1.0, 2.0, 0.5]), 0.1, 1e-3, None).unwrap();
         let mut grad = [0.0; 6];

@@ -5,15 +5,17 @@
 //! so a loop over a slice becomes SIMD code on whatever instruction set the crate is compiled
 //! for. The method is the classic one: `exp(x) = 2^n * exp(r)` with `n = round(x / ln 2)`,
 //! `r = x - n ln 2` reduced exactly with a two-part `ln 2` (Cody–Waite), `exp(r)` from a
-//! polynomial on `|r| <= ln(2)/2` (fitted for `f32`, Taylor's for `f64`), and `2^n` built from exponent bits in two halves so
-//! that results in the subnormal range and the overflow to `+inf` come out right. The kernels
-//! mostly need `exp(x - max) <= 1`; for that case `exp_nonpos_*` builds `2^n` with one shift.
-//! Each has an `FMA` form, used where the instruction set fuses multiply-adds.
+//! polynomial on `|r| <= ln(2)/2` (fitted for `f32`, Taylor's for `f64`), and `2^n` built from
+//! exponent bits in two halves so that results in the subnormal range and the overflow to
+//! `+inf` come out right. The kernels mostly need `exp(x - max) <= 1`; for that case
+//! `exp_nonpos_*` builds `2^n` with one shift. Each has an `FMA` form, used where the
+//! instruction set fuses multiply-adds.
 //!
 //! Accuracy, measured by the tests below against `std`'s correctly rounded-in-practice `exp`
-//! over a dense sweep of the whole finite range, for every variant: at most 2 ULP for `f32` (degree 6, fitted;
-//! 3.8e-9 relative) and at most 2 ULP for `f64` (degree 13; truncation 4e-18), in the
-//! normal range; subnormal results may be off by one unit of the smallest subnormal.
+//! over a dense sweep of the whole finite range, for every variant: at most 2 ULP for `f32`
+//! (degree 6, fitted; 3.8e-9 relative) and at most 2 ULP for `f64` (degree 13; truncation
+//! 4e-18), in the normal range; subnormal results may be off by one unit of the smallest
+//! subnormal.
 //! NaN propagates, `exp(-inf) = 0`, `exp(+inf) = +inf`.
 //!
 //! [`ln_f64`] is the logarithm of the row sums (`ln s` in every `lse = m + ln s`): there is one
