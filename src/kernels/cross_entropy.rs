@@ -34,7 +34,8 @@
 use super::lanes::{lanes_class_grads, lanes_class_losses, lanes_stats, LIMIT, ROW_LANES};
 use super::online::{self, smoothed_loss, top_grad, unweighted_wz, RowGrad, RowStats, Terms};
 use super::{
-    max_exp_sum, rows, rows_mut, small_rows_stats, ExpSum, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
+    group_stats, max_exp_sum, rows, rows_mut, small_rows_stats, ExpSum, LN_GROUP, SMALL_K,
+    SMALL_ROWS, STACK_SCRATCH,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -127,12 +128,13 @@ pub fn ce_row<T: Float, A: Arith>(
     capped: &mut Vec<T>,
     ar: A,
 ) -> f64 {
-    ce_row_with(x, target, o, grad, capped, ar, None)
+    ce_row_with(x, target, o, grad, capped, ar, None, false)
 }
 
 /// [`ce_row`], optionally with the row's maximum, sums and `ln` of its sum already known
-/// (`pre`, the small-row path without a soft cap: `(m, s, s.ln())`); then `grad`, when
-/// given, already holds `exp(x - max)`.
+/// (`pre`, the grouped paths without a soft cap: `(m, s, s.ln())`); where `held`, `grad`,
+/// when given, already holds `exp(x - max)`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn ce_row_with<T: Float, A: Arith>(
     x: &[T],
@@ -142,6 +144,7 @@ fn ce_row_with<T: Float, A: Arith>(
     capped: &mut Vec<T>,
     ar: A,
     pre: Option<(T, ExpSum, f64)>,
+    held: bool,
 ) -> f64 {
     let k = x.len();
     if matches!(target, RowTarget::Ignored) || k == 0 {
@@ -156,7 +159,7 @@ fn ce_row_with<T: Float, A: Arith>(
         (m, sums, sums.ln())
     });
     // exp(z - m) of the gradient loops: read back from `grad` when the caller put it there.
-    let held = pre.is_some();
+    let held = held && pre.is_some();
     let scale = grad.as_ref().map_or(0.0, |(_, sc)| *sc);
     let (loss, g) = match target {
         RowTarget::Class(t) => {
@@ -331,6 +334,10 @@ fn cross_entropy_rows<'t, T: Float, A: Arith>(
     if k > 0 && k < SMALL_K && o.softcap.is_none() {
         return small_cross_entropy_rows(x, k, targets, o, grad, losses, a);
     }
+    let group_bytes = LN_GROUP * k * std::mem::size_of::<T>();
+    if k > 0 && o.softcap.is_none() && (grad.is_none() || group_bytes <= GROUPED_GRAD_BYTES) {
+        return grouped_cross_entropy_rows(x, k, targets, o, grad, losses, a);
+    }
     match grad {
         Some((g, scale)) if k > 0 => {
             for (i, ((xr, gr), l)) in rows(x, k)
@@ -346,6 +353,46 @@ fn cross_entropy_rows<'t, T: Float, A: Arith>(
             for (i, (xr, l)) in rows(x, k).zip(losses.iter_mut()).enumerate() {
                 *l = ce_row(xr, targets(i), o, None, &mut capped, a);
             }
+        }
+    }
+}
+
+/// With a gradient, rows take the grouped path while a group of them spans at most this
+/// many bytes, so that the gradient pass reads the group again from L1.
+// PERF: float32 cross_entropy_and_grad, grouped: rows of 64 to 500 took 0.74-0.93x the time
+// of the per-row path; rows of 1000 to 2048 (groups of 32 to 64 KiB) 0.93-1.05x, no gain
+// beyond the noise between builds, so they keep the per-row path (BENCHMARKS.md).
+const GROUPED_GRAD_BYTES: usize = 16 * 1024;
+
+/// [`cross_entropy_rows`] for rows of [`SMALL_K`] or more without a soft cap: each group's
+/// maxima, sums and logarithms from [`group_stats`], then each row's loss and gradient.
+#[inline(always)]
+fn grouped_cross_entropy_rows<'t, T: Float, A: Arith>(
+    x: &[T],
+    k: usize,
+    targets: impl Fn(usize) -> RowTarget<'t, T>,
+    o: &CeOptions<T>,
+    mut grad: Option<(&mut [T], Scale<'_, T>)>,
+    losses: &mut [f64],
+    a: A,
+) {
+    let mut capped = Vec::new();
+    let (mut ms, mut ss, mut ls) = (
+        [T::ZERO; LN_GROUP],
+        [ExpSum::ZERO; LN_GROUP],
+        [0.0; LN_GROUP],
+    );
+    let groups = x.chunks(LN_GROUP * k).zip(losses.chunks_mut(LN_GROUP));
+    for (gi, (xg, lg)) in groups.enumerate() {
+        let first = gi * LN_GROUP;
+        group_stats(xg, k, &mut ms, &mut ss, &mut ls, a);
+        for (r, (xr, l)) in rows(xg, k).zip(lg).enumerate() {
+            let i = first + r;
+            let g = grad
+                .as_mut()
+                .map(|(g, scale)| (&mut g[i * k..(i + 1) * k], scale.at(i)));
+            let pre = Some((ms[r], ss[r], ls[r]));
+            *l = ce_row_with(xr, targets(i), o, g, &mut capped, a, pre, false);
         }
     }
 }
@@ -439,7 +486,7 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
                 (target, _) => {
                     let pre = Some((ms[r], ss[r], ls[r]));
                     let g = sc.map(|sc| (er, sc));
-                    ce_row_with(xr, target, o, g, &mut capped, a, pre)
+                    ce_row_with(xr, target, o, g, &mut capped, a, pre, true)
                 }
             };
         }
@@ -478,7 +525,7 @@ fn plain_lane_losses<'t, T: Float, A: Arith>(
                 RowTarget::Ignored => lg[r] = 0.0,
                 target @ RowTarget::Probs(_) => {
                     let pre = Some((ms[r], ss[r], ls[r]));
-                    lg[r] = ce_row_with(xr, target, o, None, &mut capped, a, pre);
+                    lg[r] = ce_row_with(xr, target, o, None, &mut capped, a, pre, false);
                     class[r] = 2;
                 }
             }
@@ -509,13 +556,21 @@ fn class_losses_rows<T: Float, A: Arith>(
     if plain && o.softcap.is_none() && k >= SMALL_K {
         // PERF: ce_row's loss with its options' neutral terms left out, the same bits without
         // the online fold's bookkeeping (float32 6553 x 100: cross_entropy 1.12x logsumexp).
-        for ((xr, l), &t) in rows(x, k).zip(losses.iter_mut()).zip(idx) {
-            *l = if t == ignore {
-                0.0
-            } else {
-                let (m, sums) = max_exp_sum(xr, a);
-                -((xr[t as usize].to_f64() - m.to_f64()) - sums.ln())
-            };
+        let (mut ms, mut ss, mut ls) = (
+            [T::ZERO; LN_GROUP],
+            [ExpSum::ZERO; LN_GROUP],
+            [0.0; LN_GROUP],
+        );
+        let groups = x.chunks(LN_GROUP * k).zip(losses.chunks_mut(LN_GROUP));
+        for ((xg, lg), tg) in groups.zip(idx.chunks(LN_GROUP)) {
+            group_stats(xg, k, &mut ms, &mut ss, &mut ls, a);
+            for (r, ((xr, l), &t)) in rows(xg, k).zip(lg).zip(tg).enumerate() {
+                *l = if t == ignore {
+                    0.0
+                } else {
+                    -((xr[t as usize].to_f64() - ms[r].to_f64()) - ls[r])
+                };
+            }
         }
         return;
     }
@@ -707,7 +762,8 @@ mod tests {
                                 xr, k, &mut ms, &mut rest, full, &mut ss, &mut ls, Unfused,
                             );
                             let (g, pre) = (Some((gr, scale.at(i))), Some((ms[0], ss[0], ls[0])));
-                            pl[i] = ce_row_with(xr, target(i), &opts, g, &mut cap, Unfused, pre);
+                            pl[i] =
+                                ce_row_with(xr, target(i), &opts, g, &mut cap, Unfused, pre, true);
                         }
                         assert!(same_or_nan(&gg, &pg), "pinned grad k={k} soft={soft}");
                         assert!(same_or_nan(&gl, &pl), "pinned loss k={k} soft={soft}");
@@ -715,6 +771,54 @@ mod tests {
                         assert!(close(&gl, &wl, k), "loss only k={k} soft={soft}");
                         assert!(same_or_nan(&gl, &pl), "pinned loss only k={k} soft={soft}");
                     }
+                }
+            }
+        }
+    }
+
+    /// Rows of [`SMALL_K`] or more without a soft cap take their maxima, sums and logarithms
+    /// a group at a time ([`group_stats`]): losses and gradients bitwise those of
+    /// [`ce_row`] row by row, for every option set, class-index (some ignored) and probability
+    /// targets, over two groups and a short one, on rows of only -inf, with +inf, NaN, a huge
+    /// value or a dominating maximum; rows too long for the grouped gradient included.
+    #[test]
+    fn grouped_rows_are_the_row_path() {
+        let long = GROUPED_GRAD_BYTES / (LN_GROUP * std::mem::size_of::<f32>()) + 1;
+        for k in [SMALL_K, 100, long] {
+            let n = 2 * LN_GROUP + 3;
+            let mut x: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 37) % 101) as f32 / 7.0 - 7.0)
+                .collect();
+            x[..k].fill(f32::NEG_INFINITY);
+            x[k + 5] = f32::INFINITY;
+            x[2 * k + k / 2] = f32::NAN;
+            x[3 * k..4 * k].fill(-30.0);
+            x[3 * k + 9] = 5.0; // row 3's class target, (3 * 3) % k
+            x[(LN_GROUP + 1) * k + 3] = 3e38;
+            let q: Vec<f32> = (0..x.len()).map(|i| ((i * 7) % 11) as f32 / 55.0).collect();
+            let per_row = vec![0.5f32; n];
+            let sets = crate::kernels::online::tests::option_sets(k);
+            for opts in sets.into_iter().filter(|o| o.softcap.is_none()) {
+                for soft in [false, true] {
+                    let target = |i: usize| match (soft, i % 5) {
+                        (true, _) => RowTarget::Probs(&q[i * k..(i + 1) * k]),
+                        (false, 4) => RowTarget::Ignored,
+                        (false, _) => RowTarget::Class((i * 3) % k),
+                    };
+                    let (mut gl, mut wl) = (vec![0.0; n], vec![0.0; n]);
+                    let (mut gg, mut wg) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+                    let scale = Scale::PerRow(&per_row[..]);
+                    let grad = Some((&mut gg[..], scale));
+                    cross_entropy_rows(&x, k, target, &opts, grad, &mut gl, Unfused);
+                    let mut cap = Vec::new();
+                    for (i, (xr, gr)) in rows(&x, k).zip(rows_mut(&mut wg, k)).enumerate() {
+                        let g = Some((gr, scale.at(i)));
+                        wl[i] = ce_row(xr, target(i), &opts, g, &mut cap, Unfused);
+                    }
+                    assert!(same_or_nan(&gg, &wg), "grad k={k} soft={soft}");
+                    assert!(same_or_nan(&gl, &wl), "loss k={k} soft={soft}");
+                    cross_entropy_rows(&x, k, target, &opts, None, &mut gl, Unfused);
+                    assert!(same_or_nan(&gl, &wl), "loss only k={k} soft={soft}");
                 }
             }
         }
@@ -884,7 +988,8 @@ mod tests {
     #[test]
     fn long_row_class_losses_are_the_row_losses() {
         for k in [SMALL_K, 100, 1000, 2100] {
-            let n = 9;
+            // Two groups of LN_GROUP rows and a short one.
+            let n = 2 * LN_GROUP + 3;
             let mut x: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 37) % 101) as f32 / 7.0 - 7.0)
                 .collect();

@@ -11,8 +11,9 @@
 
 use super::lanes::{lanes_log_softmax, lanes_logsumexp, lanes_softmax, LIMIT, ROW_LANES};
 use super::{
-    dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, small_row_sum,
-    small_rows_exp, small_rows_stats, sum, ExpSum, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
+    dot, exp_store_sum, group_stats, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum,
+    small_row_sum, small_rows_exp, small_rows_stats, sum, ExpSum, LN_GROUP, SMALL_K, SMALL_ROWS,
+    STACK_SCRATCH,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -41,8 +42,9 @@ pub fn log_softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
     }
 }
 
-/// `log(sum(exp(x)))` for one row, in `f64`.
-#[inline(always)]
+/// `log(sum(exp(x)))` for one row, in `f64`: the tests' per-row reference (the kernels take
+/// rows in groups, [`group_stats`]).
+#[cfg(test)]
 pub fn logsumexp_row<T: Float, A: Arith>(x: &[T], a: A) -> f64 {
     let (m, s) = max_exp_sum(x, a);
     lse_of(x, m, s.ln())
@@ -199,8 +201,16 @@ fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
         }
         return;
     }
-    for (xr, o) in rows(x, k).zip(out.iter_mut()) {
-        *o = T::from_f64(logsumexp_row(xr, a));
+    let (mut ms, mut ss, mut ls) = (
+        [T::ZERO; LN_GROUP],
+        [ExpSum::ZERO; LN_GROUP],
+        [0.0; LN_GROUP],
+    );
+    for (xg, og) in x.chunks(LN_GROUP * k).zip(out.chunks_mut(LN_GROUP)) {
+        group_stats(xg, k, &mut ms, &mut ss, &mut ls, a);
+        for ((xr, o), (&m, &l)) in rows(xg, k).zip(og).zip(ms.iter().zip(&ls)) {
+            *o = T::from_f64(lse_of(xr, m, l));
+        }
     }
 }
 
@@ -398,6 +408,49 @@ pub(crate) mod tests {
         assert!(s.iter().all(|v| v.is_nan()));
         logsumexp::<f64>(Level::active(), &[], 0, &mut o);
         assert_eq!(o[0], f64::NEG_INFINITY);
+    }
+
+    #[inline(always)]
+    fn lse_by_rows_with<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
+        for (xr, o) in rows(x, k).zip(out.iter_mut()) {
+            *o = T::from_f64(logsumexp_row(xr, a));
+        }
+    }
+
+    crate::isa::isa_dispatch! {
+        pub fn lse_by_rows[T: Float](x: &[T], k: usize, out: &mut [T]) = lse_by_rows_with;
+    }
+
+    /// Rows of [`SMALL_K`] or more take their sums and logarithms [`LN_GROUP`] rows at a time
+    /// ([`group_stats`]): bitwise the per-row path at every level, over two groups and a short
+    /// one, on rows of only -inf, with +inf, NaN, a huge value or a dominating maximum.
+    #[test]
+    fn grouped_logsumexp_is_the_row_path() {
+        fn check<T: Float>() {
+            for k in [SMALL_K, 100, 1000, 2100] {
+                let n = 2 * LN_GROUP + 3;
+                let mut x: Vec<T> = (0..n * k)
+                    .map(|i| T::from_f64(((i * 37) % 101) as f64 / 7.0 - 7.0))
+                    .collect();
+                x[..k].fill(T::NEG_INFINITY);
+                x[k + 5] = T::from_f64(f64::INFINITY);
+                x[2 * k + k / 2] = T::from_f64(f64::NAN);
+                x[3 * k..4 * k].fill(T::from_f64(-30.0));
+                x[3 * k + 22] = T::from_f64(5.0);
+                x[(LN_GROUP + 1) * k + 3] = T::from_f64(3e38);
+                for level in Level::supported() {
+                    let (mut got, mut want) = (vec![T::ZERO; n], vec![T::ZERO; n]);
+                    logsumexp(level, &x, k, &mut got);
+                    lse_by_rows(level, &x, k, &mut want);
+                    let same = got.iter().zip(&want).all(|(g, w)| {
+                        g.to_f64().to_bits() == w.to_f64().to_bits() || (g.is_nan() && w.is_nan())
+                    });
+                    assert!(same, "{level:?} k={k}: {got:?} != {want:?}");
+                }
+            }
+        }
+        check::<f32>();
+        check::<f64>();
     }
 
     #[inline(always)]
