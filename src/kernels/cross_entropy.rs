@@ -34,7 +34,7 @@
 use super::lanes::{lanes_class_grads, lanes_class_losses, lanes_stats, LIMIT, ROW_LANES};
 use super::online::{self, smoothed_loss, top_grad, unweighted_wz, RowGrad, RowStats, Terms};
 use super::{
-    group_stats, max_exp_sum, rows, rows_mut, small_rows_stats, ExpSum, LN_GROUP, SMALL_K,
+    max_exp_sum, rows, rows_mut, small_rows_stats, ExpSum, GroupStats, LN_GROUP, SMALL_K,
     SMALL_ROWS, STACK_SCRATCH,
 };
 use crate::float::Float;
@@ -335,7 +335,7 @@ fn cross_entropy_rows<'t, T: Float, A: Arith>(
         return small_cross_entropy_rows(x, k, targets, o, grad, losses, a);
     }
     let group_bytes = LN_GROUP * k * std::mem::size_of::<T>();
-    if k > 0 && o.softcap.is_none() && (grad.is_none() || group_bytes <= GROUPED_GRAD_BYTES) {
+    if k > 0 && o.softcap.is_none() && group_bytes <= GROUPED_BYTES {
         return grouped_cross_entropy_rows(x, k, targets, o, grad, losses, a);
     }
     match grad {
@@ -357,15 +357,16 @@ fn cross_entropy_rows<'t, T: Float, A: Arith>(
     }
 }
 
-/// With a gradient, rows take the grouped path while a group of them spans at most this
-/// many bytes, so that the gradient pass reads the group again from L1.
+/// Rows take the grouped path while a group of them spans at most this many bytes, so that
+/// the passes after the group's sums (the gradient, the label smoothing's and the probability
+/// targets' sums) read it again from L1.
 // PERF: float32 cross_entropy_and_grad, grouped: rows of 64 to 500 took 0.74-0.93x the time
 // of the per-row path; rows of 1000 to 2048 (groups of 32 to 64 KiB) 0.93-1.05x, no gain
 // beyond the noise between builds, so they keep the per-row path (BENCHMARKS.md).
-const GROUPED_GRAD_BYTES: usize = 16 * 1024;
+const GROUPED_BYTES: usize = 16 * 1024;
 
 /// [`cross_entropy_rows`] for rows of [`SMALL_K`] or more without a soft cap: each group's
-/// maxima, sums and logarithms from [`group_stats`], then each row's loss and gradient.
+/// maxima, sums and logarithms from [`GroupStats`], then each row's loss and gradient.
 #[inline(always)]
 fn grouped_cross_entropy_rows<'t, T: Float, A: Arith>(
     x: &[T],
@@ -376,22 +377,19 @@ fn grouped_cross_entropy_rows<'t, T: Float, A: Arith>(
     losses: &mut [f64],
     a: A,
 ) {
+    debug_assert!(grad.as_ref().is_none_or(|(g, _)| g.len() == x.len()));
     let mut capped = Vec::new();
-    let (mut ms, mut ss, mut ls) = (
-        [T::ZERO; LN_GROUP],
-        [ExpSum::ZERO; LN_GROUP],
-        [0.0; LN_GROUP],
-    );
+    let mut st = GroupStats::new();
     let groups = x.chunks(LN_GROUP * k).zip(losses.chunks_mut(LN_GROUP));
     for (gi, (xg, lg)) in groups.enumerate() {
         let first = gi * LN_GROUP;
-        group_stats(xg, k, &mut ms, &mut ss, &mut ls, a);
+        st.fill(xg, k, a);
         for (r, (xr, l)) in rows(xg, k).zip(lg).enumerate() {
             let i = first + r;
             let g = grad
                 .as_mut()
                 .map(|(g, scale)| (&mut g[i * k..(i + 1) * k], scale.at(i)));
-            let pre = Some((ms[r], ss[r], ls[r]));
+            let pre = Some((st.ms[r], st.ss[r], st.ls[r]));
             *l = ce_row_with(xr, targets(i), o, g, &mut capped, a, pre, false);
         }
     }
@@ -556,19 +554,15 @@ fn class_losses_rows<T: Float, A: Arith>(
     if plain && o.softcap.is_none() && k >= SMALL_K {
         // PERF: ce_row's loss with its options' neutral terms left out, the same bits without
         // the online fold's bookkeeping (float32 6553 x 100: cross_entropy 1.12x logsumexp).
-        let (mut ms, mut ss, mut ls) = (
-            [T::ZERO; LN_GROUP],
-            [ExpSum::ZERO; LN_GROUP],
-            [0.0; LN_GROUP],
-        );
+        let mut st = GroupStats::new();
         let groups = x.chunks(LN_GROUP * k).zip(losses.chunks_mut(LN_GROUP));
         for ((xg, lg), tg) in groups.zip(idx.chunks(LN_GROUP)) {
-            group_stats(xg, k, &mut ms, &mut ss, &mut ls, a);
+            st.fill(xg, k, a);
             for (r, ((xr, l), &t)) in rows(xg, k).zip(lg).zip(tg).enumerate() {
                 *l = if t == ignore {
                     0.0
                 } else {
-                    -((xr[t as usize].to_f64() - ms[r].to_f64()) - ls[r])
+                    -((xr[t as usize].to_f64() - st.ms[r].to_f64()) - st.ls[r])
                 };
             }
         }
@@ -702,15 +696,9 @@ pub fn nll<'t, T: Float>(
 mod tests {
     use super::*;
     use crate::isa::Unfused;
-    use crate::kernels::softmax::tests::{close_to_row_path, small_rows_cases};
-
-    /// Bitwise equal, except that any NaN matches any NaN: which operand's NaN an instruction
-    /// passes on (its sign) is not part of the result.
-    fn same_or_nan<T: Float>(a: &[T], b: &[T]) -> bool {
-        a.iter().zip(b).all(|(x, y)| {
-            x.to_f64().to_bits() == y.to_f64().to_bits() || (x.is_nan() && y.is_nan())
-        })
-    }
+    use crate::kernels::softmax::tests::{
+        close_to_row_path, same_or_nan, small_rows_cases, special_rows,
+    };
 
     /// Within [`close_to_row_path`] for float32 rows of `k` classes.
     fn close<T: Float>(a: &[T], b: &[T], k: usize) -> bool {
@@ -767,6 +755,7 @@ mod tests {
                         }
                         assert!(same_or_nan(&gg, &pg), "pinned grad k={k} soft={soft}");
                         assert!(same_or_nan(&gl, &pl), "pinned loss k={k} soft={soft}");
+                        gl.fill(f64::MAX);
                         cross_entropy_rows(&x, k, target, &opts, None, &mut gl, Unfused);
                         assert!(close(&gl, &wl, k), "loss only k={k} soft={soft}");
                         assert!(same_or_nan(&gl, &pl), "pinned loss only k={k} soft={soft}");
@@ -777,24 +766,16 @@ mod tests {
     }
 
     /// Rows of [`SMALL_K`] or more without a soft cap take their maxima, sums and logarithms
-    /// a group at a time ([`group_stats`]): losses and gradients bitwise those of
+    /// a group at a time ([`GroupStats`]): losses and gradients bitwise those of
     /// [`ce_row`] row by row, for every option set, class-index (some ignored) and probability
     /// targets, over two groups and a short one, on rows of only -inf, with +inf, NaN, a huge
     /// value or a dominating maximum; rows too long for the grouped gradient included.
     #[test]
     fn grouped_rows_are_the_row_path() {
-        let long = GROUPED_GRAD_BYTES / (LN_GROUP * std::mem::size_of::<f32>()) + 1;
-        for k in [SMALL_K, 100, long] {
-            let n = 2 * LN_GROUP + 3;
-            let mut x: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 37) % 101) as f32 / 7.0 - 7.0)
-                .collect();
-            x[..k].fill(f32::NEG_INFINITY);
-            x[k + 5] = f32::INFINITY;
-            x[2 * k + k / 2] = f32::NAN;
-            x[3 * k..4 * k].fill(-30.0);
-            x[3 * k + 9] = 5.0; // row 3's class target, (3 * 3) % k
-            x[(LN_GROUP + 1) * k + 3] = 3e38;
+        let widest = GROUPED_BYTES / (LN_GROUP * std::mem::size_of::<f32>());
+        for k in [SMALL_K, 100, widest, widest + 1] {
+            // Row 3's class target is (3 * 3) % k.
+            let (n, x) = special_rows::<f32>(k, 9);
             let q: Vec<f32> = (0..x.len()).map(|i| ((i * 7) % 11) as f32 / 55.0).collect();
             let per_row = vec![0.5f32; n];
             let sets = crate::kernels::online::tests::option_sets(k);
@@ -817,6 +798,7 @@ mod tests {
                     }
                     assert!(same_or_nan(&gg, &wg), "grad k={k} soft={soft}");
                     assert!(same_or_nan(&gl, &wl), "loss k={k} soft={soft}");
+                    gl.fill(f64::MAX);
                     cross_entropy_rows(&x, k, target, &opts, None, &mut gl, Unfused);
                     assert!(same_or_nan(&gl, &wl), "loss only k={k} soft={soft}");
                 }
@@ -988,17 +970,8 @@ mod tests {
     #[test]
     fn long_row_class_losses_are_the_row_losses() {
         for k in [SMALL_K, 100, 1000, 2100] {
-            // Two groups of LN_GROUP rows and a short one.
-            let n = 2 * LN_GROUP + 3;
-            let mut x: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 37) % 101) as f32 / 7.0 - 7.0)
-                .collect();
-            x[..k].fill(f32::NEG_INFINITY);
-            x[k + 5] = f32::INFINITY;
-            x[2 * k + k / 2] = f32::NAN;
-            x[3 * k..4 * k].fill(-30.0);
-            x[3 * k + 22] = 5.0; // row 3's target, (3 * 7 + 1) % k
-            x[4 * k + k - 1] = 3e38;
+            // Row 3's target is (3 * 7 + 1) % k.
+            let (n, x) = special_rows::<f32>(k, 22);
             let idx: Vec<i64> = (0..n as i64)
                 .map(|i| if i == 6 { -100 } else { (i * 7 + 1) % k as i64 })
                 .collect();

@@ -411,34 +411,45 @@ pub fn max_exp_sum<T: Float, A: Arith>(x: &[T], a: A) -> (T, ExpSum) {
     (m, s)
 }
 
-/// Rows per group of [`grouped_stats`].
+/// Rows per group of [`GroupStats`].
 pub(crate) const LN_GROUP: usize = 8;
 
-/// For a group of at most [`LN_GROUP`] rows of `k > 0` elements (`xg`): each row's maximum
-/// into `ms`, its sums into `ss` and its `ln s` into `ls`, by [`max_exp_sum`] row by row, then
-/// the logarithms of the group in one loop: the values of the per-row path, bitwise.
-// PERF: `ln s` is a chain of some thirty dependent f64 operations per row; taken per row, it
-// sat between a row's sum and the next row's loads. Over a group it is one vector loop (eight
-// rows per instruction on AVX-512): float32 2048 x 100 logsumexp 0.76x the time, 512 x 1000
-// 0.96x (BENCHMARKS.md). Callers loop over the groups themselves rather than pass a closure:
-// a closure left uncalled-inline runs without the instruction set's features (seen in a
-// `cargo build` of the library).
-#[inline(always)]
-pub(crate) fn group_stats<T: Float, A: Arith>(
-    xg: &[T],
-    k: usize,
-    ms: &mut [T; LN_GROUP],
-    ss: &mut [ExpSum; LN_GROUP],
-    ls: &mut [f64; LN_GROUP],
-    a: A,
-) {
-    debug_assert!(k > 0 && xg.len() <= LN_GROUP * k);
-    for ((xr, m), s) in rows(xg, k).zip(ms.iter_mut()).zip(ss.iter_mut()) {
-        (*m, *s) = max_exp_sum(xr, a);
+/// The maxima (`ms`), sums (`ss`) and `ln s` (`ls`) of a group of at most [`LN_GROUP`] rows.
+pub(crate) struct GroupStats<T> {
+    pub ms: [T; LN_GROUP],
+    pub ss: [ExpSum; LN_GROUP],
+    pub ls: [f64; LN_GROUP],
+}
+
+impl<T: Float> GroupStats<T> {
+    pub fn new() -> Self {
+        GroupStats {
+            ms: [T::ZERO; LN_GROUP],
+            ss: [ExpSum::ZERO; LN_GROUP],
+            ls: [0.0; LN_GROUP],
+        }
     }
-    // A short group takes the logarithms of a few zeros too (-inf, unused).
-    for (l, s) in ls.iter_mut().zip(ss.iter()) {
-        *l = s.ln();
+
+    /// The statistics of the rows of `k > 0` elements in `xg`: each row's maximum and sums by
+    /// [`max_exp_sum`], row by row, then the group's logarithms in one loop; the values of
+    /// the per-row path, bitwise.
+    // PERF: `ln s` is a chain of some thirty dependent f64 operations per row; taken per row,
+    // it sat between a row's sum and the next row's loads. Over a group it is one vector loop
+    // (eight rows per instruction on AVX-512): float32 2048 x 100 logsumexp 0.76x the time,
+    // 512 x 1000 0.96x (BENCHMARKS.md). Callers loop over the groups themselves rather than
+    // pass a closure: a closure left as a call runs without the instruction set's features
+    // (seen in a `cargo build` of the library).
+    #[inline(always)]
+    pub fn fill<A: Arith>(&mut self, xg: &[T], k: usize, a: A) {
+        debug_assert!(k > 0 && xg.len() <= LN_GROUP * k);
+        for ((xr, m), s) in rows(xg, k).zip(&mut self.ms).zip(&mut self.ss) {
+            (*m, *s) = max_exp_sum(xr, a);
+        }
+        // A short group also takes the logarithms of sums it does not hold (the previous
+        // group's, or zeros): unused.
+        for (l, s) in self.ls.iter_mut().zip(&self.ss) {
+            *l = s.ln();
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Softmax, log-softmax, logsumexp, their backward passes and the softmax Jacobian, one row
-//! at a time.
+//! Softmax, log-softmax, logsumexp, their backward passes and the softmax Jacobian, row by
+//! row (short rows as lanes or in groups, the logarithms of longer rows eight at a time).
 //!
 //! Stability: every row is shifted by its maximum `m` before `exp`, and the results are formed
 //! as `exp(x - m) / sum` and `(x - m) - ln(sum)`, never as `exp(x - lse)`: near the float32
@@ -11,8 +11,8 @@
 
 use super::lanes::{lanes_log_softmax, lanes_logsumexp, lanes_softmax, LIMIT, ROW_LANES};
 use super::{
-    dot, exp_store_sum, group_stats, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum,
-    small_row_sum, small_rows_exp, small_rows_stats, sum, ExpSum, LN_GROUP, SMALL_K, SMALL_ROWS,
+    dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, small_row_sum,
+    small_rows_exp, small_rows_stats, sum, ExpSum, GroupStats, LN_GROUP, SMALL_K, SMALL_ROWS,
     STACK_SCRATCH,
 };
 use crate::float::Float;
@@ -43,8 +43,9 @@ pub fn log_softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
 }
 
 /// `log(sum(exp(x)))` for one row, in `f64`: the tests' per-row reference (the kernels take
-/// rows in groups, [`group_stats`]).
+/// rows in groups, [`GroupStats`]).
 #[cfg(test)]
+#[inline(always)]
 pub fn logsumexp_row<T: Float, A: Arith>(x: &[T], a: A) -> f64 {
     let (m, s) = max_exp_sum(x, a);
     lse_of(x, m, s.ln())
@@ -201,14 +202,10 @@ fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
         }
         return;
     }
-    let (mut ms, mut ss, mut ls) = (
-        [T::ZERO; LN_GROUP],
-        [ExpSum::ZERO; LN_GROUP],
-        [0.0; LN_GROUP],
-    );
+    let mut st = GroupStats::new();
     for (xg, og) in x.chunks(LN_GROUP * k).zip(out.chunks_mut(LN_GROUP)) {
-        group_stats(xg, k, &mut ms, &mut ss, &mut ls, a);
-        for ((xr, o), (&m, &l)) in rows(xg, k).zip(og).zip(ms.iter().zip(&ls)) {
+        st.fill(xg, k, a);
+        for ((xr, o), (&m, &l)) in rows(xg, k).zip(og).zip(st.ms.iter().zip(&st.ls)) {
             *o = T::from_f64(lse_of(xr, m, l));
         }
     }
@@ -410,6 +407,32 @@ pub(crate) mod tests {
         assert_eq!(o[0], f64::NEG_INFINITY);
     }
 
+    /// `2 * LN_GROUP + 3` rows of `k` elements (two groups of the grouped paths and a short
+    /// one): row 0 only -inf, row 1 with +inf, row 2 with NaN, row 3 dominated by a 5 at
+    /// `peak` among -30s, row `LN_GROUP + 2` with 3e38, the others ordinary logits.
+    pub(crate) fn special_rows<T: Float>(k: usize, peak: usize) -> (usize, Vec<T>) {
+        let n = 2 * LN_GROUP + 3;
+        let mut x: Vec<T> = (0..n * k)
+            .map(|i| T::from_f64(((i * 37) % 101) as f64 / 7.0 - 7.0))
+            .collect();
+        x[..k].fill(T::NEG_INFINITY);
+        x[k + 5] = T::from_f64(f64::INFINITY);
+        x[2 * k + k / 2] = T::from_f64(f64::NAN);
+        x[3 * k..4 * k].fill(T::from_f64(-30.0));
+        x[3 * k + peak] = T::from_f64(5.0);
+        x[(LN_GROUP + 2) * k + 3] = T::from_f64(3e38);
+        (n, x)
+    }
+
+    /// Bitwise equal, except that any NaN matches any NaN: which operand's NaN an instruction
+    /// passes on (its sign) is not part of the result.
+    pub(crate) fn same_or_nan<T: Float>(a: &[T], b: &[T]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                x.to_f64().to_bits() == y.to_f64().to_bits() || (x.is_nan() && y.is_nan())
+            })
+    }
+
     #[inline(always)]
     fn lse_by_rows_with<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
         for (xr, o) in rows(x, k).zip(out.iter_mut()) {
@@ -422,29 +445,18 @@ pub(crate) mod tests {
     }
 
     /// Rows of [`SMALL_K`] or more take their sums and logarithms [`LN_GROUP`] rows at a time
-    /// ([`group_stats`]): bitwise the per-row path at every level, over two groups and a short
+    /// ([`GroupStats`]): bitwise the per-row path at every level, over two groups and a short
     /// one, on rows of only -inf, with +inf, NaN, a huge value or a dominating maximum.
     #[test]
     fn grouped_logsumexp_is_the_row_path() {
         fn check<T: Float>() {
             for k in [SMALL_K, 100, 1000, 2100] {
-                let n = 2 * LN_GROUP + 3;
-                let mut x: Vec<T> = (0..n * k)
-                    .map(|i| T::from_f64(((i * 37) % 101) as f64 / 7.0 - 7.0))
-                    .collect();
-                x[..k].fill(T::NEG_INFINITY);
-                x[k + 5] = T::from_f64(f64::INFINITY);
-                x[2 * k + k / 2] = T::from_f64(f64::NAN);
-                x[3 * k..4 * k].fill(T::from_f64(-30.0));
-                x[3 * k + 22] = T::from_f64(5.0);
-                x[(LN_GROUP + 1) * k + 3] = T::from_f64(3e38);
+                let (n, x) = special_rows::<T>(k, 22);
                 for level in Level::supported() {
                     let (mut got, mut want) = (vec![T::ZERO; n], vec![T::ZERO; n]);
                     logsumexp(level, &x, k, &mut got);
                     lse_by_rows(level, &x, k, &mut want);
-                    let same = got.iter().zip(&want).all(|(g, w)| {
-                        g.to_f64().to_bits() == w.to_f64().to_bits() || (g.is_nan() && w.is_nan())
-                    });
+                    let same = same_or_nan(&got, &want);
                     assert!(same, "{level:?} k={k}: {got:?} != {want:?}");
                 }
             }
