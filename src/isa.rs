@@ -314,7 +314,7 @@ pub type BaselineArith = Unfused;
 macro_rules! isa_dispatch {
     ($(
         $(#[$meta:meta])*
-        pub fn $name:ident [$($gen:tt)*] ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? = $imp:ident;
+        pub fn $name:ident [$($gen:tt)*] ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? = $imp:path;
     )*) => {$(
         $(#[$meta])*
         #[inline]

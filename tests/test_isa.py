@@ -9,6 +9,7 @@ steps of the one-pass max/sum, so every loop's remainder handling runs.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -65,7 +66,18 @@ def compute(lib, x, t, q, s, ls):
     return out
 
 
-SHAPES = [(5, 1), (9, 7), (6, 16), (4, 33), (3, 300), (2, 2048), (3, 2049), (2, 5000), (1, 70001)]
+SHAPES = [
+    (5, 1),
+    (9, 7),
+    (6, 16),
+    (4, 33),
+    (7, 100),
+    (3, 300),
+    (2, 2048),
+    (3, 2049),
+    (2, 5000),
+    (1, 70001),
+]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -138,3 +150,21 @@ def test_environment_variable_forces_the_baseline():
         check=True,
     )
     assert out.stdout.strip() in {"sse2", "neon", "scalar"}
+
+
+def test_no_kernel_is_compiled_without_its_instruction_set():
+    """A closure or function value that LLVM leaves as a call inside a kernel is compiled
+    apart from the kernel's instruction-set copy, without its target features, and each of
+    its `mul_add`s becomes a call of the software `fmaf` or `fma` (twice on 2026-12-03, at 23
+    and 25 times the time). The baseline copy never fuses, so while every kernel is compiled
+    as meant, the library links neither."""
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) is not installed")
+    out = subprocess.run(
+        [nm, "-a", sce_rs._sce_rs.__file__], capture_output=True, text=True, check=True
+    ).stdout
+    names = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    if not names:
+        pytest.skip("the extension's symbols are stripped")
+    assert not names & {"fmaf", "fma"}, "a kernel's arithmetic runs without its ISA"

@@ -34,11 +34,11 @@
 use super::lanes::{lanes_class_grads, lanes_class_losses, lanes_stats, LIMIT, ROW_LANES};
 use super::online::{self, smoothed_loss, top_grad, unweighted_wz, RowGrad, RowStats, Terms};
 use super::{
-    max_exp_sum, rows, rows_mut, small_rows_stats, ExpSum, GroupStats, LN_GROUP, SMALL_K,
-    SMALL_ROWS, STACK_SCRATCH,
+    max_exp_sum, rows, rows_mut, short_rows, small_rows_stats, ExpSum, GroupStats, LN_GROUP,
+    SMALL_K, SMALL_ROWS, STACK_SCRATCH,
 };
 use crate::float::Float;
-use crate::isa::{isa_dispatch, Arith};
+use crate::isa::{isa_dispatch, Arith, Level};
 
 /// What a row is compared against.
 #[derive(Clone, Copy, Debug)]
@@ -538,7 +538,7 @@ fn plain_lane_losses<'t, T: Float, A: Arith>(
 /// [`cross_entropy_rows`] without a gradient, on class indices: the plain loss of short rows
 /// as lanes ([`lanes_class_losses`]), any other through the row paths.
 #[inline(always)]
-fn class_losses_rows<T: Float, A: Arith>(
+fn class_losses_rows<T: Float, A: Arith, const SHORT: bool>(
     x: &[T],
     k: usize,
     idx: &[i64],
@@ -548,7 +548,7 @@ fn class_losses_rows<T: Float, A: Arith>(
     a: A,
 ) {
     let plain = o.plain_terms();
-    if plain && o.softcap.is_none() && k > 0 && k < LIMIT {
+    if !SHORT && plain && o.softcap.is_none() && k > 0 && k < LIMIT {
         return lanes_class_losses(x, k, idx, ignore, losses, a);
     }
     if plain && o.softcap.is_none() && k >= SMALL_K {
@@ -557,7 +557,11 @@ fn class_losses_rows<T: Float, A: Arith>(
         let mut st = GroupStats::new();
         let groups = x.chunks(LN_GROUP * k).zip(losses.chunks_mut(LN_GROUP));
         for ((xg, lg), tg) in groups.zip(idx.chunks(LN_GROUP)) {
-            st.fill(xg, k, a);
+            if SHORT {
+                st.fill_short(xg, k, a);
+            } else {
+                st.fill(xg, k, a);
+            }
             for (r, ((xr, l), &t)) in rows(xg, k).zip(lg).zip(tg).enumerate() {
                 *l = if t == ignore {
                     0.0
@@ -630,6 +634,24 @@ fn count_classes_with<A: Arith>(idx: &[i64], ignore: i64, k: usize, _: A) -> (us
     (live, bad)
 }
 
+/// [`cross_entropy`] without a gradient on one class index per row, `ignore` skipped and the
+/// others in `[0, k)` (checked by the caller).
+pub fn class_losses<T: Float>(
+    isa: Level,
+    x: &[T],
+    k: usize,
+    idx: &[i64],
+    ignore: i64,
+    o: &CeOptions<T>,
+    losses: &mut [f64],
+) {
+    if short_rows(k) {
+        class_losses_short(isa, x, k, idx, ignore, o, losses)
+    } else {
+        class_losses_any(isa, x, k, idx, ignore, o, losses)
+    }
+}
+
 isa_dispatch! {
     /// Cross-entropy of a block of rows: per-row losses into `losses`, and `scale`-d gradients
     /// into `grad` (same layout as `x`) when given. `targets(i)` gives row `i`'s target.
@@ -643,14 +665,22 @@ isa_dispatch! {
     ) = cross_entropy_rows;
     /// [`cross_entropy`] without a gradient on one class index per row, `ignore` skipped and
     /// the others in `[0, k)` (checked by the caller).
-    pub fn class_losses[T: Float](
+    pub fn class_losses_any[T: Float](
         x: &[T],
         k: usize,
         idx: &[i64],
         ignore: i64,
         o: &CeOptions<T>,
         losses: &mut [f64],
-    ) = class_losses_rows;
+    ) = class_losses_rows::<T, _, false>;
+    pub fn class_losses_short[T: Float](
+        x: &[T],
+        k: usize,
+        idx: &[i64],
+        ignore: i64,
+        o: &CeOptions<T>,
+        losses: &mut [f64],
+    ) = class_losses_rows::<T, _, true>;
     /// [`class_losses`] (the indices and `ignore` as a pair) and the `scale`-d gradient into
     /// `grad` (laid out as `x`).
     pub fn class_grads[T: Float](
@@ -964,12 +994,33 @@ mod tests {
         }
     }
 
-    /// Long rows (the row path, one-pass rows past 2048 included): [`class_losses`] without
-    /// options is bitwise [`ce_row`]'s loss at every level, on rows with infinities, NaN and
-    /// a dominating maximum.
+    /// The plain loss of each row with its sums by `short_exp_sum`, one row at a time.
+    #[inline(always)]
+    fn short_losses_with<A: Arith>(x: &[f32], k: usize, idx: &[i64], out: &mut [f64], a: A) {
+        for ((xr, o), &t) in rows(x, k).zip(out.iter_mut()).zip(idx) {
+            let m = crate::kernels::row_max(xr);
+            let ln_s = crate::kernels::short_exp_sum(xr, m, a).ln();
+            *o = if t < 0 {
+                0.0
+            } else {
+                -((xr[t as usize].to_f64() - m.to_f64()) - ln_s)
+            };
+        }
+    }
+
+    isa_dispatch! {
+        pub fn short_losses[](x: &[f32], k: usize, idx: &[i64], out: &mut [f64]) =
+            short_losses_with;
+    }
+
+    /// Rows of [`SMALL_K`] or more (the row path, one-pass rows past 2048 included):
+    /// [`class_losses`] without options is bitwise [`ce_row`]'s loss at every level, on rows
+    /// with infinities, NaN and a dominating maximum. Rows shorter than a chunk
+    /// (`short_rows`) sum their terms beside their maxima's ones: bitwise that loss taken
+    /// row by row, and within [`close_to_row_path`] of the row path.
     #[test]
     fn long_row_class_losses_are_the_row_losses() {
-        for k in [SMALL_K, 100, 1000, 2100] {
+        for k in [SMALL_K, 100, 255, 256, 1000, 2100] {
             // Row 3's target is (3 * 7 + 1) % k.
             let (n, x) = special_rows::<f32>(k, 22);
             let idx: Vec<i64> = (0..n as i64)
@@ -990,6 +1041,17 @@ mod tests {
                         ce_row_at(level, xr, target, &o, &mut cap)
                     })
                     .collect();
+                let want = if short_rows(k) {
+                    assert!(
+                        close(&got, &want, k),
+                        "{level:?} k={k}: {got:?} !~ {want:?}"
+                    );
+                    let mut short = vec![0.0; n];
+                    short_losses(level, &x, k, &idx, &mut short);
+                    short
+                } else {
+                    want
+                };
                 assert!(
                     same_or_nan(&got, &want),
                     "{level:?} k={k}: {got:?} != {want:?}"

@@ -11,9 +11,9 @@
 
 use super::lanes::{lanes_log_softmax, lanes_logsumexp, lanes_softmax, LIMIT, ROW_LANES};
 use super::{
-    dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, small_row_sum,
-    small_rows_exp, small_rows_stats, sum, ExpSum, GroupStats, LN_GROUP, SMALL_K, SMALL_ROWS,
-    STACK_SCRATCH,
+    dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, short_rows,
+    small_row_sum, small_rows_exp, small_rows_stats, sum, ExpSum, GroupStats, LN_GROUP, SMALL_K,
+    SMALL_ROWS, STACK_SCRATCH,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -179,7 +179,17 @@ fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) 
 
 /// One value per row; an empty class axis (`k == 0`) gives `-inf`, the log of an empty sum.
 #[inline(always)]
-fn logsumexp_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
+fn logsumexp_rows<T: Float, A: Arith, const SHORT: bool>(x: &[T], k: usize, out: &mut [T], a: A) {
+    if SHORT {
+        let mut st = GroupStats::new();
+        for (xg, og) in x.chunks(LN_GROUP * k).zip(out.chunks_mut(LN_GROUP)) {
+            st.fill_short(xg, k, a);
+            for ((xr, o), (&m, &l)) in rows(xg, k).zip(og).zip(st.ms.iter().zip(&st.ls)) {
+                *o = T::from_f64(lse_of(xr, m, l));
+            }
+        }
+        return;
+    }
     if k == 0 {
         out.fill(T::NEG_INFINITY);
         return;
@@ -261,6 +271,15 @@ fn segment_exp_scaled<T: Float, A: Arith>(x: &[T], shift: T, scale: T, out: &mut
     }
 }
 
+/// One value per row; an empty class axis (`k == 0`) gives `-inf`.
+pub fn logsumexp<T: Float>(isa: crate::isa::Level, x: &[T], k: usize, out: &mut [T]) {
+    if short_rows(k) {
+        logsumexp_short(isa, x, k, out)
+    } else {
+        logsumexp_any(isa, x, k, out)
+    }
+}
+
 isa_dispatch! {
     pub fn softmax[T: Float](x: &[T], k: usize, out: &mut [T]) = softmax_rows;
     /// `(max, Σ exp(x - max))` of one segment of a long row.
@@ -268,8 +287,10 @@ isa_dispatch! {
     /// `out = exp(x - shift) * scale`: one segment of a long softmax row.
     pub fn exp_scaled[T: Float](x: &[T], shift: T, scale: T, out: &mut [T]) = segment_exp_scaled;
     pub fn log_softmax[T: Float](x: &[T], k: usize, out: &mut [T]) = log_softmax_rows;
-    /// One value per row; an empty class axis (`k == 0`) gives `-inf`.
-    pub fn logsumexp[T: Float](x: &[T], k: usize, out: &mut [T]) = logsumexp_rows;
+    pub fn logsumexp_any[T: Float](x: &[T], k: usize, out: &mut [T]) =
+        logsumexp_rows::<T, _, false>;
+    pub fn logsumexp_short[T: Float](x: &[T], k: usize, out: &mut [T]) =
+        logsumexp_rows::<T, _, true>;
     pub fn softmax_backward[T: Float](g: &[T], s: &[T], k: usize, out: &mut [T]) = softmax_backward_rows;
     pub fn log_softmax_backward[T: Float](g: &[T], ls: &[T], k: usize, out: &mut [T]) =
         log_softmax_backward_rows;
@@ -355,7 +376,7 @@ pub(crate) mod tests {
                 "log_softmax k={k}"
             );
             let mut lse = vec![0f32; n];
-            logsumexp_rows(&x, k, &mut lse, Unfused);
+            logsumexp_rows::<_, _, false>(&x, k, &mut lse, Unfused);
             for (xr, &l) in rows(&x, k).zip(&lse) {
                 assert!(
                     close(l, logsumexp_row(xr, Unfused) as f32, k),
@@ -440,26 +461,51 @@ pub(crate) mod tests {
         }
     }
 
+    /// The logsumexp of each row with its sums by `short_exp_sum`, one row at a time.
+    #[inline(always)]
+    fn short_lse_by_rows_with<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
+        for (xr, o) in rows(x, k).zip(out.iter_mut()) {
+            let m = row_max(xr);
+            *o = T::from_f64(lse_of(xr, m, super::super::short_exp_sum(xr, m, a).ln()));
+        }
+    }
+
     crate::isa::isa_dispatch! {
         pub fn lse_by_rows[T: Float](x: &[T], k: usize, out: &mut [T]) = lse_by_rows_with;
+        pub fn short_lse_by_rows[T: Float](x: &[T], k: usize, out: &mut [T]) =
+            short_lse_by_rows_with;
     }
 
     /// Rows of [`SMALL_K`] or more take their sums and logarithms [`LN_GROUP`] rows at a time
     /// ([`GroupStats`]): bitwise the per-row path at every level, over two groups and a short
-    /// one, on rows of only -inf, with +inf, NaN, a huge value or a dominating maximum.
+    /// one, on rows of only -inf, with +inf, NaN, a huge value or a dominating maximum. Rows
+    /// shorter than a chunk (`short_rows`) sum their terms beside their maxima's ones: bitwise
+    /// that sum taken row by row, and within [`close_to_row_path`] of the row path.
     #[test]
     fn grouped_logsumexp_is_the_row_path() {
         fn check<T: Float>() {
-            for k in [SMALL_K, 100, 1000, 2100] {
+            for k in [SMALL_K, 100, 255, 256, 1000, 2100] {
                 let (n, x) = special_rows::<T>(k, 22);
                 for level in Level::supported() {
                     let (mut got, mut want) = (vec![T::ZERO; n], vec![T::ZERO; n]);
                     logsumexp(level, &x, k, &mut got);
                     lse_by_rows(level, &x, k, &mut want);
+                    if short_rows(k) {
+                        let eps = if T::DTYPE == crate::dtype::DType::F32 {
+                            f64::from(f32::EPSILON)
+                        } else {
+                            f64::EPSILON
+                        };
+                        let close = (got.iter().zip(&want))
+                            .all(|(a, b)| close_to_row_path(a.to_f64(), b.to_f64(), k, eps));
+                        assert!(close, "{level:?} k={k}: {got:?} !~ {want:?}");
+                        short_lse_by_rows(level, &x, k, &mut want);
+                    }
                     let same = same_or_nan(&got, &want);
                     assert!(same, "{level:?} k={k}: {got:?} != {want:?}");
                 }
             }
+            assert!(short_rows(100) && !short_rows(SMALL_K - 1) && !short_rows(256));
         }
         check::<f32>();
         check::<f64>();
