@@ -180,24 +180,14 @@ fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) 
 /// One value per row; an empty class axis (`k == 0`) gives `-inf`, the log of an empty sum.
 #[inline(always)]
 fn logsumexp_rows<T: Float, A: Arith, const SHORT: bool>(x: &[T], k: usize, out: &mut [T], a: A) {
-    if SHORT {
-        let mut st = GroupStats::new();
-        for (xg, og) in x.chunks(LN_GROUP * k).zip(out.chunks_mut(LN_GROUP)) {
-            st.fill_short(xg, k, a);
-            for ((xr, o), (&m, &l)) in rows(xg, k).zip(og).zip(st.ms.iter().zip(&st.ls)) {
-                *o = T::from_f64(lse_of(xr, m, l));
-            }
-        }
-        return;
-    }
     if k == 0 {
         out.fill(T::NEG_INFINITY);
         return;
     }
-    if k < LIMIT {
+    if !SHORT && k < LIMIT {
         return lanes_logsumexp(x, k, out, a);
     }
-    if k < SMALL_K {
+    if !SHORT && k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
         let (mut ss, mut ls) = ([ExpSum::ZERO; SMALL_ROWS], [0.0; SMALL_ROWS]);
         // Sized to the input: a call of a few rows should not clear a whole group's worth.
@@ -214,7 +204,11 @@ fn logsumexp_rows<T: Float, A: Arith, const SHORT: bool>(x: &[T], k: usize, out:
     }
     let mut st = GroupStats::new();
     for (xg, og) in x.chunks(LN_GROUP * k).zip(out.chunks_mut(LN_GROUP)) {
-        st.fill(xg, k, a);
+        if SHORT {
+            st.fill_short(xg, k, a);
+        } else {
+            st.fill(xg, k, a);
+        }
         for ((xr, o), (&m, &l)) in rows(xg, k).zip(og).zip(st.ms.iter().zip(&st.ls)) {
             *o = T::from_f64(lse_of(xr, m, l));
         }
