@@ -34,7 +34,7 @@
 use super::lanes::{lanes_class_grads, lanes_class_losses, lanes_stats, LIMIT, ROW_LANES};
 use super::online::{self, smoothed_loss, top_grad, unweighted_wz, RowGrad, RowStats, Terms};
 use super::{
-    max_exp_sum, rows, rows_mut, short_rows, small_rows_stats, ExpSum, GroupStats, LN_GROUP,
+    max_exp_sum, rows, rows_mut, short_rows, small_rows_stats, Ahead, ExpSum, GroupStats, LN_GROUP,
     SMALL_K, SMALL_ROWS, STACK_SCRATCH,
 };
 use crate::float::Float;
@@ -155,7 +155,7 @@ fn ce_row_with<T: Float, A: Arith>(
     }
     let z = online::capped(x, o.softcap, capped);
     let (m, sums, ln_s) = pre.unwrap_or_else(|| {
-        let (m, sums) = max_exp_sum(z, ar);
+        let (m, sums) = max_exp_sum(z, Ahead::NONE, ar);
         (m, sums, sums.ln())
     });
     // exp(z - m) of the gradient loops: read back from `grad` when the caller put it there.
@@ -383,7 +383,8 @@ fn grouped_cross_entropy_rows<'t, T: Float, A: Arith>(
     let groups = x.chunks(LN_GROUP * k).zip(losses.chunks_mut(LN_GROUP));
     for (gi, (xg, lg)) in groups.enumerate() {
         let first = gi * LN_GROUP;
-        st.fill(xg, k, a);
+        // The gradient's rows are written next: prefetched beside the exps too.
+        st.fill(x, gi, k, grad.as_ref().map_or(&[], |(g, _)| &**g), a);
         for (r, (xr, l)) in rows(xg, k).zip(lg).enumerate() {
             let i = first + r;
             let g = grad
@@ -556,11 +557,11 @@ fn class_losses_rows<T: Float, A: Arith, const SHORT: bool>(
         // the online fold's bookkeeping (float32 6553 x 100: cross_entropy 1.12x logsumexp).
         let mut st = GroupStats::new();
         let groups = x.chunks(LN_GROUP * k).zip(losses.chunks_mut(LN_GROUP));
-        for ((xg, lg), tg) in groups.zip(idx.chunks(LN_GROUP)) {
+        for (g, ((xg, lg), tg)) in groups.zip(idx.chunks(LN_GROUP)).enumerate() {
             if SHORT {
                 st.fill_short(xg, k, a);
             } else {
-                st.fill(xg, k, a);
+                st.fill(x, g, k, &[], a);
             }
             for (r, ((xr, l), &t)) in rows(xg, k).zip(lg).zip(tg).enumerate() {
                 *l = if t == ignore {

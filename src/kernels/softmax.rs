@@ -12,8 +12,8 @@
 use super::lanes::{lanes_log_softmax, lanes_logsumexp, lanes_softmax, LIMIT, ROW_LANES};
 use super::{
     dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, short_rows,
-    small_row_sum, small_rows_exp, small_rows_stats, sum, ExpSum, GroupStats, LN_GROUP, SMALL_K,
-    SMALL_ROWS, STACK_SCRATCH,
+    small_row_sum, small_rows_exp, small_rows_stats, sum, Ahead, ExpSum, GroupStats, LN_GROUP,
+    SMALL_K, SMALL_ROWS, STACK_SCRATCH,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -24,9 +24,9 @@ use crate::isa::{isa_dispatch, Arith};
 // (float32 128 x 128256 softmax(out=): 26.7 ms against ONNX Runtime's 14.3 ms, which stores):
 // exp is the bottleneck, and the extra pass over `out` mostly hits L2.
 #[inline(always)]
-pub fn softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
+pub fn softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], ahead: Ahead<'_, T>, a: A) {
     let m = row_max(x);
-    let inv = T::from_f64(1.0 / exp_store_sum(x, m, out, a));
+    let inv = T::from_f64(1.0 / exp_store_sum(x, m, out, ahead, a));
     for o in out.iter_mut() {
         *o *= inv;
     }
@@ -34,8 +34,8 @@ pub fn softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
 
 /// `out = log_softmax(x)` for one row.
 #[inline(always)]
-pub fn log_softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
-    let (m, s) = max_exp_sum(x, a);
+pub fn log_softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], ahead: Ahead<'_, T>, a: A) {
+    let (m, s) = max_exp_sum(x, ahead, a);
     let ln_s = T::from_f64(s.ln());
     for (o, &v) in out.iter_mut().zip(x) {
         *o = (v - m) - ln_s;
@@ -47,7 +47,7 @@ pub fn log_softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
 #[cfg(test)]
 #[inline(always)]
 pub fn logsumexp_row<T: Float, A: Arith>(x: &[T], a: A) -> f64 {
-    let (m, s) = max_exp_sum(x, a);
+    let (m, s) = max_exp_sum(x, Ahead::NONE, a);
     lse_of(x, m, s.ln())
 }
 
@@ -89,7 +89,7 @@ pub fn log_softmax_backward_row<T: Float, A: Arith>(g: &[T], ls: &[T], out: &mut
 #[inline(always)]
 pub fn softmax_jacobian_row<T: Float, A: Arith>(x: &[T], s: &mut [T], out: &mut [T], a: A) {
     let k = x.len();
-    softmax_row(x, s, a);
+    softmax_row(x, s, Ahead::NONE, a);
     for (i, jrow) in rows_mut(out, k).enumerate() {
         let si = s[i];
         for (j, o) in jrow.iter_mut().enumerate() {
@@ -116,8 +116,12 @@ fn softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
         }
         return;
     }
-    for (xr, or) in rows(x, k).zip(rows_mut(out, k)) {
-        softmax_row(xr, or, a);
+    // Row by row, each beside the rows of `out` after it, whose lines it prefetches.
+    let mut out = out;
+    for (i, xr) in rows(x, k).enumerate() {
+        let (or, after) = std::mem::take(&mut out).split_at_mut(k);
+        softmax_row(xr, or, Ahead::of(x, i, k, after, i + 1), a);
+        out = after;
     }
 }
 
@@ -172,8 +176,11 @@ fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) 
         }
         return;
     }
-    for (xr, or) in rows(x, k).zip(rows_mut(out, k)) {
-        log_softmax_row(xr, or, a);
+    let mut out = out;
+    for (i, xr) in rows(x, k).enumerate() {
+        let (or, after) = std::mem::take(&mut out).split_at_mut(k);
+        log_softmax_row(xr, or, Ahead::of(x, i, k, after, i + 1), a);
+        out = after;
     }
 }
 
@@ -203,11 +210,15 @@ fn logsumexp_rows<T: Float, A: Arith, const SHORT: bool>(x: &[T], k: usize, out:
         return;
     }
     let mut st = GroupStats::new();
-    for (xg, og) in x.chunks(LN_GROUP * k).zip(out.chunks_mut(LN_GROUP)) {
+    for (g, (xg, og)) in x
+        .chunks(LN_GROUP * k)
+        .zip(out.chunks_mut(LN_GROUP))
+        .enumerate()
+    {
         if SHORT {
             st.fill_short(xg, k, a);
         } else {
-            st.fill(xg, k, a);
+            st.fill(x, g, k, &[], a);
         }
         for ((xr, o), (&m, &l)) in rows(xg, k).zip(og).zip(st.ms.iter().zip(&st.ls)) {
             *o = T::from_f64(lse_of(xr, m, l));
@@ -354,7 +365,7 @@ pub(crate) mod tests {
             let (mut got, mut want) = (vec![0f32; x.len()], vec![0f32; x.len()]);
             softmax_rows(&x, k, &mut got, Unfused);
             for (xr, wr) in rows(&x, k).zip(rows_mut(&mut want, k)) {
-                softmax_row(xr, wr, Unfused);
+                softmax_row(xr, wr, Ahead::NONE, Unfused);
             }
             let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
             assert!(
@@ -363,7 +374,7 @@ pub(crate) mod tests {
             );
             log_softmax_rows(&x, k, &mut got, Unfused);
             for (xr, wr) in rows(&x, k).zip(rows_mut(&mut want, k)) {
-                log_softmax_row(xr, wr, Unfused);
+                log_softmax_row(xr, wr, Ahead::NONE, Unfused);
             }
             assert!(
                 got.iter().zip(&want).all(|(&a, &b)| close(a, b, k)),
