@@ -34,8 +34,8 @@
 use super::lanes::{lanes_class_grads, lanes_class_losses, lanes_stats, LIMIT, ROW_LANES};
 use super::online::{self, smoothed_loss, top_grad, unweighted_wz, RowGrad, RowStats, Terms};
 use super::{
-    max_exp_sum, rows, rows_mut, short_rows, small_rows_stats, Ahead, ExpSum, GroupStats, LN_GROUP,
-    SMALL_K, SMALL_ROWS, STACK_SCRATCH,
+    max_exp_store_sum, max_exp_sum, rows, rows_mut, short_rows, small_rows_stats, Ahead, ExpSum,
+    GroupStats, RowsAhead, LN_GROUP, ONLINE_STEP, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith, Level};
@@ -119,6 +119,7 @@ impl<'a, T: Float> Scale<'a, T> {
 
 /// The loss of one row; when `grad` is given, also writes `scale * d loss / d x` into it.
 /// `capped` is scratch for the soft-capped logits (left untouched without a cap).
+#[cfg(test)]
 #[inline(always)]
 pub fn ce_row<T: Float, A: Arith>(
     x: &[T],
@@ -128,12 +129,13 @@ pub fn ce_row<T: Float, A: Arith>(
     capped: &mut Vec<T>,
     ar: A,
 ) -> f64 {
-    ce_row_with(x, target, o, grad, capped, ar, None, false)
+    ce_row_with(x, target, o, grad, capped, ar, None, false, Ahead::NONE)
 }
 
 /// [`ce_row`], optionally with the row's maximum, sums and `ln` of its sum already known
 /// (`pre`, the grouped paths without a soft cap: `(m, s, s.ln())`); where `held`, `grad`,
-/// when given, already holds `exp(x - max)`.
+/// when given, already holds `exp(x - max)`. Without `pre`, the pass of the row's sums
+/// prefetches `ahead`, and leaves the exps in `grad` when there is one.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn ce_row_with<T: Float, A: Arith>(
@@ -145,6 +147,7 @@ fn ce_row_with<T: Float, A: Arith>(
     ar: A,
     pre: Option<(T, ExpSum, f64)>,
     held: bool,
+    ahead: Ahead<'_, T>,
 ) -> f64 {
     let k = x.len();
     if matches!(target, RowTarget::Ignored) || k == 0 {
@@ -154,12 +157,20 @@ fn ce_row_with<T: Float, A: Arith>(
         return 0.0;
     }
     let z = online::capped(x, o.softcap, capped);
-    let (m, sums, ln_s) = pre.unwrap_or_else(|| {
-        let (m, sums) = max_exp_sum(z, Ahead::NONE, ar);
-        (m, sums, sums.ln())
-    });
-    // exp(z - m) of the gradient loops: read back from `grad` when the caller put it there.
-    let held = held && pre.is_some();
+    let mut grad = grad;
+    // `held`: the gradient loops read exp(z - m) back from `grad`, where the caller or the
+    // pass of the sums put them.
+    // PERF: kept from the pass of the sums rather than taken again: float32 8192 x 1000
+    // cross_entropy_and_grad took 0.66-0.71x the time (BENCHMARKS.md).
+    let ((m, sums), held) = match (pre, grad.as_mut()) {
+        (Some((m, sums, _)), _) => ((m, sums), held),
+        (None, Some((g, _))) if k <= ONLINE_STEP => (max_exp_store_sum(z, g, ahead, ar), true),
+        (None, _) => (max_exp_sum(z, ahead, ar), false),
+    };
+    let ln_s = match pre {
+        Some((_, _, ln_s)) => ln_s,
+        None => sums.ln(),
+    };
     let scale = grad.as_ref().map_or(0.0, |(_, sc)| *sc);
     let (loss, g) = match target {
         RowTarget::Class(t) => {
@@ -340,18 +351,17 @@ fn cross_entropy_rows<'t, T: Float, A: Arith>(
     }
     match grad {
         Some((g, scale)) if k > 0 => {
-            for (i, ((xr, gr), l)) in rows(x, k)
-                .zip(rows_mut(g, k))
-                .zip(losses.iter_mut())
-                .enumerate()
-            {
-                *l = ce_row(xr, targets(i), o, Some((gr, scale.at(i))), &mut capped, a);
+            let mut rows = RowsAhead::new(x, k, g);
+            while let Some((i, xr, gr, ahead)) = rows.next() {
+                let g = Some((gr, scale.at(i)));
+                losses[i] = ce_row_with(xr, targets(i), o, g, &mut capped, a, None, false, ahead);
             }
         }
         _ if k == 0 => losses.fill(0.0),
         _ => {
             for (i, (xr, l)) in rows(x, k).zip(losses.iter_mut()).enumerate() {
-                *l = ce_row(xr, targets(i), o, None, &mut capped, a);
+                let ahead = Ahead::of(x, i, k, &[], 0);
+                *l = ce_row_with(xr, targets(i), o, None, &mut capped, a, None, false, ahead);
             }
         }
     }
@@ -383,15 +393,22 @@ fn grouped_cross_entropy_rows<'t, T: Float, A: Arith>(
     let groups = x.chunks(LN_GROUP * k).zip(losses.chunks_mut(LN_GROUP));
     for (gi, (xg, lg)) in groups.enumerate() {
         let first = gi * LN_GROUP;
-        // The gradient's rows are written next: prefetched beside the exps too.
-        st.fill(x, gi, k, grad.as_ref().map_or(&[], |(g, _)| &**g), a);
+        // The gradient's rows are written next: they take the exps (prefetched beside them),
+        // which the gradient loops read back.
+        // PERF: rather than take the exps again: float32 16384 x 100 cross_entropy_and_grad
+        // took 0.86x the time, 8192 x 300 0.82-0.86x (BENCHMARKS.md).
+        match grad.as_mut() {
+            Some((g, _)) => st.fill_into(x, gi, k, g, a),
+            None => st.fill(x, gi, k, a),
+        }
+        let held = grad.is_some();
         for (r, (xr, l)) in rows(xg, k).zip(lg).enumerate() {
             let i = first + r;
             let g = grad
                 .as_mut()
                 .map(|(g, scale)| (&mut g[i * k..(i + 1) * k], scale.at(i)));
-            let pre = Some((st.ms[r], st.ss[r], st.ls[r]));
-            *l = ce_row_with(xr, targets(i), o, g, &mut capped, a, pre, false);
+            let (pre, none) = (Some((st.ms[r], st.ss[r], st.ls[r])), Ahead::NONE);
+            *l = ce_row_with(xr, targets(i), o, g, &mut capped, a, pre, held, none);
         }
     }
 }
@@ -485,7 +502,7 @@ fn small_cross_entropy_rows<'t, T: Float, A: Arith>(
                 (target, _) => {
                     let pre = Some((ms[r], ss[r], ls[r]));
                     let g = sc.map(|sc| (er, sc));
-                    ce_row_with(xr, target, o, g, &mut capped, a, pre, true)
+                    ce_row_with(xr, target, o, g, &mut capped, a, pre, true, Ahead::NONE)
                 }
             };
         }
@@ -524,7 +541,8 @@ fn plain_lane_losses<'t, T: Float, A: Arith>(
                 RowTarget::Ignored => lg[r] = 0.0,
                 target @ RowTarget::Probs(_) => {
                     let pre = Some((ms[r], ss[r], ls[r]));
-                    lg[r] = ce_row_with(xr, target, o, None, &mut capped, a, pre, false);
+                    lg[r] =
+                        ce_row_with(xr, target, o, None, &mut capped, a, pre, false, Ahead::NONE);
                     class[r] = 2;
                 }
             }
@@ -561,7 +579,7 @@ fn class_losses_rows<T: Float, A: Arith, const SHORT: bool>(
             if SHORT {
                 st.fill_short(xg, k, a);
             } else {
-                st.fill(x, g, k, &[], a);
+                st.fill(x, g, k, a);
             }
             for (r, ((xr, l), &t)) in rows(xg, k).zip(lg).zip(tg).enumerate() {
                 *l = if t == ignore {
@@ -781,8 +799,17 @@ mod tests {
                                 xr, k, &mut ms, &mut rest, full, &mut ss, &mut ls, Unfused,
                             );
                             let (g, pre) = (Some((gr, scale.at(i))), Some((ms[0], ss[0], ls[0])));
-                            pl[i] =
-                                ce_row_with(xr, target(i), &opts, g, &mut cap, Unfused, pre, true);
+                            pl[i] = ce_row_with(
+                                xr,
+                                target(i),
+                                &opts,
+                                g,
+                                &mut cap,
+                                Unfused,
+                                pre,
+                                true,
+                                Ahead::NONE,
+                            );
                         }
                         assert!(same_or_nan(&gg, &pg), "pinned grad k={k} soft={soft}");
                         assert!(same_or_nan(&gl, &pl), "pinned loss k={k} soft={soft}");
@@ -800,7 +827,9 @@ mod tests {
     /// a group at a time ([`GroupStats`]): losses and gradients bitwise those of
     /// [`ce_row`] row by row, for every option set, class-index (some ignored) and probability
     /// targets, over two groups and a short one, on rows of only -inf, with +inf, NaN, a huge
-    /// value or a dominating maximum; rows too long for the grouped gradient included.
+    /// value or a dominating maximum; rows too long for the grouped gradient included. Both
+    /// keep the exps of the pass of the sums for the gradient ([`max_exp_store_sum`]); taken
+    /// again, they give the same bits.
     #[test]
     fn grouped_rows_are_the_row_path() {
         let widest = GROUPED_BYTES / (LN_GROUP * std::mem::size_of::<f32>());
@@ -829,6 +858,17 @@ mod tests {
                     }
                     assert!(same_or_nan(&gg, &wg), "grad k={k} soft={soft}");
                     assert!(same_or_nan(&gl, &wl), "loss k={k} soft={soft}");
+                    // The exps taken again by the gradient loops (as rows longer than a step
+                    // take them) give the same bits.
+                    let (mut al, mut ag) = (vec![0.0; n], vec![0f32; x.len()]);
+                    for (i, (xr, gr)) in rows(&x, k).zip(rows_mut(&mut ag, k)).enumerate() {
+                        let (m, s) = max_exp_sum(xr, Ahead::NONE, Unfused);
+                        let (g, pre) = (Some((gr, scale.at(i))), Some((m, s, s.ln())));
+                        let (t, none) = (target(i), Ahead::NONE);
+                        al[i] = ce_row_with(xr, t, &opts, g, &mut cap, Unfused, pre, false, none);
+                    }
+                    assert!(same_or_nan(&gg, &ag), "grad again k={k} soft={soft}");
+                    assert!(same_or_nan(&gl, &al), "loss again k={k} soft={soft}");
                     gl.fill(f64::MAX);
                     cross_entropy_rows(&x, k, target, &opts, None, &mut gl, Unfused);
                     assert!(same_or_nan(&gl, &wl), "loss only k={k} soft={soft}");

@@ -36,7 +36,7 @@ const CHUNK: usize = 256;
 // PERF: a float32 row of 128256 (501 KiB) does not fit this machine's 512 KiB L2 beside its
 // output, so the two-pass form read it from memory twice; not measured apart from the ISA
 // dispatch that landed with it.
-const ONLINE_STEP: usize = 2048;
+pub(crate) const ONLINE_STEP: usize = 2048;
 
 /// How far ahead of a row the pass of its exps prefetches the rows to come, in bytes.
 // PERF: a row's maximum is a pass of loads with little to do beside them, its exps a pass of
@@ -289,7 +289,21 @@ impl ExpSum {
 // one chunk's exps again, on rows whose sum is below 2 only.
 #[inline(always)]
 pub fn exp_sum<T: Float, A: Arith>(x: &[T], shift: T, ahead: Ahead<'_, T>, a: A) -> ExpSum {
+    exp_sum_into(x, shift, None, ahead, a)
+}
+
+/// [`exp_sum`], the terms `exp(x - shift)` also left in `out` (of `x`'s length) when given:
+/// the same sums to the bit, as the chunks' terms are summed from where they are mapped.
+#[inline(always)]
+fn exp_sum_into<T: Float, A: Arith>(
+    x: &[T],
+    shift: T,
+    mut out: Option<&mut [T]>,
+    ahead: Ahead<'_, T>,
+    a: A,
+) -> ExpSum {
     const MAX_CHUNKS: usize = ONLINE_STEP / CHUNK;
+    debug_assert!(out.as_ref().is_none_or(|o| o.len() == x.len()));
     let mut totals = [0.0; MAX_CHUNKS];
     let mut s = 0.0;
     let mut buf;
@@ -301,7 +315,11 @@ pub fn exp_sum<T: Float, A: Arith>(x: &[T], shift: T, ahead: Ahead<'_, T>, a: A)
     };
     for (j, chunk) in x.chunks(CHUNK).enumerate() {
         ahead.prefetch(x.len(), j);
-        let t = chunk_exp_sum::<T, A, false>(chunk, shift, held.as_deref_mut(), a);
+        let into = match out.as_deref_mut() {
+            Some(o) => Some(&mut o[j * CHUNK..j * CHUNK + chunk.len()]),
+            None => held.as_deref_mut().map(|h| &mut h[..chunk.len()]),
+        };
+        let t = chunk_exp_sum::<T, A, false>(chunk, shift, into, a);
         if j < MAX_CHUNKS {
             totals[j] = t;
         }
@@ -321,8 +339,10 @@ pub fn exp_sum<T: Float, A: Arith>(x: &[T], shift: T, ahead: Ahead<'_, T>, a: A)
     let mut rest = 0.0;
     for (j, &t) in totals[..chunks].iter().enumerate() {
         rest += if j == c {
+            // Through the scratch, never `out`: its terms stay those of every element.
             let chunk = &x[c * CHUNK..((c + 1) * CHUNK).min(x.len())];
-            chunk_exp_sum::<T, A, true>(chunk, shift, held.as_deref_mut(), a)
+            let into = held.as_deref_mut().map(|h| &mut h[..chunk.len()]);
+            chunk_exp_sum::<T, A, true>(chunk, shift, into, a)
         } else {
             t
         };
@@ -331,7 +351,8 @@ pub fn exp_sum<T: Float, A: Arith>(x: &[T], shift: T, ahead: Ahead<'_, T>, a: A)
 }
 
 /// The exp-sum of one chunk of at most [`CHUNK`] elements, added as [`chunk_sum`] adds;
-/// `SKIP_ONES` leaves out the elements equal to `shift` (whose terms are 1).
+/// `SKIP_ONES` leaves out the elements equal to `shift` (whose terms are 1). `held`, of the
+/// chunk's length, receives the terms.
 // PERF: with `held` (rows of a chunk or more), the exps are mapped into it (in L1) and summed
 // from there. Summed in the loop that makes them, the accumulator went through the stack on
 // every step, a store-to-load round trip in the loop's one dependency chain (float32
@@ -343,7 +364,7 @@ pub fn exp_sum<T: Float, A: Arith>(x: &[T], shift: T, ahead: Ahead<'_, T>, a: A)
 fn chunk_exp_sum<T: Float, A: Arith, const SKIP_ONES: bool>(
     chunk: &[T],
     shift: T,
-    held: Option<&mut [T; CHUNK]>,
+    held: Option<&mut [T]>,
     a: A,
 ) -> f64 {
     let term = |v: T| {
@@ -357,7 +378,7 @@ fn chunk_exp_sum<T: Float, A: Arith, const SKIP_ONES: bool>(
     };
     if let Some(held) = held {
         // A plain map, as `exp_map` (which it is without `SKIP_ONES`).
-        let held = &mut held[..chunk.len()];
+        debug_assert_eq!(held.len(), chunk.len());
         for (h, &v) in held.iter_mut().zip(chunk) {
             *h = term(v);
         }
@@ -442,6 +463,21 @@ pub fn max_exp_sum<T: Float, A: Arith>(x: &[T], ahead: Ahead<'_, T>, a: A) -> (T
     (m, s)
 }
 
+/// [`max_exp_sum`] of a row of at most [`ONLINE_STEP`] elements (two passes), the terms
+/// `exp(x - m)` also left in `out` (of `x`'s length): a caller that needs them again reads
+/// them instead of taking the exps twice. The same values as [`max_exp_sum`], bitwise.
+#[inline(always)]
+pub fn max_exp_store_sum<T: Float, A: Arith>(
+    x: &[T],
+    out: &mut [T],
+    ahead: Ahead<'_, T>,
+    a: A,
+) -> (T, ExpSum) {
+    debug_assert!(x.len() <= ONLINE_STEP);
+    let m = row_max(x);
+    (m, exp_sum_into(x, m, Some(out), ahead, a))
+}
+
 /// Rows per group of [`GroupStats`].
 pub(crate) const LN_GROUP: usize = 8;
 
@@ -463,9 +499,8 @@ impl<T: Float> GroupStats<T> {
 
     /// The statistics of group `g` of the block `x` (its rows `LN_GROUP g..`, of `k > 0`
     /// elements): each row's maximum and sums by [`max_exp_sum`], row by row, then the group's
-    /// logarithms in one loop; the values of the per-row path, bitwise. `out` is the block's
-    /// output where the caller writes one row per row of `x` next (else empty): the passes
-    /// prefetch its rows ahead too ([`Ahead`]).
+    /// logarithms in one loop; the values of the per-row path, bitwise. The passes prefetch
+    /// the rows ahead ([`Ahead`]).
     // PERF: `ln s` is a chain of some thirty dependent f64 operations per row; taken per row,
     // it sat between a row's sum and the next row's loads. Over a group it is one vector loop
     // (eight rows per instruction on AVX-512): float32 2048 x 100 logsumexp 0.76x the time,
@@ -473,12 +508,28 @@ impl<T: Float> GroupStats<T> {
     // pass a closure: a closure left as a call runs without the instruction set's features
     // (seen in a `cargo build` of the library).
     #[inline(always)]
-    pub fn fill<A: Arith>(&mut self, x: &[T], g: usize, k: usize, out: &[T], a: A) {
+    pub fn fill<A: Arith>(&mut self, x: &[T], g: usize, k: usize, a: A) {
         let first = g * LN_GROUP;
         let xg = &x[first * k..((first + LN_GROUP) * k).min(x.len())];
         debug_assert!(k > 0);
         for (r, ((xr, m), s)) in rows(xg, k).zip(&mut self.ms).zip(&mut self.ss).enumerate() {
-            (*m, *s) = max_exp_sum(xr, Ahead::of(x, first + r, k, out, 0), a);
+            (*m, *s) = max_exp_sum(xr, Ahead::of(x, first + r, k, &[], 0), a);
+        }
+        self.logarithms();
+    }
+
+    /// [`Self::fill`], each row's terms `exp(x - max)` left in its row of `out` (the block's
+    /// output, laid out as `x`), for a caller that reads them again.
+    #[inline(always)]
+    pub fn fill_into<A: Arith>(&mut self, x: &[T], g: usize, k: usize, out: &mut [T], a: A) {
+        let first = g * LN_GROUP;
+        debug_assert!(k > 0 && out.len() == x.len());
+        let mut rows = RowsAhead::from_row(x, k, first, &mut out[first * k..]);
+        for (m, s) in self.ms.iter_mut().zip(&mut self.ss) {
+            let Some((_, xr, or, ahead)) = rows.next() else {
+                break;
+            };
+            (*m, *s) = max_exp_store_sum(xr, or, ahead, a);
         }
         self.logarithms();
     }
@@ -796,6 +847,46 @@ impl<'a, T> Ahead<'a, T> {
     }
 }
 
+/// The rows of `k` elements of `x` beside those of `out`, each with what to prefetch while
+/// it is read: [`Ahead::of`] in `x` and in the rows of `out` after it (split off the row being
+/// written, and still readable for that). A lending iterator, walked with `while let`.
+// Not a closure taking the rows: a closure LLVM leaves as a call runs without the instruction
+// set's features.
+pub(crate) struct RowsAhead<'x, 'o, T> {
+    x: &'x [T],
+    rows: std::slice::ChunksExact<'x, T>,
+    k: usize,
+    i: usize,
+    out: &'o mut [T],
+}
+
+/// A row of [`RowsAhead`]: its index, input and output, and what to prefetch beside it.
+type RowAhead<'x, 'o, 'a, T> = (usize, &'x [T], &'o mut [T], Ahead<'a, T>);
+
+impl<'x, 'o, T> RowsAhead<'x, 'o, T> {
+    pub fn new(x: &'x [T], k: usize, out: &'o mut [T]) -> Self {
+        Self::from_row(x, k, 0, out)
+    }
+
+    /// From row `i` on, `out` holding the output's rows from row `i`.
+    pub fn from_row(x: &'x [T], k: usize, i: usize, out: &'o mut [T]) -> Self {
+        // (`k == 0`: `x` is empty, and so are the rows.)
+        let rows = x[(i * k).min(x.len())..].chunks_exact(k.max(1));
+        debug_assert!(out.len() >= rows.len() * k);
+        RowsAhead { x, rows, k, i, out }
+    }
+
+    /// Row `i`: `(i, its input, its output, what to prefetch)`; `None` after the last row.
+    #[inline(always)]
+    pub fn next(&mut self) -> Option<RowAhead<'x, 'o, '_, T>> {
+        let (xr, i, k) = (self.rows.next()?, self.i, self.k);
+        let (or, after) = std::mem::take(&mut self.out).split_at_mut(k);
+        self.out = after;
+        self.i += 1;
+        Some((i, xr, or, Ahead::of(self.x, i, k, self.out, i + 1)))
+    }
+}
+
 /// `v[at..at + n]`, cut short at the end of `v`.
 #[inline(always)]
 fn part<T>(v: &[T], at: usize, n: usize) -> &[T] {
@@ -844,12 +935,12 @@ mod tests {
                 let both = |skip: bool, held: &mut [f32; CHUNK]| {
                     if skip {
                         (
-                            chunk_exp_sum::<f32, A, true>(&x, 0.0, Some(held), a),
+                            chunk_exp_sum::<f32, A, true>(&x, 0.0, Some(&mut held[..len]), a),
                             chunk_exp_sum::<f32, A, true>(&x, 0.0, None, a),
                         )
                     } else {
                         (
-                            chunk_exp_sum::<f32, A, false>(&x, 0.0, Some(held), a),
+                            chunk_exp_sum::<f32, A, false>(&x, 0.0, Some(&mut held[..len]), a),
                             chunk_exp_sum::<f32, A, false>(&x, 0.0, None, a),
                         )
                     }

@@ -12,8 +12,8 @@
 use super::lanes::{lanes_log_softmax, lanes_logsumexp, lanes_softmax, LIMIT, ROW_LANES};
 use super::{
     dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, short_rows,
-    small_row_sum, small_rows_exp, small_rows_stats, sum, Ahead, ExpSum, GroupStats, LN_GROUP,
-    SMALL_K, SMALL_ROWS, STACK_SCRATCH,
+    small_row_sum, small_rows_exp, small_rows_stats, sum, Ahead, ExpSum, GroupStats, RowsAhead,
+    LN_GROUP, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
 };
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
@@ -116,12 +116,9 @@ fn softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
         }
         return;
     }
-    // Row by row, each beside the rows of `out` after it, whose lines it prefetches.
-    let mut out = out;
-    for (i, xr) in rows(x, k).enumerate() {
-        let (or, after) = std::mem::take(&mut out).split_at_mut(k);
-        softmax_row(xr, or, Ahead::of(x, i, k, after, i + 1), a);
-        out = after;
+    let mut rows = RowsAhead::new(x, k, out);
+    while let Some((_, xr, or, ahead)) = rows.next() {
+        softmax_row(xr, or, ahead, a);
     }
 }
 
@@ -176,11 +173,9 @@ fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) 
         }
         return;
     }
-    let mut out = out;
-    for (i, xr) in rows(x, k).enumerate() {
-        let (or, after) = std::mem::take(&mut out).split_at_mut(k);
-        log_softmax_row(xr, or, Ahead::of(x, i, k, after, i + 1), a);
-        out = after;
+    let mut rows = RowsAhead::new(x, k, out);
+    while let Some((_, xr, or, ahead)) = rows.next() {
+        log_softmax_row(xr, or, ahead, a);
     }
 }
 
@@ -218,7 +213,7 @@ fn logsumexp_rows<T: Float, A: Arith, const SHORT: bool>(x: &[T], k: usize, out:
         if SHORT {
             st.fill_short(xg, k, a);
         } else {
-            st.fill(x, g, k, &[], a);
+            st.fill(x, g, k, a);
         }
         for ((xr, o), (&m, &l)) in rows(xg, k).zip(og).zip(st.ms.iter().zip(&st.ls)) {
             *o = T::from_f64(lse_of(xr, m, l));
