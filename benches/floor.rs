@@ -4,7 +4,9 @@
 //! The floor loop takes each row in one pass for the maximum and one pass for the sum of
 //! `exp(x - max)`, with the crate's exponential (`exp(r) 2^n`, `r` reduced with a two-part
 //! `ln 2`, the fitted polynomial of degree 6 in fused multiply-adds, `2^n` built from the
-//! bits), one vector accumulator pair, a masked tail, and `ln` from `std` per row. It has none
+//! bits), one vector accumulator pair, a masked tail, and `ln` from `std` per row; the `ahead`
+//! form prefetches rows as the crate does (8 KiB, at least two rows, ahead), so the rows out
+//! of cache load while the exps run. It has none
 //! of what the crate adds: no fixed summation order across instruction sets (it sums in
 //! whatever lanes the register has), no `f64` chunk totals, no `log1p` of the rest where the
 //! maximum dominates, no NaN or infinity rules, no threads.
@@ -160,17 +162,26 @@ mod x86 {
         o.copy_from_slice(&e[..o.len()]);
     }
 
-    /// The log-sum-exp of each row of `k` (AVX-512: 16-wide steps, a masked last step).
+    /// With `AHEAD`, the row 8 KiB (at least two rows) after row `r` of `x`, as the crate's
+    /// passes of exps prefetch it; else, or past the end, row `r` itself (in cache already).
+    fn ahead<const AHEAD: bool>(x: &[f32], r: usize, k: usize) -> *const f32 {
+        let d = (8192 / (4 * k)).max(2);
+        let row = |i: usize| x.get(i * k..(i + 1) * k).map(<[f32]>::as_ptr);
+        (if AHEAD { row(r + d) } else { None }).unwrap_or(x[r * k..].as_ptr())
+    }
+
+    /// The log-sum-exp of each row of `k` (AVX-512: 16-wide steps, a masked last step);
+    /// `AHEAD`: the pass of the exps prefetches the row [`ahead`] gives.
     ///
     /// # Safety
     /// The CPU supports AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn lse_rows_avx512(x: &[f32], k: usize, out: &mut [f32]) {
+    pub unsafe fn lse_rows_avx512<const AHEAD: bool>(x: &[f32], k: usize, out: &mut [f32]) {
         let tail = (k % 16) as u32;
         let mask = ((1u32 << tail) - 1) as __mmask16;
         let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-        for (row, o) in x.chunks_exact(k).zip(out) {
-            let (steps, p) = (k / 16, row.as_ptr());
+        for (r, (row, o)) in x.chunks_exact(k).zip(out).enumerate() {
+            let (steps, p, q) = (k / 16, row.as_ptr(), ahead::<AHEAD>(x, r, k));
             let (mut m0, mut m1) = (ninf, ninf);
             let mut i = 0;
             while i + 2 <= steps {
@@ -199,6 +210,13 @@ mod x86 {
                 };
                 s0 = _mm512_add_ps(s0, exp16(_mm512_sub_ps(a, mv)));
                 s1 = _mm512_add_ps(s1, exp16(_mm512_sub_ps(b, mv)));
+                if AHEAD {
+                    // SAFETY: `q` is a row of `k` elements, as `p`; a hint, it reads nothing.
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T0>(q.add(16 * i).cast());
+                        _mm_prefetch::<_MM_HINT_T0>(q.add(16 * i + 16).cast());
+                    }
+                }
                 i += 2;
             }
             if i < steps {
@@ -212,12 +230,13 @@ mod x86 {
         }
     }
 
-    /// The log-sum-exp of each row of `k` (AVX2: 8-wide steps, a masked last step).
+    /// The log-sum-exp of each row of `k` (AVX2: 8-wide steps, a masked last step); `AHEAD`:
+    /// the pass of the exps prefetches the row [`ahead`] gives.
     ///
     /// # Safety
     /// The CPU supports AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn lse_rows_avx2(x: &[f32], k: usize, out: &mut [f32]) {
+    pub unsafe fn lse_rows_avx2<const AHEAD: bool>(x: &[f32], k: usize, out: &mut [f32]) {
         let tail = k % 8;
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail as i32), lanes);
@@ -234,8 +253,8 @@ mod x86 {
             unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
             a.iter().sum::<f32>()
         };
-        for (row, o) in x.chunks_exact(k).zip(out) {
-            let (steps, p) = (k / 8, row.as_ptr());
+        for (r, (row, o)) in x.chunks_exact(k).zip(out).enumerate() {
+            let (steps, p, q) = (k / 8, row.as_ptr(), ahead::<AHEAD>(x, r, k));
             let (mut m0, mut m1) = (ninf, ninf);
             let mut i = 0;
             while i + 2 <= steps {
@@ -265,6 +284,10 @@ mod x86 {
                 };
                 s0 = _mm256_add_ps(s0, exp8(_mm256_sub_ps(a, mv)));
                 s1 = _mm256_add_ps(s1, exp8(_mm256_sub_ps(b, mv)));
+                if AHEAD {
+                    // SAFETY: `q` is a row of `k` elements, as `p`; a hint, it reads nothing.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(q.add(8 * i).cast()) };
+                }
                 i += 2;
             }
             if i < steps {
@@ -288,13 +311,21 @@ fn floors() -> Vec<(&'static str, fn(&[f32], usize, &mut [f32]))> {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU was just detected to have AVX-512F.
             v.push(("floor avx512", |x, k, o| unsafe {
-                x86::lse_rows_avx512(x, k, o)
+                x86::lse_rows_avx512::<false>(x, k, o)
+            }));
+            // SAFETY: as above.
+            v.push(("floor avx512 ahead", |x, k, o| unsafe {
+                x86::lse_rows_avx512::<true>(x, k, o)
             }));
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU was just detected to have AVX2 and FMA.
             v.push(("floor avx2", |x, k, o| unsafe {
-                x86::lse_rows_avx2(x, k, o)
+                x86::lse_rows_avx2::<false>(x, k, o)
+            }));
+            // SAFETY: as above.
+            v.push(("floor avx2 ahead", |x, k, o| unsafe {
+                x86::lse_rows_avx2::<true>(x, k, o)
             }));
         }
     }
