@@ -277,9 +277,19 @@ pub fn in_pool_capped_interruptible<R: Send>(max: usize, f: impl FnOnce(usize) -
     out.expect("the pool ran the operation")
 }
 
-/// Rows per block for rows of `k` elements.
+/// Rows per block for rows of `k` elements: blocks of [`BLOCK_ELEMS`], or four times that
+/// for rows whose passes prefetch the rows ahead, since the first rows of a block come in
+/// unfetched (a block's passes prefetch only within it).
+// PERF: float32 8192 x 1000 and 4096 x 2048 (blocks of 16 and 8 rows before, two of them
+// unfetched): cross_entropy 0.93-0.94x the time, softmax(out=) 0.93-0.96x, log_softmax(out=)
+// 0.93-0.97x; rows of 300 unchanged (Intel Xeon, BENCHMARKS.md).
 pub fn rows_per_block(k: usize) -> usize {
-    (BLOCK_ELEMS / k.max(1)).max(1)
+    let elems = if crate::kernels::prefetches_rows(k) {
+        4 * BLOCK_ELEMS
+    } else {
+        BLOCK_ELEMS
+    };
+    (elems / k.max(1)).max(1)
 }
 
 /// The blocks of rows covering `0..n_rows` for rows of `k` elements: consecutive ranges that

@@ -13,7 +13,7 @@
 //! API); the binding calls the view forms.
 //!
 //! Extra memory is a block's scratch (a gathered block when the rows are not contiguous in the
-//! compute type, at most [`crate::pool::BLOCK_ELEMS`] elements or one row) plus `top_k` heap
+//! compute type, at most [`crate::pool::rows_per_block`] rows) plus `top_k` heap
 //! entries per thread: never an `N x K` temporary.
 
 use crate::error::{Error, Result};

@@ -821,7 +821,7 @@ impl<'a, T> Ahead<'a, T> {
     /// [`ONLINE_STEP`] (read a step at a time).
     #[inline(always)]
     pub fn of(x: &'a [T], i: usize, k: usize, out: &'a [T], out_first: usize) -> Self {
-        if !(CHUNK..=ONLINE_STEP).contains(&k) {
+        if !prefetches_rows(k) {
             return Ahead::NONE;
         }
         let row = i + (PREFETCH_BYTES / (k * std::mem::size_of::<T>())).max(2);
@@ -885,6 +885,11 @@ impl<'x, 'o, T> RowsAhead<'x, 'o, T> {
         self.i += 1;
         Some((i, xr, or, Ahead::of(self.x, i, k, self.out, i + 1)))
     }
+}
+
+/// Whether the passes over rows of `k` elements prefetch the rows ahead ([`Ahead::of`]).
+pub(crate) fn prefetches_rows(k: usize) -> bool {
+    (CHUNK..=ONLINE_STEP).contains(&k)
 }
 
 /// `v[at..at + n]`, cut short at the end of `v`.
