@@ -5,8 +5,9 @@
 //! `exp(x - max)`, with the crate's exponential (`exp(r) 2^n`, `r` reduced with a two-part
 //! `ln 2`, the fitted polynomial of degree 6 in fused multiply-adds, `2^n` built from the
 //! bits), one vector accumulator pair, a masked tail, and `ln` from `std` per row; the `ahead`
-//! form prefetches rows as the crate does (8 KiB, at least two rows, ahead), so the rows out
-//! of cache load while the exps run. It has none
+//! form prefetches rows the crate's distance ahead (8 KiB, at least two rows), so the rows out
+//! of cache load while the exps run (on every row length, where the crate prefetches rows of
+//! 256 to 2048 only, and not the last odd step and the tail of a row). It has none
 //! of what the crate adds: no fixed summation order across instruction sets (it sums in
 //! whatever lanes the register has), no `f64` chunk totals, no `log1p` of the rest where the
 //! maximum dominates, no NaN or infinity rules, no threads.

@@ -25,7 +25,9 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 
 /// Elements per block: big enough to amortize scheduling, small enough that a block's scratch
-/// (gathered rows, converted dtypes) stays in L2.
+/// (gathered rows, converted dtypes) stays in L2; four times as many for rows of 256 to 2048
+/// ([`rows_per_block`]), whose scratch is then four times larger too (the binary losses'
+/// per-block float64 losses: 512 KiB, plus any gathered operands).
 pub const BLOCK_ELEMS: usize = 1 << 14;
 /// Below this many elements an operation runs on the calling thread.
 pub const PARALLEL_MIN_ELEMS: usize = 1 << 16;

@@ -132,10 +132,12 @@ pub fn ce_row<T: Float, A: Arith>(
     ce_row_with(x, target, o, grad, capped, ar, None, false, Ahead::NONE)
 }
 
-/// [`ce_row`], optionally with the row's maximum, sums and `ln` of its sum already known
-/// (`pre`, the grouped paths without a soft cap: `(m, s, s.ln())`); where `held`, `grad`,
-/// when given, already holds `exp(x - max)`. Without `pre`, the pass of the row's sums
-/// prefetches `ahead`, and leaves the exps in `grad` when there is one.
+/// The loss of one row (`z`: its logits `x`, soft-capped where the options say so), and with
+/// `grad` its gradient as `scale * d loss / d x`; optionally with the row's maximum, sums and
+/// `ln` of its sum already known (`pre`, the grouped paths without a soft cap:
+/// `(m, s, s.ln())`); where `held`, `grad`, when given, already holds `exp(z - max)`. Without
+/// `pre`, the pass of the row's sums prefetches `ahead`, and on a row of at most a step
+/// ([`ONLINE_STEP`]) leaves the exps in `grad` when there is one.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn ce_row_with<T: Float, A: Arith>(
@@ -872,6 +874,41 @@ mod tests {
                     gl.fill(f64::MAX);
                     cross_entropy_rows(&x, k, target, &opts, None, &mut gl, Unfused);
                     assert!(same_or_nan(&gl, &wl), "loss only k={k} soft={soft}");
+                }
+            }
+        }
+    }
+
+    /// Soft-capped rows take the per-row path, whose gradient reads back the exps of the capped
+    /// logits kept by the pass of the sums: bitwise the gradient with those exps taken again,
+    /// for every option set with a cap, class-index (some ignored) and probability targets,
+    /// on rows with -inf, +inf, NaN, a huge value or a dominating maximum.
+    #[test]
+    fn soft_capped_rows_keep_their_exps_bitwise() {
+        for k in [100, 300, 1000, ONLINE_STEP] {
+            let (_, x) = special_rows::<f32>(k, 9);
+            let q: Vec<f32> = (0..x.len()).map(|i| ((i * 7) % 11) as f32 / 55.0).collect();
+            let sets = crate::kernels::online::tests::option_sets(k);
+            for opts in sets.into_iter().filter(|o| o.softcap.is_some()) {
+                for soft in [false, true] {
+                    let target = |i: usize| match (soft, i % 5) {
+                        (true, _) => RowTarget::Probs(&q[i * k..(i + 1) * k]),
+                        (false, 4) => RowTarget::Ignored,
+                        (false, _) => RowTarget::Class((i * 3) % k),
+                    };
+                    let (mut cap, mut zs) = (Vec::new(), Vec::new());
+                    for (i, xr) in rows(&x, k).enumerate() {
+                        let (mut kept, mut again) = (vec![0f32; k], vec![0f32; k]);
+                        let g = Some((&mut kept[..], 0.5));
+                        let l = ce_row(xr, target(i), &opts, g, &mut cap, Unfused);
+                        let z = online::capped(xr, opts.softcap, &mut zs);
+                        let (m, s) = max_exp_sum(z, Ahead::NONE, Unfused);
+                        let (g, pre) = (Some((&mut again[..], 0.5)), Some((m, s, s.ln())));
+                        let (t, none) = (target(i), Ahead::NONE);
+                        let la = ce_row_with(xr, t, &opts, g, &mut cap, Unfused, pre, false, none);
+                        assert!(same_or_nan(&kept, &again), "grad k={k} soft={soft} row {i}");
+                        assert!(same_or_nan(&[l], &[la]), "loss k={k} soft={soft} row {i}");
+                    }
                 }
             }
         }

@@ -359,7 +359,8 @@ fn exp_sum_into<T: Float, A: Arith>(
 // logsumexp on Zen 5: 1.9x the floor loop of benches/floor.rs on a row of 8192; 8192 x 1000
 // 0.87x the time, 64 x 8192 0.80x). Rows shorter than a chunk keep that loop (with `held` too,
 // 8192 x 100 took 1.1x the time), and so does `f64`, whose longer exp hides the round trip
-// (`held` took 0.93-1.15x the time there).
+// (`held` took 0.93-1.15x the time there); except where the caller keeps the exps
+// ([`exp_sum_into`] with `out`), which saves the gradient a pass of exps.
 #[inline(always)]
 fn chunk_exp_sum<T: Float, A: Arith, const SKIP_ONES: bool>(
     chunk: &[T],
