@@ -751,6 +751,21 @@ mod tests {
         close_to_row_path, same_or_nan, small_rows_cases, special_rows,
     };
 
+    /// Row `i`'s target in the tests: with `soft`, its row of the probabilities `q`; else the
+    /// class `3 i mod k`, ignored where `i mod 5 == ignored`.
+    fn test_targets<'q>(
+        q: &'q [f32],
+        k: usize,
+        soft: bool,
+        ignored: usize,
+    ) -> impl Fn(usize) -> RowTarget<'q, f32> + Copy + 'q {
+        move |i| match (soft, i % 5) {
+            (true, _) => RowTarget::Probs(&q[i * k..(i + 1) * k]),
+            (false, r) if r == ignored => RowTarget::Ignored,
+            (false, _) => RowTarget::Class((i * 3) % k),
+        }
+    }
+
     /// Within [`close_to_row_path`] for float32 rows of `k` classes.
     fn close<T: Float>(a: &[T], b: &[T], k: usize) -> bool {
         let eps = f64::from(f32::EPSILON);
@@ -773,11 +788,7 @@ mod tests {
             let sets = crate::kernels::online::tests::option_sets(k);
             for opts in sets.into_iter().filter(|o| o.softcap.is_none()) {
                 for soft in [false, true] {
-                    let target = |i: usize| match (soft, i % 5) {
-                        (true, _) => RowTarget::Probs(&q[i * k..(i + 1) * k]),
-                        (false, 3) => RowTarget::Ignored,
-                        (false, _) => RowTarget::Class((i * 3) % k),
-                    };
+                    let target = test_targets(&q, k, soft, 3);
                     let scales = [Scale::Uniform(0.25), Scale::PerRow(&per_row[..])];
                     for scale in scales {
                         let (mut gl, mut wl) = (vec![0.0; n], vec![0.0; n]);
@@ -843,11 +854,7 @@ mod tests {
             let sets = crate::kernels::online::tests::option_sets(k);
             for opts in sets.into_iter().filter(|o| o.softcap.is_none()) {
                 for soft in [false, true] {
-                    let target = |i: usize| match (soft, i % 5) {
-                        (true, _) => RowTarget::Probs(&q[i * k..(i + 1) * k]),
-                        (false, 4) => RowTarget::Ignored,
-                        (false, _) => RowTarget::Class((i * 3) % k),
-                    };
+                    let target = test_targets(&q, k, soft, 4);
                     let (mut gl, mut wl) = (vec![0.0; n], vec![0.0; n]);
                     let (mut gg, mut wg) = (vec![0f32; x.len()], vec![0f32; x.len()]);
                     let scale = Scale::PerRow(&per_row[..]);
@@ -891,11 +898,7 @@ mod tests {
             let sets = crate::kernels::online::tests::option_sets(k);
             for opts in sets.into_iter().filter(|o| o.softcap.is_some()) {
                 for soft in [false, true] {
-                    let target = |i: usize| match (soft, i % 5) {
-                        (true, _) => RowTarget::Probs(&q[i * k..(i + 1) * k]),
-                        (false, 4) => RowTarget::Ignored,
-                        (false, _) => RowTarget::Class((i * 3) % k),
-                    };
+                    let target = test_targets(&q, k, soft, 4);
                     let (mut cap, mut zs) = (Vec::new(), Vec::new());
                     for (i, xr) in rows(&x, k).enumerate() {
                         let (mut kept, mut again) = (vec![0f32; k], vec![0f32; k]);
@@ -977,11 +980,7 @@ mod tests {
             let o = CeOptions::plain(k);
             for level in crate::isa::Level::supported() {
                 for soft in [false, true] {
-                    let target = |i: usize| match (soft, i % 5) {
-                        (true, _) => RowTarget::Probs(&q[i * k..(i + 1) * k]),
-                        (false, 3) => RowTarget::Ignored,
-                        (false, _) => RowTarget::Class((i * 3) % k),
-                    };
+                    let target = test_targets(&q, k, soft, 3);
                     let (mut lanes, mut grouped) = (vec![0.0; n], vec![0.0; n]);
                     cross_entropy(level, &x, k, target, &o, None, &mut lanes);
                     let mut g = vec![0f32; x.len()];
