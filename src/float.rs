@@ -42,6 +42,8 @@ pub trait Float:
     fn exp<const FMA: bool>(self) -> Self;
     /// The cheaper exponential for `self <= 0` (or NaN) of [`crate::math`].
     fn exp_nonpos<const FMA: bool>(self) -> Self;
+    /// `log1p(self)` for `self` in `[0, 1]` (a softplus's `log1p(exp(-|x|))`), of [`crate::math`].
+    fn log1p_unit<const FMA: bool>(self) -> Self;
     fn tanh(self) -> Self;
     fn is_nan(self) -> bool;
 }
@@ -75,6 +77,10 @@ impl Float for f32 {
     #[inline(always)]
     fn exp_nonpos<const FMA: bool>(self) -> Self {
         crate::math::exp_nonpos_f32::<FMA>(self)
+    }
+    #[inline(always)]
+    fn log1p_unit<const FMA: bool>(self) -> Self {
+        crate::math::log1p_unit_f32::<FMA>(self)
     }
     #[inline(always)]
     fn tanh(self) -> Self {
@@ -115,6 +121,10 @@ impl Float for f64 {
     #[inline(always)]
     fn exp_nonpos<const FMA: bool>(self) -> Self {
         crate::math::exp_nonpos_f64::<FMA>(self)
+    }
+    #[inline(always)]
+    fn log1p_unit<const FMA: bool>(self) -> Self {
+        crate::math::log1p_unit_f64::<FMA>(self)
     }
     #[inline(always)]
     fn tanh(self) -> Self {

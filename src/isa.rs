@@ -169,6 +169,8 @@ pub trait Arith: Copy + Send + Sync + 'static {
     fn exp<T: Float>(self, x: T) -> T;
     /// `exp(x)` for `x <= 0`: every `x - max` of a softmax.
     fn exp_nonpos<T: Float>(self, x: T) -> T;
+    /// `log1p(t)` for `t` in `[0, 1]`: [`Float::log1p_unit`].
+    fn log1p_unit<T: Float>(self, t: T) -> T;
     /// [`simd::rows_to_lanes`]: a block of short rows as lanes. The instruction sets with a
     /// transposition in registers override it for full blocks of `f32`.
     #[inline(always)]
@@ -203,6 +205,10 @@ impl Arith for Unfused {
     fn exp_nonpos<T: Float>(self, x: T) -> T {
         x.exp_nonpos::<false>()
     }
+    #[inline(always)]
+    fn log1p_unit<T: Float>(self, t: T) -> T {
+        t.log1p_unit::<false>()
+    }
 }
 
 impl Arith for Fused {
@@ -213,6 +219,10 @@ impl Arith for Fused {
     #[inline(always)]
     fn exp_nonpos<T: Float>(self, x: T) -> T {
         x.exp_nonpos::<true>()
+    }
+    #[inline(always)]
+    fn log1p_unit<T: Float>(self, t: T) -> T {
+        t.log1p_unit::<true>()
     }
 }
 
@@ -264,6 +274,10 @@ macro_rules! token_arith {
             #[inline(always)]
             fn exp_nonpos<T: Float>(self, x: T) -> T {
                 Fused.exp_nonpos(x)
+            }
+            #[inline(always)]
+            fn log1p_unit<T: Float>(self, t: T) -> T {
+                Fused.log1p_unit(t)
             }
             #[inline(always)]
             fn lanes_in_registers<T: Float>(self) -> bool {

@@ -282,7 +282,7 @@ fn check_levels<T: Float>(k: usize, n: usize) {
 /// crate's other tests of it, `(1 + |want|)` times 1e-5 for `f32`, 1e-12 for `f64`: the kernel
 /// takes PyTorch's form `(1 - y)·x - log σ(x)`, which cancels where `x` is very negative and `y`
 /// near 0 (a loss of 4.6e-5 from terms near -10), so no bound relative to the loss holds.
-fn check_binary<T: Float>(k: usize, n: usize) {
+fn check_binary<T: Float>(isa: Level, k: usize, n: usize) {
     let x: Vec<T> = uniform(n * k, 0xB1 ^ k as u64, 20.0)
         .into_iter()
         .map(T::from_f64)
@@ -308,6 +308,7 @@ fn check_binary<T: Float>(k: usize, n: usize) {
     };
     let (mut losses, mut grad) = (vec![0.0; n * k], vec![T::ZERO; n * k]);
     ops::binary_loss::<T>(
+        isa,
         true,
         args,
         Reduction::None,
@@ -365,8 +366,10 @@ fn levels_agree_on_rows_of_a_million_float64() {
 
 #[test]
 fn bce_with_logits_matches_its_reference() {
-    for (k, n) in SHORT.into_iter().chain([LONG]) {
-        check_binary::<f32>(k, n);
-        check_binary::<f64>(k, n);
+    for isa in Level::supported() {
+        for (k, n) in SHORT.into_iter().chain([LONG]) {
+            check_binary::<f32>(isa, k, n);
+            check_binary::<f64>(isa, k, n);
+        }
     }
 }

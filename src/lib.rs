@@ -411,14 +411,22 @@ fn binary_slices<T: Float>(
     };
     let up = Upstream::Scalar(1.0);
     match outputs {
-        None => ops::binary_loss::<T>(logits, args, reduction, up, None, None),
+        None => ops::binary_loss::<T>(Level::active(), logits, args, reduction, up, None, None),
         Some((grad, losses)) => {
             check_len("grad", grad.len(), len)?;
             let mut gv = ViewMut::of_slice(grad, k);
             let mut lv = losses
                 .map(|l| check_len("losses", l.len(), len).map(|_| ViewMut::of_slice(l, k)))
                 .transpose()?;
-            ops::binary_loss::<T>(logits, args, reduction, up, lv.as_mut(), Some(&mut gv))
+            ops::binary_loss::<T>(
+                Level::active(),
+                logits,
+                args,
+                reduction,
+                up,
+                lv.as_mut(),
+                Some(&mut gv),
+            )
         }
     }
 }

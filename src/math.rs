@@ -188,6 +188,46 @@ pub fn exp_nonpos_f64<const FMA: bool>(x: f64) -> f64 {
     poly_f64::<FMA>(r) * scale * (1.0 / 18_014_398_509_481_984.0)
 }
 
+/// `log1p(t)` for `t` in `[0, 1]`: the `log1p(exp(-|x|))` of a binary loss's softplus, where
+/// the general [`log1p_or_ln`] spent two divisions. `log1p(t) = 2 atanh(s)` with
+/// `s = t / (2 + t)` in `[0, 1/3]`, from the odd series `2s (1 + s^2/3 + s^4/5 + ...)` to
+/// `s^15` (truncation below 2e-9 relative, a thirtieth of an `f32` ULP): one division, the
+/// only rounding of note beside `2 + t`'s. Measured by the tests against `std`'s `ln_1p` over
+/// a dense sweep of `[0, 1]` with subnormals: at most 2 ULP. NaN propagates; outside `[0, 1]`
+/// the result is not a logarithm.
+#[inline(always)]
+pub fn log1p_unit_f32<const FMA: bool>(t: f32) -> f32 {
+    let s = t / (2.0 + t);
+    let s2 = s * s;
+    let mut p = 1.0 / 15.0;
+    for c in [
+        1.0 / 13.0,
+        1.0 / 11.0,
+        1.0 / 9.0,
+        1.0 / 7.0,
+        1.0 / 5.0,
+        1.0 / 3.0,
+    ] {
+        p = madd32::<FMA>(p, s2, c);
+    }
+    let two_s = s + s;
+    madd32::<FMA>(two_s * s2, p, two_s)
+}
+
+/// [`log1p_unit_f32`] for `f64`: the series to `s^35` (truncation below 2e-19 relative).
+/// Measured: at most 2 ULP from `std`'s `ln_1p`.
+#[inline(always)]
+pub fn log1p_unit_f64<const FMA: bool>(t: f64) -> f64 {
+    let s = t / (2.0 + t);
+    let s2 = s * s;
+    let mut p = 1.0 / 35.0;
+    for n in (1..17).rev() {
+        p = madd64::<FMA>(p, s2, 1.0 / f64::from(2 * n + 1));
+    }
+    let two_s = s + s;
+    madd64::<FMA>(two_s * s2, p, two_s)
+}
+
 /// Natural logarithm of an `f64`, branch-free; see the module docs for the method and the
 /// error bound. `ln(0) = -inf`, `ln(+inf) = +inf`, NaN and negative inputs give NaN, and
 /// subnormal inputs are scaled into the normal range first.
@@ -341,6 +381,38 @@ mod tests {
         // The row the issue names: logsumexp([0, -40]) = log1p(exp(-40)) = 4.248e-18.
         let rest = (-40f64).exp();
         assert_eq!(log1p_f64(rest), rest.ln_1p());
+    }
+
+    /// `log1p_unit` against `std`'s `ln_1p` (rounded to `f32` for the `f32` form) over every
+    /// `f32` in `[0, 1]` spaced by 97 bits (subnormals included) and a dense linear sweep,
+    /// with and without FMA; the ends and NaN exactly.
+    #[test]
+    fn log1p_unit_max_ulp() {
+        let mut ts: Vec<f64> = (0..=1.0f32.to_bits())
+            .step_by(97)
+            .map(|b| f64::from(f32::from_bits(b)))
+            .collect();
+        ts.extend((0..=1 << 20).map(|i| f64::from(i) / f64::from(1 << 20)));
+        let (mut worst32, mut worst64) = (0, 0);
+        for &t in &ts {
+            let want = t.ln_1p();
+            let t32 = t as f32;
+            let want32 = f64::from(t32).ln_1p() as f32;
+            for got in [log1p_unit_f32::<true>(t32), log1p_unit_f32::<false>(t32)] {
+                worst32 = worst32.max(ulp_f32(got, want32));
+            }
+            for got in [log1p_unit_f64::<true>(t), log1p_unit_f64::<false>(t)] {
+                worst64 = worst64.max(ulp_f64(got, want));
+            }
+        }
+        assert!(
+            worst32 <= 2 && worst64 <= 2,
+            "f32 {worst32} ULP, f64 {worst64} ULP"
+        );
+        assert_eq!(log1p_unit_f64::<true>(0.0).to_bits(), 0);
+        assert_eq!(log1p_unit_f32::<true>(1.0), std::f32::consts::LN_2);
+        assert!(log1p_unit_f64::<true>(f64::NAN).is_nan());
+        assert!(log1p_unit_f32::<false>(f32::NAN).is_nan());
     }
 
     fn ulp_f32(a: f32, b: f32) -> u32 {

@@ -38,6 +38,8 @@ def everything(x, t):
         sce_rs.binary_cross_entropy(probs, (x > 0).astype(x.dtype)),
         sce_rs.binary_cross_entropy_with_logits(x, (x > 0).astype(x.dtype)),
         *sce_rs.binary_cross_entropy_with_logits_and_grad(x, probs, pos_weight=probs[0]),
+        # One row longer than a block: read as rows of one element, cut into many blocks.
+        *sce_rs.binary_cross_entropy_with_logits_and_grad(x.ravel(), probs.ravel()),
     ]
 
 

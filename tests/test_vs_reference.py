@@ -248,6 +248,37 @@ def test_binary_losses(rng, wb, pb, shape, dtype, reduction):
     assert_close(grad, wg)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "reversed", "2-d"])
+def test_binary_losses_over_rows_longer_than_a_block(rng, dtype, layout):
+    """Rows of more than a block's 16384 elements (a 1-d array of labels) are read as rows of
+    one element: every layout, with weights that broadcast along them or across them."""
+    n = 40_003
+    base = (rng.normal(scale=6, size=2 * n)).astype(dtype)
+    x = {
+        "contiguous": base[:n],
+        "strided": base[::2],
+        "reversed": base[::-1][:n],
+        "2-d": base[: 2 * 20_001].reshape(2, 20_001),
+    }[layout]
+    y = (rng.random(size=x.shape) < 0.3).astype(dtype)
+    w = rng.uniform(0.2, 2.0, size=x.shape[-1:])
+    pw = rng.uniform(0.5, 3.0, size=x.shape[:-1] + (1,)) if x.ndim == 2 else None
+    p = sce_rs.softmax(np.stack([x, np.zeros_like(x)], -1))[..., 0]
+    for reduction in ("mean", "none"):
+        kw = {"weight": w, "reduction": reduction}
+        assert_close(
+            sce_rs.binary_cross_entropy(p, y, **kw),
+            ref.binary_cross_entropy(p, y, **kw),
+            dtype_like=x,
+        )
+        kw["pos_weight"] = pw
+        loss, grad = sce_rs.binary_cross_entropy_with_logits_and_grad(x, y, **kw)
+        wl, wg = ref.binary_cross_entropy_with_logits_and_grad(x, y, **kw)
+        assert_close(loss, wl, dtype_like=x)
+        assert_close(grad, wg)
+
+
 def test_lists_scalars_and_integer_inputs():
     s = sce_rs.softmax([2.0, 1.0, 0.1])
     assert s.dtype == np.float64

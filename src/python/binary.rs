@@ -11,7 +11,9 @@ use super::errors::{prefixed, to_py};
 use super::losses::{grad_buffer, loss_result, upstream};
 use crate::dtype::DType;
 use crate::error::fmt_index;
+use crate::isa::Level;
 use crate::ops::{self, BinaryArgs, Reduction, Src, Upstream};
+use crate::pool::BLOCK_ELEMS;
 
 // ---------------------------------------------------------------- binary losses
 
@@ -29,6 +31,7 @@ pub(super) fn binary<'py>(
     grad_output: Option<&Bound<'py, PyAny>>,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let isa = Level::active();
     let mut x = arg(py, f, input, "input")?;
     let mut y = arg(py, f, target, "target")?;
     let reduction = parse_reduction(py, f, reduction)?;
@@ -67,10 +70,13 @@ pub(super) fn binary<'py>(
         None => false,
     };
     let shape = x.shape();
-    let axis = if shape.is_empty() {
-        None
-    } else {
-        Some(shape.len() - 1)
+    // The pool cuts work into blocks of whole rows, so a row longer than a block (a 1-d array
+    // of a million labels) would run as one block on one thread with a million-element
+    // scratch: such arrays are read as rows of one element instead (consecutive elements
+    // still load in place when contiguous).
+    let axis = match shape {
+        [.., k] if *k <= BLOCK_ELEMS => Some(shape.len() - 1),
+        _ => None,
     };
     let xv = (!in_place).then(|| x.view(axis));
     let yv = y.view(axis);
@@ -115,9 +121,9 @@ pub(super) fn binary<'py>(
         None => Upstream::Scalar(scalar_up),
     };
     // Always a row's worth: the kernel keeps each block's losses in f64.
-    let row = shape.last().copied().unwrap_or(1);
+    let row = xv.as_ref().map_or(yv.k(), |v| v.k());
     let total = run(py, f, x.size(), row, || {
-        with_compute!(dt, T => ops::binary_loss::<T>(logits, args, reduction, up, lv.as_mut(), gv.as_mut()))
+        with_compute!(dt, T => ops::binary_loss::<T>(isa, logits, args, reduction, up, lv.as_mut(), gv.as_mut()))
     })
 ?
     .map_err(|e| to_py(py, f, e))?;
