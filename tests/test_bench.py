@@ -121,6 +121,32 @@ def test_peers_smooth_labels_alike():
         assert peer == "torch" or grad, f"{peer} returned no gradient"
 
 
+def test_peers_compute_the_same_binary_loss_and_gradient():
+    """Every peer's multi-label binary loss (and gradient, where it has one) against the
+    float64 reference on the one-hot labels they all build."""
+    x, t = _inputs(32, 50)
+    y = bench.peers.multilabel(x, t)
+    assert y.dtype == x.dtype and (y.sum(axis=1) == 1).all()
+    want_loss, want_grad = reference.binary_cross_entropy_with_logits_and_grad(
+        x.astype(np.float64), y.astype(np.float64)
+    )
+    for op in ("bce_with_logits", "bce_with_logits_and_grad"):
+        for peer in ["sce_rs", *INSTALLED]:
+            b = bench.build(peer, op, x, t)
+            if b is None:
+                has_it = ("sce_rs", "torch", "jax", *(("numpy",) * (op == "bce_with_logits")))
+                assert peer not in has_it, f"{peer} has no {op}"
+                continue
+            result = b()
+            loss, *grad = result if isinstance(result, (tuple, list)) else (result,)
+            assert abs(float(np.asarray(loss)) - want_loss) < 1e-5 * abs(want_loss), (peer, op)
+            assert len(grad) == op.endswith("grad"), (peer, op)
+            for g in grad:
+                np.testing.assert_allclose(
+                    np.asarray(g), want_grad, rtol=1e-4, atol=1e-9, err_msg=peer
+                )
+
+
 @pytest.mark.parametrize("per_call", [False, True])
 def test_every_repeat_of_the_in_place_gradient_sees_the_same_logits(monkeypatch, per_call):
     x, t = _inputs()

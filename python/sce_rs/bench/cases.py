@@ -30,6 +30,11 @@ OPS: dict[str, str] = {
     "token_logprobs": (
         "scoring: the target's log-probability, greedy flag, entropy and top 5 of each row"
     ),
+    "bce_with_logits": (
+        "binary_cross_entropy_with_logits, mean over every element, the 0/1 labels being the "
+        "one-hot of the class targets (multi-label)"
+    ),
+    "bce_with_logits_and_grad": "that loss and its gradient (every library allocates it)",
 }
 LINEAR_OPS: dict[str, str] = {
     "linear_cross_entropy": "loss of hidden @ weight.T, logits never held",

@@ -57,6 +57,11 @@ def _restorer(src: Array, dst: Array) -> Callable[[], None]:
     return lambda: np.copyto(dst, src)
 
 
+def multilabel(x: Array, t: Array) -> Array:
+    """The 0/1 labels of the binary losses: the one-hot of the class targets, in x's dtype."""
+    return (np.arange(x.shape[-1]) == t[:, None]).astype(x.dtype)
+
+
 class Peer:
     name: ClassVar[str]
 
@@ -93,6 +98,12 @@ class SceRs(Peer):
             if fn is None:
                 raise Unavailable(f"sce_rs {sce_rs.__version__} has no token_logprobs")
             return Bench(lambda: fn(x, t, top_k=TOP_K))
+        if op == "bce_with_logits":
+            y = multilabel(x, t)
+            return Bench(lambda: sce_rs.binary_cross_entropy_with_logits(x, y))
+        if op == "bce_with_logits_and_grad":
+            y = multilabel(x, t)
+            return Bench(lambda: sce_rs.binary_cross_entropy_with_logits_and_grad(x, y))
         return None
 
 
@@ -145,6 +156,11 @@ class NumPy(Peer):
                 return loss, e
 
             return Bench(both, _restorer(x, work))
+        if op == "bce_with_logits":
+            y = multilabel(x, t)
+            return Bench(
+                lambda: float(np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))))
+            )
         return None
 
 
@@ -223,6 +239,20 @@ class Torch(Peer):
                 return target, greedy, top.values, top.indices, entropy
 
             return Bench(score)
+        if op == "bce_with_logits":
+            yt = torch.from_numpy(multilabel(x, t))
+            return Bench(lambda: F.binary_cross_entropy_with_logits(xt, yt).item())
+        if op == "bce_with_logits_and_grad":
+            yt = torch.from_numpy(multilabel(x, t))
+            leaf = xt.clone().requires_grad_()
+
+            def bce_both() -> tuple[float, Any]:
+                leaf.grad = None
+                loss = F.binary_cross_entropy_with_logits(leaf, yt)
+                loss.backward()
+                return float(loss.item()), leaf.grad
+
+            return Bench(bce_both)
         return None
 
 
@@ -255,6 +285,9 @@ class Jax(Peer):
             entropy = -(jnp.exp(lp) * lp).sum(-1)
             return target, greedy, values, ids, entropy
 
+        def bce(z: Any, y: Any) -> Any:
+            return jnp.mean(jnp.maximum(z, 0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z))))
+
         fns: dict[str, Callable[..., Any]] = {
             "cross_entropy": ce,
             "cross_entropy_and_grad": jax.value_and_grad(ce),
@@ -262,11 +295,13 @@ class Jax(Peer):
             "softmax": lambda z, t: jax.nn.softmax(z, axis=-1),
             "log_softmax": lambda z, t: jax.nn.log_softmax(z, axis=-1),
             "token_logprobs": score,
+            "bce_with_logits": bce,
+            "bce_with_logits_and_grad": jax.value_and_grad(bce),
         }
         if op not in fns:
             return None
         fn = jax.jit(fns[op])
-        tj = jax.device_put(t)
+        tj = jax.device_put(multilabel(x, t) if op.startswith("bce") else t)
         held = [jax.device_put(x)]
         reset = None
         if op in RESTORED_OPS:
