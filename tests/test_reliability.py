@@ -366,7 +366,6 @@ def test_impossible_scratch_is_a_memory_error_not_an_abort():
             "logsumexp": lambda: sce_rs.logsumexp(big),
             "cross_entropy": lambda: sce_rs.cross_entropy(big, [0]),
             "class weights": lambda: sce_rs.nll_loss(big, [0], weight=ones),
-            "binary": lambda: sce_rs.binary_cross_entropy_with_logits(big, big),
             "linear": lambda: sce_rs.linear_cross_entropy(hidden, weight, [0]),
         }
         out = {}
@@ -380,4 +379,6 @@ def test_impossible_scratch_is_a_memory_error_not_an_abort():
         """,
         timeout=120,
     )
-    assert got == dict.fromkeys(got, "MemoryError") and len(got) == 5, got
+    # The binary losses are not here: they read such a row as rows of one element, a block at a
+    # time, so their scratch is bounded and the call is just long (2^40 elements).
+    assert got == dict.fromkeys(got, "MemoryError") and len(got) == 4, got
