@@ -188,45 +188,48 @@ pub fn exp_nonpos_f64<const FMA: bool>(x: f64) -> f64 {
     poly_f64::<FMA>(r) * scale * (1.0 / 18_014_398_509_481_984.0)
 }
 
-/// `log1p(t)` for `t` in `[0, 1]`: the `log1p(exp(-|x|))` of a binary loss's softplus, where
-/// the general [`log1p_or_ln`] spent two divisions. `log1p(t) = 2 atanh(s)` with
-/// `s = t / (2 + t)` in `[0, 1/3]`, from the odd series `2s (1 + s^2/3 + s^4/5 + ...)` to
-/// `s^15` (truncation below 2e-9 relative, a thirtieth of an `f32` ULP): one division, the
-/// only rounding of note beside `2 + t`'s. Measured by the tests against `std`'s `ln_1p` over
-/// a dense sweep of `[0, 1]` with subnormals: at most 2 ULP. NaN propagates; outside `[0, 1]`
-/// the result is not a logarithm.
-#[inline(always)]
-pub fn log1p_unit_f32<const FMA: bool>(t: f32) -> f32 {
-    let s = t / (2.0 + t);
-    let s2 = s * s;
-    let mut p = 1.0 / 15.0;
-    for c in [
-        1.0 / 13.0,
-        1.0 / 11.0,
-        1.0 / 9.0,
-        1.0 / 7.0,
-        1.0 / 5.0,
-        1.0 / 3.0,
-    ] {
-        p = madd32::<FMA>(p, s2, c);
-    }
-    let two_s = s + s;
-    madd32::<FMA>(two_s * s2, p, two_s)
+/// Defines `$name`, `log1p(t)` for `t` in `[0, 1]` in `$t`, from `$terms` terms of the
+/// series below (`$madd` fuses its multiply-adds when `FMA`).
+macro_rules! log1p_unit {
+    ($(#[$doc:meta])* $name:ident, $t:ty, $madd:ident, $terms:expr) => {
+        $(#[$doc])*
+        #[inline(always)]
+        pub fn $name<const FMA: bool>(t: $t) -> $t {
+            let s = t / (2.0 + t);
+            let s2 = s * s;
+            // p = 1/3 + s^2/5 + ..., by Horner from its last term; the loop is unrolled and
+            // its quotients folded into constants.
+            let mut p = 1.0 / (2 * $terms + 1) as $t;
+            for n in (1..$terms).rev() {
+                p = $madd::<FMA>(p, s2, 1.0 / (2 * n + 1) as $t);
+            }
+            let two_s = s + s;
+            $madd::<FMA>(two_s * s2, p, two_s)
+        }
+    };
 }
 
-/// [`log1p_unit_f32`] for `f64`: the series to `s^35` (truncation below 2e-19 relative).
-/// Measured: at most 2 ULP from `std`'s `ln_1p`.
-#[inline(always)]
-pub fn log1p_unit_f64<const FMA: bool>(t: f64) -> f64 {
-    let s = t / (2.0 + t);
-    let s2 = s * s;
-    let mut p = 1.0 / 35.0;
-    for n in (1..17).rev() {
-        p = madd64::<FMA>(p, s2, 1.0 / f64::from(2 * n + 1));
-    }
-    let two_s = s + s;
-    madd64::<FMA>(two_s * s2, p, two_s)
-}
+log1p_unit!(
+    /// `log1p(t)` for `t` in `[0, 1]`: the `log1p(exp(-|x|))` of a binary loss's softplus, where
+    /// the general [`log1p_or_ln`] spent two divisions. `log1p(t) = 2 atanh(s)` with
+    /// `s = t / (2 + t)` in `[0, 1/3]`, from the odd series `2s (1 + s^2/3 + s^4/5 + ...)` to
+    /// `s^15` (truncation below 2e-9 relative, a thirtieth of an `f32` ULP): one division, the
+    /// only rounding of note beside `2 + t`'s. Measured by the tests against `std`'s `ln_1p`
+    /// over a dense sweep of `[0, 1]` with subnormals: at most 2 ULP. NaN propagates; outside
+    /// `[0, 1]` the result is not a logarithm.
+    log1p_unit_f32,
+    f32,
+    madd32,
+    7
+);
+log1p_unit!(
+    /// [`log1p_unit_f32`] for `f64`: the series to `s^35` (truncation below 2e-19 relative).
+    /// Measured: at most 2 ULP from `std`'s `ln_1p`.
+    log1p_unit_f64,
+    f64,
+    madd64,
+    17
+);
 
 /// Natural logarithm of an `f64`, branch-free; see the module docs for the method and the
 /// error bound. `ln(0) = -inf`, `ln(+inf) = +inf`, NaN and negative inputs give NaN, and
