@@ -279,6 +279,24 @@ def test_binary_losses_over_rows_longer_than_a_block(rng, dtype, layout):
         assert_close(grad, wg)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_confident_binary_predictions_keep_their_digits(dtype):
+    """Where PyTorch's forms cancel to 0 (a right and confident prediction), the loss and the
+    gradient keep their value: against log1p(exp(-|x|)) and -e / (1 + e) in float64 (the
+    terms add, so 8 epsilons of the input's precision bound them)."""
+    x = np.array([-40.0, -20.0, -12.0, 12.0, 20.0, 40.0], dtype=dtype)
+    y = (x > 0).astype(dtype)
+    e = np.exp(-np.abs(x.astype(np.float64)))
+    loss, grad = sce_rs.binary_cross_entropy_with_logits_and_grad(x, y, reduction="none")
+    eps = 8 * np.finfo(dtype).eps
+    np.testing.assert_allclose(loss, np.log1p(e), rtol=eps, atol=0)
+    np.testing.assert_allclose(grad, np.where(x > 0, -e, e) / (1 + e), rtol=eps, atol=0)
+    assert loss.min() > 0 and (grad != 0).all()
+    # The reference the other tests use does not cancel either.
+    ref_loss = ref.binary_cross_entropy_with_logits(x, y, reduction="none")
+    np.testing.assert_allclose(ref_loss, np.log1p(e), rtol=1e-15, atol=0)
+
+
 def test_lists_scalars_and_integer_inputs():
     s = sce_rs.softmax([2.0, 1.0, 0.1])
     assert s.dtype == np.float64

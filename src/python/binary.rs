@@ -120,7 +120,7 @@ pub(super) fn binary<'py>(
         Some(v) => Upstream::PerRow(v),
         None => Upstream::Scalar(scalar_up),
     };
-    // Always a row's worth: the kernel keeps each block's losses in f64.
+    // A row's worth of scratch per operand (at most a block's, see `axis` above).
     let row = xv.as_ref().map_or(yv.k(), |v| v.k());
     let total = run(py, f, x.size(), row, || {
         with_compute!(dt, T => ops::binary_loss::<T>(isa, logits, args, reduction, up, lv.as_mut(), gv.as_mut()))
