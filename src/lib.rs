@@ -519,6 +519,47 @@ mod tests {
     }
 
     #[test]
+    fn binary_rows_longer_than_a_block_are_cut_into_blocks_of_elements() {
+        // One row of two blocks sums as two calls on its halves do (a block's sum, then the
+        // blocks in order), which one block over the row did not; and a probability out of
+        // range is reported at its place in the row.
+        let b = pool::BLOCK_ELEMS;
+        let n = 2 * b + 6;
+        let mut state = 1u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let x: Vec<f32> = (0..n).map(|_| 60.0 * next() - 30.0).collect();
+        let y: Vec<f32> = (0..n).map(|i| (i % 3) as f32 / 2.0).collect();
+        let pw: Vec<f32> = (0..n).map(|i| 0.5 + (i % 5) as f32).collect();
+        let part = |r: std::ops::Range<usize>, k: usize| Binary {
+            input: &x[r.clone()],
+            target: &y[r.clone()],
+            k,
+            weight: None,
+            pos_weight: Some(&pw[r.clone()]),
+        };
+        let halves = binary_cross_entropy_with_logits(part(0..b, b), Reduction::Sum).unwrap()
+            + binary_cross_entropy_with_logits(part(b..2 * b, b), Reduction::Sum).unwrap();
+        let whole = binary_cross_entropy_with_logits(part(0..2 * b, 2 * b), Reduction::Sum);
+        assert_eq!(whole.unwrap().to_bits(), halves.to_bits());
+        let mut p: Vec<f32> = x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+        p[b + 3 + 7] = 1.5;
+        let probs = Binary {
+            input: &p,
+            pos_weight: None,
+            ..part(0..n, b + 3)
+        };
+        match binary_cross_entropy(probs, Reduction::Mean) {
+            Err(Error::Domain { position, .. }) => assert_eq!(position, [1, 7]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn binary_losses_follow_their_formulas() {
         let y = [1.0, 0.0, 0.5, 1.0, 0.0, 1.0];
         let pw = [2.0, 1.0, 0.5];

@@ -258,6 +258,17 @@ impl Layout {
         }
     }
 
+    /// The same elements with every one its own row of length one, in the rows' order (row
+    /// by row, then along each row): the same memory, so every guarantee of `self` holds.
+    fn elements(&self) -> Layout {
+        let outer = self.outer.as_slice();
+        let mut shape: Vec<usize> = outer.iter().map(|&(len, _)| len).collect();
+        let mut strides: Vec<isize> = outer.iter().map(|&(_, st)| st).collect();
+        shape.push(self.k);
+        strides.push(self.k_stride);
+        Layout::new(self.dtype, &shape, &strides, None)
+    }
+
     /// C-contiguous rows of `k` elements of `T`.
     fn rows_of<T: Float>(len: usize, k: usize) -> Layout {
         let n = len.checked_div(k).unwrap_or(0);
@@ -481,6 +492,16 @@ impl<'a> View<'a> {
         self.layout.k
     }
 
+    /// The same array with every element its own row of length one (see [`Layout::elements`]):
+    /// how an elementwise operation cuts rows longer than a block.
+    pub fn elements(&self) -> View<'a> {
+        View {
+            ptr: self.ptr,
+            layout: self.layout.elements(),
+            _borrow: PhantomData,
+        }
+    }
+
     /// Whether [`View::load`] of rows `r0..r1` as `dtype` borrows them in place (no scratch).
     #[cfg_attr(not(feature = "python"), allow(dead_code))] // the binding's
     pub fn loads_in_place(&self, dtype: DType, r0: usize, r1: usize) -> bool {
@@ -596,6 +617,16 @@ impl<'a> ViewMut<'a> {
     }
     pub fn k(&self) -> usize {
         self.layout.k
+    }
+
+    /// [`View::elements`] for writing, for as long as `self` is borrowed: the same distinct
+    /// elements, so it needs no new check.
+    pub fn elements(&mut self) -> ViewMut<'_> {
+        ViewMut {
+            ptr: self.ptr,
+            layout: self.layout.elements(),
+            _borrow: PhantomData,
+        }
     }
 
     /// Whether rows `r0..r1` are written in place (no scratch) when computed as `dtype`.
@@ -824,6 +855,51 @@ mod tests {
         let mut s = Vec::new();
         let got = v.load::<f64>(0, 3, &mut s).to_vec();
         assert_eq!(got, vec![0., 10., 1., 11., 2., 12.]);
+    }
+
+    #[test]
+    fn elements_are_the_rows_read_in_order_one_at_a_time() {
+        // Columns of a 2x3 array (rows along axis 0), a repeated row, and a contiguous slice:
+        // as rows of one element they read the same values in the same order.
+        let data: Vec<f64> = vec![0., 1., 2., 10., 11., 12.];
+        // SAFETY: `data` holds the 2x3 array and outlives the view; nothing writes it.
+        let cols = unsafe {
+            View::from_raw(
+                data.as_ptr() as *const u8,
+                DType::F64,
+                &[2, 3],
+                &[24, 8],
+                Some(0),
+            )
+        };
+        let rep = View::repeated_row(&data[..3], 2);
+        let flat = View::of_slice(&data, 3);
+        for v in [cols, rep, flat] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let e = v.elements();
+            assert_eq!((e.rows(), e.k()), (v.rows() * v.k(), 1));
+            let rows = v.load::<f64>(0, v.rows(), &mut a).to_vec();
+            assert_eq!(e.load::<f64>(0, e.rows(), &mut b), rows);
+            assert_eq!(e.load::<f64>(2, 4, &mut b), &rows[2..4]);
+        }
+        let mut out = vec![0.0f32; 6];
+        {
+            let mut o = ViewMut::of_slice(&mut out, 6);
+            let mut e = o.elements();
+            let mut pieces = e.split([0..4, 4..6]);
+            let mut s = Vec::new();
+            pieces
+                .next()
+                .unwrap()
+                .store::<f32, _>(&mut s, |w| w.fill(1.0));
+            pieces
+                .next()
+                .unwrap()
+                .store::<f32, _>(&mut s, |w| w.fill(2.0));
+        }
+        assert_eq!(out, [1., 1., 1., 1., 2., 2.]);
+        let empty = View::of_slice::<f32>(&[], 5).elements();
+        assert_eq!(empty.rows(), 0);
     }
 
     #[test]

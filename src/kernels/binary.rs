@@ -47,27 +47,56 @@ fn or_ones<'a, T: Float>(v: Option<&'a [T]>, at: Range<usize>, ones: &'a [T]) ->
     }
 }
 
-/// Losses of `binary_cross_entropy(p, y, weight)` into `out`. Returns `Err(i)` for the first
-/// `p[i]` outside `[0, 1]` (NaN included, as in PyTorch), before anything is written.
+/// A running sum in eight interleaved partial sums (element `j` into `j % 8`), added pairwise
+/// at the end: a fixed order, the same on every instruction set and thread count, whose adds
+/// do not wait on each other (one running sum waited four cycles an element). Fed a step at
+/// a time while the step's losses are in L1.
+struct LaneSum([f64; 8]);
+
+impl LaneSum {
+    /// Adds a step that starts at a multiple of eight elements.
+    #[inline(always)]
+    fn add(&mut self, v: &[f64]) {
+        let mut chunks = v.chunks_exact(8);
+        for c in &mut chunks {
+            for (a, &b) in self.0.iter_mut().zip(c) {
+                *a += b;
+            }
+        }
+        for (a, &b) in self.0.iter_mut().zip(chunks.remainder()) {
+            *a += b;
+        }
+    }
+
+    fn total(self) -> f64 {
+        let [a, b, c, d, e, f, g, h] = self.0;
+        ((a + b) + (c + d)) + ((e + f) + (g + h))
+    }
+}
+
+/// The sum of the losses of `binary_cross_entropy(p, y, weight)`, each also written into
+/// `out` when given. Returns `Err(i)` for the first `p[i]` outside `[0, 1]` (NaN included, as
+/// in PyTorch), before anything is written.
 #[inline(always)]
 fn bce_with<T: Float, A: Arith>(
     p: &[T],
     y: &[T],
     w: Option<&[T]>,
-    out: &mut [f64],
+    mut out: Option<&mut [f64]>,
     _a: A,
-) -> Result<(), usize> {
+) -> Result<f64, usize> {
     if let Some(bad) = p
         .iter()
         .position(|&v| !(v.to_f64() >= 0.0 && v.to_f64() <= 1.0))
     {
         return Err(bad);
     }
-    let (mut log_1mp, ones) = ([0.0f64; STEP], [T::ONE; STEP]);
-    for (c, o) in out.chunks_mut(STEP).enumerate() {
-        let at = c * STEP..c * STEP + o.len();
-        let (pc, yc, wc) = (&p[at.clone()], &y[at.clone()], or_ones(w, at, &ones));
-        let l1 = &mut log_1mp[..o.len()];
+    let (mut log_1mp, mut loss, ones) = ([0.0f64; STEP], [0.0f64; STEP], [T::ONE; STEP]);
+    let mut sum = LaneSum([0.0; 8]);
+    for (pc, c) in p.chunks(STEP).zip(0..) {
+        let at = c * STEP..c * STEP + pc.len();
+        let (yc, wc) = (&y[at.clone()], or_ones(w, at.clone(), &ones));
+        let (l1, o) = (&mut log_1mp[..pc.len()], &mut loss[..pc.len()]);
         for (l, &pj) in l1.iter_mut().zip(pc) {
             *l = log1p_or_ln(true, -pj.to_f64(), 0.0).max(-100.0);
         }
@@ -79,27 +108,34 @@ fn bce_with<T: Float, A: Arith>(
             let yj = yc[j].to_f64();
             *l = wc[j].to_f64() * ((yj - 1.0) * l1[j] - yj * *l);
         }
+        sum.add(o);
+        if let Some(out) = out.as_mut() {
+            out[at].copy_from_slice(o);
+        }
     }
-    Ok(())
+    Ok(sum.total())
 }
 
-/// Losses of `binary_cross_entropy_with_logits(x, y, weight, pos_weight)` into `out`; with
-/// `grad`, also `scale_i * d loss_i / d x_i` into it.
+/// The sum of the losses of `binary_cross_entropy_with_logits(x, y, weight, pos_weight)`,
+/// each also written into `out` when given; with `grad`, `scale_i * d loss_i / d x_i` into it.
 #[inline(always)]
 fn bce_with_logits_with<T: Float, A: Arith>(
     x: &[T],
     y: &[T],
     w: Option<&[T]>,
     pos_weight: Option<&[T]>,
-    out: &mut [f64],
+    mut out: Option<&mut [f64]>,
     mut grad: Option<(&mut [T], Scale<'_, T>)>,
     a: A,
-) {
+) -> f64 {
     let (mut e, mut softplus, ones) = ([T::ZERO; STEP], [T::ZERO; STEP], [T::ONE; STEP]);
-    for (c, o) in out.chunks_mut(STEP).enumerate() {
-        let at = c * STEP..c * STEP + o.len();
-        let n = o.len();
-        let (xc, yc) = (&x[at.clone()], &y[at.clone()]);
+    let mut loss = [0.0f64; STEP];
+    let mut sum = LaneSum([0.0; 8]);
+    for (xc, c) in x.chunks(STEP).zip(0..) {
+        let n = xc.len();
+        let at = c * STEP..c * STEP + n;
+        let yc = &y[at.clone()];
+        let o = &mut loss[..n];
         let wc = or_ones(w, at.clone(), &ones);
         let pc = or_ones(pos_weight, at.clone(), &ones);
         let (e, softplus) = (&mut e[..n], &mut softplus[..n]);
@@ -123,6 +159,10 @@ fn bce_with_logits_with<T: Float, A: Arith>(
             // PyTorch's form where x is infinite: its NaN for y = 1 at x = -inf.
             let pytorch = (1.0 - yj) * xj - lw * (xj.min(0.0) - sp);
             *l = wc[j].to_f64() * if xj.is_finite() { gathered } else { pytorch };
+        }
+        sum.add(o);
+        if let Some(out) = out.as_mut() {
+            out[at.clone()].copy_from_slice(o);
         }
         if let Some((g, scale)) = grad.as_mut() {
             let g = &mut g[at.clone()];
@@ -156,19 +196,24 @@ fn bce_with_logits_with<T: Float, A: Arith>(
             }
         }
     }
+    sum.total()
 }
 
 crate::isa::isa_dispatch! {
-    pub fn bce[T: Float](p: &[T], y: &[T], w: Option<&[T]>, out: &mut [f64]) -> Result<(), usize> =
-        bce_with;
+    pub fn bce[T: Float](
+        p: &[T],
+        y: &[T],
+        w: Option<&[T]>,
+        out: Option<&mut [f64]>,
+    ) -> Result<f64, usize> = bce_with;
     pub fn bce_with_logits[T: Float](
         x: &[T],
         y: &[T],
         w: Option<&[T]>,
         pos_weight: Option<&[T]>,
-        out: &mut [f64],
+        out: Option<&mut [f64]>,
         grad: Option<(&mut [T], Scale<'_, T>)>,
-    ) = bce_with_logits_with;
+    ) -> f64 = bce_with_logits_with;
 }
 
 #[cfg(test)]
@@ -190,8 +235,8 @@ mod tests {
         let y = [0.0f64, 1.0, 0.3, 1.0, 0.0];
         let p: Vec<f64> = x.iter().map(|&v| sigmoid(v)).collect();
         let (mut a, mut b) = ([0.0; 5], [0.0; 5]);
-        bce(Level::best(), &p, &y, None, &mut a).unwrap();
-        bce_with_logits(Level::best(), &x, &y, None, None, &mut b, None);
+        bce(Level::best(), &p, &y, None, Some(&mut a)).unwrap();
+        bce_with_logits(Level::best(), &x, &y, None, None, Some(&mut b), None);
         for (u, v) in a.iter().zip(b) {
             assert!((u - v).abs() < 1e-12);
         }
@@ -211,7 +256,7 @@ mod tests {
             &y,
             Some(&w),
             Some(&pw),
-            &mut l,
+            Some(&mut l),
             Some((&mut g, Scale::Uniform(1.0))),
         );
         for i in 0..4 {
@@ -220,8 +265,24 @@ mod tests {
             let (mut xp, mut xm) = (x, x);
             xp[i] += h;
             xm[i] -= h;
-            bce_with_logits(Level::best(), &xp, &y, Some(&w), Some(&pw), &mut lp, None);
-            bce_with_logits(Level::best(), &xm, &y, Some(&w), Some(&pw), &mut lm, None);
+            bce_with_logits(
+                Level::best(),
+                &xp,
+                &y,
+                Some(&w),
+                Some(&pw),
+                Some(&mut lp),
+                None,
+            );
+            bce_with_logits(
+                Level::best(),
+                &xm,
+                &y,
+                Some(&w),
+                Some(&pw),
+                Some(&mut lm),
+                None,
+            );
             assert!((g[i] - (lp[i] - lm[i]) / (2.0 * h)).abs() < 1e-7);
         }
     }
@@ -235,7 +296,7 @@ mod tests {
                 &[0.5f64, f64::NAN, 2.0],
                 &[1.0, 0.0, 0.0],
                 None,
-                &mut o
+                Some(&mut o)
             ),
             Err(1)
         );
@@ -293,17 +354,46 @@ mod tests {
         let mut first: Option<(Vec<f64>, Vec<T>)> = None;
         for isa in Level::supported() {
             let (mut l, mut g) = (vec![0.0; n], vec![T::ZERO; n]);
-            bce_with_logits(
+            let total = bce_with_logits(
                 isa,
                 &x,
                 &y,
                 Some(&w),
                 Some(&pw),
-                &mut l,
+                Some(&mut l),
                 Some((&mut g, Scale::PerRow(&up))),
             );
             let mut lp = vec![0.0; n];
-            bce(isa, &p, &y, Some(&w), &mut lp).unwrap();
+            let total_p = bce(isa, &p, &y, Some(&w), Some(&mut lp)).unwrap();
+            // The sums in their fixed order: eight interleaved partial sums, added pairwise,
+            // the same with or without the losses written out.
+            let lanes = |v: &[f64]| {
+                let mut acc = [0.0f64; 8];
+                for (j, &x) in v.iter().enumerate() {
+                    acc[j % 8] += x;
+                }
+                ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+            };
+            let finite: Vec<usize> = (0..n).filter(|&i| f(&x, i).is_finite()).collect();
+            let pick = |v: &[T]| finite.iter().map(|&i| v[i]).collect::<Vec<T>>();
+            let (xf, yf, wf, pf) = (pick(&x), pick(&y), pick(&w), pick(&pw));
+            let mut lf = vec![0.0; finite.len()];
+            let sum_f = bce_with_logits(isa, &xf, &yf, Some(&wf), Some(&pf), Some(&mut lf), None);
+            let alone = bce_with_logits(isa, &xf, &yf, Some(&wf), Some(&pf), None, None);
+            assert_eq!(sum_f.to_bits(), lanes(&lf).to_bits(), "{isa:?} sum");
+            assert_eq!(
+                alone.to_bits(),
+                sum_f.to_bits(),
+                "{isa:?} sum without losses"
+            );
+            assert!(total.is_nan(), "the infinite logits give NaN");
+            assert_eq!(total_p.to_bits(), lanes(&lp).to_bits(), "{isa:?} bce sum");
+            let alone_p = bce(isa, &p, &y, Some(&w), None).unwrap();
+            assert_eq!(
+                alone_p.to_bits(),
+                total_p.to_bits(),
+                "{isa:?} bce sum alone"
+            );
             for i in 0..n {
                 let (xi, yi, pwi, wi) = (f(&x, i), f(&y, i), f(&pw, i), f(&w, i));
                 let lw = 1.0 + (pwi - 1.0) * yi;

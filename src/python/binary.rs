@@ -70,14 +70,9 @@ pub(super) fn binary<'py>(
         None => false,
     };
     let shape = x.shape();
-    // The pool cuts work into blocks of whole rows, so a row longer than a block (a 1-d array
-    // of a million labels) would run as one block on one thread with a million-element
-    // scratch: such arrays are read as rows of one element instead (consecutive elements
-    // still load in place when contiguous).
-    let axis = match shape {
-        [.., k] if *k <= BLOCK_ELEMS => Some(shape.len() - 1),
-        _ => None,
-    };
+    // Rows along the last axis; `ops::binary_loss` cuts rows longer than a block into
+    // blocks of elements itself.
+    let axis = shape.len().checked_sub(1);
     let xv = (!in_place).then(|| x.view(axis));
     let yv = y.view(axis);
     let wv = w
@@ -120,8 +115,8 @@ pub(super) fn binary<'py>(
         Some(v) => Upstream::PerRow(v),
         None => Upstream::Scalar(scalar_up),
     };
-    // A row's worth of scratch per operand (at most a block's, see `axis` above).
-    let row = xv.as_ref().map_or(yv.k(), |v| v.k());
+    // A row's worth of scratch per operand, at most a block's (see `axis` above).
+    let row = xv.as_ref().map_or(yv.k(), |v| v.k()).min(BLOCK_ELEMS);
     let total = run(py, f, x.size(), row, || {
         with_compute!(dt, T => ops::binary_loss::<T>(isa, logits, args, reduction, up, lv.as_mut(), gv.as_mut()))
     })
