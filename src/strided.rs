@@ -774,6 +774,24 @@ impl RowsMut<'_> {
 
     fn scatter<S: FloatElem, T: Float>(&mut self, src: &[T]) {
         let l = self.layout;
+        let (r0, r1) = (self.rows.start, self.rows.end);
+        if let Some(off) = l.contiguous(self.ptr, l.dtype, r0, r1) {
+            // PERF: rows in one aligned run of the storage type (float64 losses rounded into
+            // a float32 array) are converted in one loop that vectorizes, where the loop
+            // below computed each element's address (float32 1-d `reduction="none"`: see
+            // BENCHMARKS.md).
+            // SAFETY: `contiguous` checked that rows r0..r1 are one aligned run of `S` at
+            // `off`, and this piece alone may write them (ViewMut's contract).
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(self.ptr.offset(off) as *mut S, (r1 - r0) * l.k)
+            };
+            let n = src.len().min(dst.len());
+            for (d, &v) in dst.iter_mut().zip(&src[..n]) {
+                *d = v.store();
+            }
+            dst[n..].fill(T::ZERO.store());
+            return;
+        }
         let mut it = src.iter();
         for i in self.rows.clone() {
             // SAFETY: every (row, j) of this piece is a valid element that only this piece
