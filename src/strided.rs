@@ -855,12 +855,11 @@ pub fn broadcast_strides(shape: &[usize], strides: &[isize], to: &[usize]) -> Re
 mod tests {
     use super::*;
 
-    #[test]
-    fn transposed_view_gathers_columns() {
-        // 2x3 row-major data viewed with rows along axis 0 (i.e. the columns).
-        let data: Vec<f64> = vec![0., 1., 2., 10., 11., 12.];
+    /// The columns of `data`, a row-major 2x3 array: rows along axis 0.
+    fn columns(data: &[f64]) -> View<'_> {
+        assert_eq!(data.len(), 6);
         // SAFETY: `data` holds the 2x3 array and outlives the view; nothing writes it.
-        let v = unsafe {
+        unsafe {
             View::from_raw(
                 data.as_ptr() as *const u8,
                 DType::F64,
@@ -868,7 +867,14 @@ mod tests {
                 &[24, 8],
                 Some(0),
             )
-        };
+        }
+    }
+
+    #[test]
+    fn transposed_view_gathers_columns() {
+        // 2x3 row-major data viewed with rows along axis 0 (i.e. the columns).
+        let data: Vec<f64> = vec![0., 1., 2., 10., 11., 12.];
+        let v = columns(&data);
         assert_eq!((v.rows(), v.k()), (3, 2));
         let mut s = Vec::new();
         let got = v.load::<f64>(0, 3, &mut s).to_vec();
@@ -880,16 +886,7 @@ mod tests {
         // Columns of a 2x3 array (rows along axis 0), a repeated row, and a contiguous slice:
         // as rows of one element they read the same values in the same order.
         let data: Vec<f64> = vec![0., 1., 2., 10., 11., 12.];
-        // SAFETY: `data` holds the 2x3 array and outlives the view; nothing writes it.
-        let cols = unsafe {
-            View::from_raw(
-                data.as_ptr() as *const u8,
-                DType::F64,
-                &[2, 3],
-                &[24, 8],
-                Some(0),
-            )
-        };
+        let cols = columns(&data);
         let rep = View::repeated_row(&data[..3], 2);
         let flat = View::of_slice(&data, 3);
         for v in [cols, rep, flat] {
