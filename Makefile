@@ -7,7 +7,7 @@ SHARED ?= ../shared
 PY     := $(VENV)/bin/python
 ENV    := VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv dev bench bench-rust test test-rust test-python conformance valgrind fuzz lint clean
+.PHONY: venv dev bench bench-rust test test-rust test-python conformance valgrind fuzz lint doc clean
 
 $(VENV)/.installed: requirements-dev.txt requirements-extras.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,14 +59,20 @@ conformance: dev
 	$(PY) $(SHARED)/conformance/run_conformance.py
 	$(PY) $(SHARED)/conformance/run_conformance.py $(SHARED)/conformance/next
 
-## lint: rustfmt, clippy -D warnings (with and without the binding), ruff check and format, mypy
-lint: venv
+## lint: rustfmt, clippy -D warnings (with and without the binding), the docs (make doc), ruff
+## check and format, mypy
+lint: venv doc
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --features python -- -D warnings
 	$(VENV)/bin/ruff check python tests benchmarks
 	$(VENV)/bin/ruff format --check python tests benchmarks
 	$(VENV)/bin/mypy
+
+## doc: the crate's docs with its private items (the architecture, layer by layer), every
+## link resolved
+doc:
+	RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --document-private-items --features python
 
 clean:
 	rm -rf $(VENV) target

@@ -33,6 +33,10 @@
 //! assert!((loss - 0.417).abs() < 1e-3);
 //! ```
 
+// The public items' docs link to the layers beneath them on purpose: the crate's docs are
+// read with `cargo doc --document-private-items` (the Makefile's `doc`), where they resolve.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub(crate) mod dtype;
 pub(crate) mod error;
 pub(crate) mod float;

@@ -318,9 +318,12 @@ where
     for_blocks_with(n_rows, k, units, |r, ()| f(r))
 }
 
-/// [`for_blocks`] with one payload per block moved into its call: the pieces of the outputs
-/// that block writes (`ViewMut::split` over [`block_ranges`]), so each thread owns what it
-/// writes. Panics unless there is exactly one payload per block.
+/// Runs `f` on consecutive blocks of rows covering `0..n_rows` ([`block_ranges`]), in parallel
+/// when the work is large enough and more than one thread is configured, and returns the
+/// results in block order (under [`interruptible`], possibly short of the last block); with
+/// one payload per block moved into its call: the pieces of the outputs that block writes
+/// (`ViewMut::split` over [`block_ranges`]), so each thread owns what it writes. Panics
+/// unless there is exactly one payload per block.
 ///
 /// The payloads come as an iterator, taken one per block as the blocks run (on the pool,
 /// a wave at a time), so a call of one block allocates nothing for them.

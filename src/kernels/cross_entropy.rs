@@ -374,7 +374,9 @@ fn cross_entropy_rows<'t, T: Float, A: Arith>(
 /// targets' sums) read it again from L1.
 // PERF: float32 cross_entropy_and_grad, grouped: rows of 64 to 500 took 0.74-0.93x the time
 // of the per-row path; rows of 1000 to 2048 (groups of 32 to 64 KiB) 0.93-1.05x, no gain
-// beyond the noise between builds, so they keep the per-row path (BENCHMARKS.md).
+// beyond the noise between builds, so they keep the per-row path (BENCHMARKS.md). Without a
+// gradient too: grouped, float32 8192 x 1000 cross_entropy took 0.96-0.98x the time, within
+// the noise (AMD EPYC, 2026-12-04).
 const GROUPED_BYTES: usize = 16 * 1024;
 
 /// [`cross_entropy_rows`] for rows of [`SMALL_K`] or more without a soft cap: each group's

@@ -360,7 +360,11 @@ fn exp_sum_into<T: Float, A: Arith>(
 // 0.87x the time, 64 x 8192 0.80x). Rows shorter than a chunk keep that loop (with `held` too,
 // 8192 x 100 took 1.1x the time), and so does `f64`, whose longer exp hides the round trip
 // (`held` took 0.93-1.15x the time there); except where the caller keeps the exps
-// ([`exp_sum_into`] with `out`), which saves the gradient a pass of exps.
+// ([`exp_sum_into`] with `out`), which saves the gradient a pass of exps. Summed in registers
+// by `std::arch` intrinsics instead (the same bits, no store): AVX-512 0.90-1.01x the time on
+// float32 logsumexp and cross_entropy from 256 x 1000 to 8192 x 1000, no gain beyond the
+// noise; AVX2, two exps' constants spilled from its 16 registers, 1.10-1.18x (AMD EPYC,
+// 2026-12-04). Not kept.
 #[inline(always)]
 fn chunk_exp_sum<T: Float, A: Arith, const SKIP_ONES: bool>(
     chunk: &[T],

@@ -226,6 +226,8 @@ pub(super) fn binary_cross_entropy_with_logits<'py>(
     )
 }
 
+// Python's docstring: its examples' brackets are indexing, not links.
+#[allow(rustdoc::broken_intra_doc_links)]
 /// `(loss, grad)` of `binary_cross_entropy_with_logits`, in one pass.
 ///
 /// Parameters

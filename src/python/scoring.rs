@@ -185,6 +185,8 @@ fn prior_state(f: &str, state: Option<&Bound<'_, PyAny>>) -> PyResult<(f64, u64)
     Ok((nll.0, count))
 }
 
+// Python's docstring: its examples' brackets are indexing, not links.
+#[allow(rustdoc::broken_intra_doc_links)]
 /// Perplexity `exp(nll_sum / count)` of the targets under the logits, carried over chunks.
 ///
 /// Parameters
