@@ -304,10 +304,7 @@ pub fn block_ranges(
     (0..n_rows.div_ceil(per)).map(move |b| b * per..((b + 1) * per).min(n_rows))
 }
 
-/// Runs `f` on consecutive blocks of rows covering `0..n_rows` (see [`block_ranges`]) and
-/// returns the results in block order. They run in parallel when the work is large enough
-/// and more than one thread is configured. Under [`interruptible`] the result may stop short
-/// of the last block.
+/// [`for_blocks_with`] without payloads: the tests' form.
 #[cfg(test)]
 pub fn for_blocks<R, F>(n_rows: usize, k: usize, f: F) -> Vec<R>
 where
@@ -318,11 +315,11 @@ where
     for_blocks_with(n_rows, k, units, |r, ()| f(r))
 }
 
-/// Runs `f` on consecutive blocks of rows covering `0..n_rows` ([`block_ranges`]), in parallel
-/// when the work is large enough and more than one thread is configured, and returns the
-/// results in block order (under [`interruptible`], possibly short of the last block); with
-/// one payload per block moved into its call: the pieces of the outputs that block writes
-/// (`ViewMut::split` over [`block_ranges`]), so each thread owns what it writes. Panics
+/// Runs `f` on consecutive blocks of rows covering `0..n_rows` ([`block_ranges`]) and returns
+/// the results in block order. They run in parallel when the work is large enough and more
+/// than one thread is configured. Under [`interruptible`] the result may stop short of the
+/// last block. Each call gets one payload, moved into it: the pieces of the outputs that block
+/// writes (`ViewMut::split` over [`block_ranges`]), so each thread owns what it writes. Panics
 /// unless there is exactly one payload per block.
 ///
 /// The payloads come as an iterator, taken one per block as the blocks run (on the pool,

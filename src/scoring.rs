@@ -2,10 +2,10 @@
 //! and top-k ([`token_logprobs`]), and the running sums behind a perplexity ([`perplexity`]).
 //!
 //! The layer between strided views and the row kernel of [`crate::kernels::scoring`], shaped as
-//! [`crate::ops`] is: blocks of rows from [`crate::pool::block_ranges`] (a function of the shape alone), each
-//! read once through [`View::load`], float results rounded once into their storage dtype by
-//! [`RowsMut::store`], sums over rows added per block in `f64` and across blocks in block order, so
-//! every result is bitwise the same for any thread count. Each block gets its own pieces of
+//! [`crate::ops`] is: blocks of rows from [`crate::pool::block_ranges`] (a function of the shape
+//! alone), each read once through [`View::load`], float results rounded once into their
+//! storage dtype by [`RowsMut::store`], sums over rows added per block in `f64` and across
+//! blocks in block order, so every result is bitwise the same for any thread count. Each block gets its own pieces of
 //! the outputs before the blocks run ([`for_blocks_with`]): [`RowsMut`] pieces of the float
 //! results, disjoint sub-slices of the integer and boolean ones (rank, greedy flag, top-k ids),
 //! so no thread writes what another may touch. Every target is checked before any block runs:
