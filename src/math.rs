@@ -25,6 +25,9 @@
 //! `u^21` (truncation below 1e-18 relative), and `e ln 2` added with a two-part `ln 2`. Plain
 //! multiplies and adds, no FMA: every instruction set gives the same bits. Measured by the
 //! tests against `std`'s `ln`: at most 2 ULP apart over sweeps of the whole positive range.
+//! [`ln_f32`] is the same in `f32` to `u^11`, for the rows stored in `f32` (whose `ln s` is
+//! rounded to `f32` in the end): one vector of 16 rows where `f64` takes two, and half the
+//! series.
 
 /// `a * b + c`, fused into one rounding when `FMA` (only where the instruction set has it:
 /// elsewhere `mul_add` is a slow library call).
@@ -231,76 +234,114 @@ log1p_unit!(
     17
 );
 
-/// Natural logarithm of an `f64`, branch-free; see the module docs for the method and the
-/// error bound. `ln(0) = -inf`, `ln(+inf) = +inf`, NaN and negative inputs give NaN, and
-/// subnormal inputs are scaled into the normal range first.
-#[inline(always)]
-pub fn ln_f64(x: f64) -> f64 {
-    // ln 2 = LN2_HI + LN2_LO with LN2_HI's low 32 bits zero, so e * LN2_HI is exact.
-    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
-    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
-    const TWO_54: f64 = 18_014_398_509_481_984.0;
-    let sub = x < f64::MIN_POSITIVE;
-    let bits = (if sub { x * TWO_54 } else { x }).to_bits();
-    let biased = ((bits >> 52) & 0x7ff) as i32 - if sub { 1023 + 54 } else { 1023 };
-    let m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
-    let high = m > std::f64::consts::SQRT_2;
-    let f = if high { m * 0.5 } else { m };
-    let e = f64::from(biased + i32::from(high));
-    // f - 1 is exact (Sterbenz); the quotient carries the one rounding of note.
-    let u = (f - 1.0) / (f + 1.0);
-    let u2 = u * u;
-    let mut p = 1.0 / 21.0;
-    for c in [
-        1.0 / 19.0,
-        1.0 / 17.0,
-        1.0 / 15.0,
-        1.0 / 13.0,
-        1.0 / 11.0,
-        1.0 / 9.0,
-        1.0 / 7.0,
-        1.0 / 5.0,
-        1.0 / 3.0,
-    ] {
-        p = p * u2 + c;
-    }
-    let two_u = u + u;
-    let ln = e * LN2_HI + (two_u + (two_u * u2 * p + e * LN2_LO));
-    // Outside the positive finite numbers the bit arithmetic means nothing: +inf gives +inf,
-    // zero -inf, NaN and negatives NaN, as `ln` does.
-    if x > 0.0 && x < f64::INFINITY {
-        ln
-    } else if x == 0.0 {
-        f64::NEG_INFINITY
-    } else if x == f64::INFINITY {
-        x
-    } else {
-        f64::NAN
-    }
+/// Defines `$ln`, the natural logarithm in `$t` (stored as `$bits`: `$mant` mantissa bits, an
+/// exponent field `$emask` biased by `$bias`, `$one` the bits of 1.0) from the series of the
+/// module docs to `u^(2 $terms + 1)` with `ln 2` in two parts (the high part's low bits zero,
+/// so `e * LN2_HI` is exact), and `$log1p_or_ln` on it (see [`log1p_or_ln`]). `ln(0) = -inf`,
+/// `ln(+inf) = +inf`, NaN and negative inputs give NaN, and subnormal inputs are scaled into
+/// the normal range by `2^$sub` first. Plain multiplies and adds, no FMA: every instruction
+/// set gives the same bits.
+macro_rules! ln_and_log1p {
+    ($(#[$doc:meta])* $ln:ident, $(#[$doc1p:meta])* $log1p_or_ln:ident, $t:ty, $bits:ty,
+     $mant:expr, $emask:expr, $bias:expr, $one:expr, $sub:expr, $ln2:expr, $terms:expr) => {
+        $(#[$doc])*
+        #[inline(always)]
+        pub fn $ln(x: $t) -> $t {
+            const LN2: ($bits, $bits) = $ln2;
+            const LN2_HI: $t = <$t>::from_bits(LN2.0);
+            const LN2_LO: $t = <$t>::from_bits(LN2.1);
+            const SCALE_SUB: $t = (1u64 << $sub) as $t;
+            let sub = x < <$t>::MIN_POSITIVE;
+            let bits = (if sub { x * SCALE_SUB } else { x }).to_bits();
+            let biased = ((bits >> $mant) & $emask) as i32 - if sub { $bias + $sub } else { $bias };
+            let m = <$t>::from_bits((bits & ((1 << $mant) - 1)) | $one);
+            let high = m > core::f64::consts::SQRT_2 as $t;
+            let f = if high { m * 0.5 } else { m };
+            let e = (biased + i32::from(high)) as $t;
+            // f - 1 is exact (Sterbenz); the quotient carries the one rounding of note.
+            let u = (f - 1.0) / (f + 1.0);
+            let u2 = u * u;
+            // p = 1/3 + u^2/5 + ..., by Horner from its last term (unrolled, quotients folded).
+            let mut p = 1.0 / (2 * $terms + 1) as $t;
+            for n in (1..$terms).rev() {
+                p = p * u2 + 1.0 / (2 * n + 1) as $t;
+            }
+            let two_u = u + u;
+            let ln = e * LN2_HI + (two_u + (two_u * u2 * p + e * LN2_LO));
+            // Outside the positive finite numbers the bit arithmetic means nothing: +inf gives
+            // +inf, zero -inf, NaN and negatives NaN, as `ln` does.
+            if x > 0.0 && x < <$t>::INFINITY {
+                ln
+            } else if x == 0.0 {
+                <$t>::NEG_INFINITY
+            } else if x == <$t>::INFINITY {
+                x
+            } else {
+                <$t>::NAN
+            }
+        }
+
+        $(#[$doc1p])*
+        #[inline(always)]
+        pub fn $log1p_or_ln(use_log1p: bool, x: $t, y: $t) -> $t {
+            let u = if use_log1p { 1.0 + x } else { y };
+            // For u outside the positive finite numbers, the logarithm alone has the answer
+            // (and u - 1 would make the correction NaN). It never returns -0, so adding the 0
+            // keeps its bits.
+            let c = if use_log1p && u > 0.0 && u < <$t>::INFINITY {
+                (x - (u - 1.0)) / u
+            } else {
+                0.0
+            };
+            $ln(u) + c
+        }
+    };
 }
 
-/// `log1p(x)` where `use_log1p`, else `ln(y)`, with one logarithm and selects instead of a
-/// branch, so that a loop picking one or the other per row vectorizes and never mispredicts.
-/// The `ln(y)` half is bitwise [`ln_f64`]. The `log1p` half is for the `ln s` of a row whose
-/// maximum dominates its sum: `s = 1 + rest` with `rest` far below 1 would round the rest away
-/// before `ln`. With `u = 1 + x` rounded, `ln(1 + x) = ln u + ln(1 + c/u)` where
-/// `c = x - (u - 1)` is the rounding error of `u` (exact for `x` in `[-1, 1]`, and negligible
-/// beside `ln u >= ln 2` above), so `ln u + c/u` leaves an error of order `(c/u)^2`, far below
-/// an ULP. Measured by the tests against `std`'s `ln_1p` over sweeps of `[-1, 2^60]`
-/// (log-spaced down to subnormals near 0, dense near 0 and 1): at most 2 ULP apart.
-/// `log1p(-1) = -inf`, `log1p(+inf) = +inf`, NaN and `x < -1` give NaN.
-#[inline(always)]
-pub fn log1p_or_ln(use_log1p: bool, x: f64, y: f64) -> f64 {
-    let u = if use_log1p { 1.0 + x } else { y };
-    // For u outside the positive finite numbers, ln_f64 alone has the answer (and u - 1 would
-    // make the correction NaN). ln_f64 never returns -0, so adding the 0 keeps its bits.
-    let c = if use_log1p && u > 0.0 && u < f64::INFINITY {
-        (x - (u - 1.0)) / u
-    } else {
-        0.0
-    };
-    ln_f64(u) + c
-}
+ln_and_log1p!(
+    /// Natural logarithm of an `f64`, to `u^21` (truncation below 1e-18 relative). Measured by
+    /// the tests against `std`'s `ln`: at most 2 ULP apart over sweeps of the whole positive
+    /// range.
+    ln_f64,
+    /// `log1p(x)` where `use_log1p`, else `ln(y)`, with one logarithm and selects instead of a
+    /// branch, so that a loop picking one or the other per row vectorizes and never
+    /// mispredicts. The `ln(y)` half is bitwise [`ln_f64`]. The `log1p` half is for the `ln s`
+    /// of a row whose maximum dominates its sum: `s = 1 + rest` with `rest` far below 1 would
+    /// round the rest away before `ln`. With `u = 1 + x` rounded, `ln(1 + x) = ln u + ln(1 +
+    /// c/u)` where `c = x - (u - 1)` is the rounding error of `u` (exact for `x` in `[-1, 1]`,
+    /// and negligible beside `ln u >= ln 2` above), so `ln u + c/u` leaves an error of order
+    /// `(c/u)^2`, far below an ULP. Measured by the tests against `std`'s `ln_1p` over sweeps
+    /// of `[-1, 2^60]` (log-spaced down to subnormals near 0, dense near 0 and 1): at most 2
+    /// ULP apart. `log1p(-1) = -inf`, `log1p(+inf) = +inf`, NaN and `x < -1` give NaN.
+    log1p_or_ln,
+    f64,
+    u64,
+    52,
+    0x7ff,
+    1023,
+    0x3ff0_0000_0000_0000,
+    54,
+    (0x3fe6_2e42_fee0_0000, 0x3dea_39ef_3579_3c76),
+    10
+);
+ln_and_log1p!(
+    /// [`ln_f64`] in `f32`, to `u^11` (truncation below 2e-9 relative, a thirtieth of an `f32`
+    /// ULP). Measured by the tests against `std`'s `ln` (of the `f64`, rounded): at most 2 ULP.
+    ln_f32,
+    /// [`log1p_or_ln`] in `f32`, on [`ln_f32`]: the `ln s` of float32 rows (see
+    /// [`crate::float::Float::log1p_or_ln`]). Measured by the tests against `std`'s `ln_1p`
+    /// (of the `f64`, rounded): at most 2 ULP.
+    log1p_or_ln_f32,
+    f32,
+    u32,
+    23,
+    0xff,
+    127,
+    0x3f80_0000,
+    25,
+    (0x3f31_7200, 0x35bf_be8e),
+    5
+);
 
 #[cfg(test)]
 mod tests {
@@ -384,6 +425,64 @@ mod tests {
         // The row the issue names: logsumexp([0, -40]) = log1p(exp(-40)) = 4.248e-18.
         let rest = (-40f64).exp();
         assert_eq!(log1p_f64(rest), rest.ln_1p());
+    }
+
+    /// ln_f32 and the ln half of log1p_or_ln_f32 against std's ln of the f64 (rounded): every
+    /// 61st positive f32 bit pattern (subnormals to the largest, about 35 million), every f32
+    /// of [0.5, 2] near 1, and the special values.
+    #[test]
+    fn ln_f32_max_ulp_and_special_values() {
+        let near_one = (0.5f32.to_bits()..=2.0f32.to_bits()).step_by(7);
+        let mut worst = 0;
+        for b in (1..f32::INFINITY.to_bits()).step_by(61).chain(near_one) {
+            let x = f32::from_bits(b);
+            let (got, want) = (ln_f32(x), f64::from(x).ln() as f32);
+            assert_eq!(
+                log1p_or_ln_f32(false, 0.5, x).to_bits(),
+                got.to_bits(),
+                "x={x}"
+            );
+            if want == 0.0 {
+                assert_eq!(got, 0.0, "x={x}");
+                continue;
+            }
+            worst = worst.max(ulp_f32(got, want));
+        }
+        assert!(worst <= 2, "ln_f32 is {worst} ULP from std");
+        assert_eq!(ln_f32(0.0), f32::NEG_INFINITY);
+        assert_eq!(ln_f32(-0.0), f32::NEG_INFINITY);
+        assert_eq!(ln_f32(f32::INFINITY), f32::INFINITY);
+        assert!(ln_f32(f32::NAN).is_nan() && ln_f32(-1.0).is_nan());
+        assert!(ln_f32(f32::NEG_INFINITY).is_nan());
+        assert_eq!(ln_f32(f32::MAX), f64::from(f32::MAX).ln() as f32);
+    }
+
+    /// The log1p half of log1p_or_ln_f32 against std's ln_1p of the f64 (rounded): every 31st
+    /// f32 bit pattern of (0, 2^30] and of [-1, 0), where the rounding of `1 + x` is
+    /// everything near 0, and the ends.
+    #[test]
+    fn log1p_f32_max_ulp_and_special_values() {
+        let pos = (1..=2f32.powi(30).to_bits()).step_by(31);
+        let neg = ((-0f32).to_bits() + 1..=(-1f32).to_bits()).step_by(31);
+        let mut worst = 0;
+        for b in pos.chain(neg) {
+            let x = f32::from_bits(b);
+            let (got, want) = (log1p_or_ln_f32(true, x, 0.0), f64::from(x).ln_1p() as f32);
+            worst = worst.max(ulp_f32(got, want));
+        }
+        assert!(
+            worst <= 2,
+            "log1p_or_ln_f32 is {worst} ULP from std's log1p"
+        );
+        let log1p = |x: f32| log1p_or_ln_f32(true, x, 0.0);
+        assert_eq!(log1p(0.0).to_bits(), 0.0f32.to_bits());
+        assert_eq!(log1p(-1.0), f32::NEG_INFINITY);
+        assert_eq!(log1p(f32::INFINITY), f32::INFINITY);
+        assert!(log1p(f32::NAN).is_nan() && log1p(-2.0).is_nan());
+        assert_eq!(log1p(f32::from_bits(1)), f32::from_bits(1));
+        // SciPy's row in float32: logsumexp([0, -20]) = log1p(exp(-20)) = 2.06e-9.
+        let rest = (-20f32).exp();
+        assert_eq!(log1p(rest), f64::from(rest).ln_1p() as f32);
     }
 
     /// `log1p_unit` against `std`'s `ln_1p` (rounded to `f32` for the `f32` form) over every

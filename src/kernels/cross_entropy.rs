@@ -171,7 +171,7 @@ fn ce_row_with<T: Float, A: Arith>(
     };
     let ln_s = match pre {
         Some((_, _, ln_s)) => ln_s,
-        None => sums.ln(),
+        None => sums.ln::<T>(),
     };
     let scale = grad.as_ref().map_or(0.0, |(_, sc)| *sc);
     let (loss, g) = match target {
@@ -874,7 +874,7 @@ mod tests {
                     let (mut al, mut ag) = (vec![0.0; n], vec![0f32; x.len()]);
                     for (i, (xr, gr)) in rows(&x, k).zip(rows_mut(&mut ag, k)).enumerate() {
                         let (m, s) = max_exp_sum(xr, Ahead::NONE, Unfused);
-                        let (g, pre) = (Some((gr, scale.at(i))), Some((m, s, s.ln())));
+                        let (g, pre) = (Some((gr, scale.at(i))), Some((m, s, s.ln::<f32>())));
                         let (t, none) = (target(i), Ahead::NONE);
                         al[i] = ce_row_with(xr, t, &opts, g, &mut cap, Unfused, pre, false, none);
                     }
@@ -908,7 +908,7 @@ mod tests {
                         let l = ce_row(xr, target(i), &opts, g, &mut cap, Unfused);
                         let z = online::capped(xr, opts.softcap, &mut zs);
                         let (m, s) = max_exp_sum(z, Ahead::NONE, Unfused);
-                        let (g, pre) = (Some((&mut again[..], 0.5)), Some((m, s, s.ln())));
+                        let (g, pre) = (Some((&mut again[..], 0.5)), Some((m, s, s.ln::<f32>())));
                         let (t, none) = (target(i), Ahead::NONE);
                         let la = ce_row_with(xr, t, &opts, g, &mut cap, Unfused, pre, false, none);
                         assert!(same_or_nan(&kept, &again), "grad k={k} soft={soft} row {i}");
@@ -1078,7 +1078,7 @@ mod tests {
     fn short_losses_with<A: Arith>(x: &[f32], k: usize, idx: &[i64], out: &mut [f64], a: A) {
         for ((xr, o), &t) in rows(x, k).zip(out.iter_mut()).zip(idx) {
             let m = crate::kernels::row_max(xr);
-            let ln_s = crate::kernels::short_exp_sum(xr, m, a).ln();
+            let ln_s = crate::kernels::short_exp_sum(xr, m, a).ln::<f32>();
             *o = if t < 0 {
                 0.0
             } else {

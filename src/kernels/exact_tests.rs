@@ -6,8 +6,9 @@
 //!
 //! Tolerance, from the error analysis rather than from the results, in units `u` of `T`'s
 //! rounding (2^-24, 2^-53): each `exp` is within 2 ULP, each accumulator lane adds at most 16
-//! terms in `T`, the lanes' pairwise total and `log1p` add a few more roundings, chunks of 256
-//! are added in `f64` one after another, and the output is rounded to `T`: `24 + k/256` units.
+//! terms in `T`, the lanes' pairwise total and `log1p` (worked in `T`: its input rounded to
+//! `T`, then within 2 ULP) add a few more roundings, chunks of 256 are added in `f64` one after
+//! another, and the output is rounded to `T`: `24 + k/256` units.
 //! One more term comes from the input, not the sums: `x - max` is rounded in `T` before its
 //! `exp`, which moves `exp(x - max)` by up to `|x - max|·u` relative (as in every
 //! implementation that works in `T`; the reference takes the exact difference). Where `lse =

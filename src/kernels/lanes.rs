@@ -4,8 +4,8 @@
 //! A row of ten classes read as a vector is mostly padding, and its maximum and sum end in
 //! horizontal reductions and scalar tails. Transposed, a block of 16 such rows is `k` vectors
 //! whose `j`-th holds element `j` of every row: the maximum, the count of maxima, the exps and
-//! the sums are then `k` full-width steps for 16 rows, the `f64` logarithm runs over the 16
-//! sums at once, and results per element (probabilities, log-probabilities) are formed in
+//! the sums are then `k` full-width steps for 16 rows, the logarithm runs over the 16 sums at
+//! once, and results per element (probabilities, log-probabilities) are formed in
 //! lanes and transposed back; results per row (the logsumexp, the cross-entropy against a
 //! class index, whose target logit is picked out of the columns) are formed in lanes and
 //! written out 16 at a time. The transpositions are [`Arith::rows_to_lanes`] and
@@ -65,7 +65,7 @@ fn lane_sums<T: Float, A: Arith>(
     let (mut sums, mut lns) = ([ExpSum::ZERO; ROW_LANES], [0.0; ROW_LANES]);
     for l in 0..ROW_LANES {
         sums[l] = ExpSum::of_ones_and_rest(count[l], rest[l].to_f64());
-        lns[l] = sums[l].ln();
+        lns[l] = sums[l].ln::<T>();
     }
     (sums, lns)
 }
@@ -315,7 +315,7 @@ pub(crate) fn lanes_class_grads<const SMOOTH: bool, T: Float, A: Arith>(
         let (mut sums, mut lns) = ([ExpSum::ZERO; ROW_LANES], [0.0; ROW_LANES]);
         for l in 0..ROW_LANES {
             sums[l] = ExpSum::of_ones_and_rest(count[l], rest[l].to_f64());
-            lns[l] = sums[l].ln();
+            lns[l] = sums[l].ln::<T>();
         }
         let mut loss = lane_losses(at, &LaneStats { m, lns }, &t);
         if SMOOTH {

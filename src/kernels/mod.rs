@@ -22,7 +22,7 @@ mod exact_tests;
 use crate::dtype::DType;
 use crate::float::Float;
 use crate::isa::Arith;
-pub(crate) use crate::math::{ln_f64, log1p_or_ln};
+pub(crate) use crate::math::ln_f64;
 
 /// Independent accumulators per loop: a fixed count, not the vector width, so that every
 /// instruction set sums in the same order (16 = one AVX-512 register of f32, two of AVX2).
@@ -217,14 +217,16 @@ impl ExpSum {
         (self.rest < 1.0) & ((self.s - self.rest - 1.0).abs() < 0.5)
     }
 
-    /// `ln s`: `log1p(rest)` where the maximum dominates, otherwise `ln s` (which is
-    /// `log1p(s - 1)` to the bit for `s >= 1`: `s - 1` and `1 + (s - 1)` are exact there).
+    /// `ln s` for rows of `T`, in `T`'s precision: `log1p(rest)` where the maximum dominates,
+    /// otherwise `ln s` (which is `log1p(s - 1)` to the bit for `s >= 1`: `s - 1` and
+    /// `1 + (s - 1)` are exact there). Every path takes a row's logarithm here, so that the
+    /// paths and the thread counts agree to the bit.
     // PERF: one logarithm and selects, no branch (log1p_or_ln): as a branch between two calls,
     // on float32 65536 x 10 logits of spread 3 (about half the rows dominated, at random),
     // logsumexp took 0.97 ms against 0.65 ms before the rest existed.
     #[inline(always)]
-    pub fn ln(self) -> f64 {
-        log1p_or_ln(self.dominated(), self.rest, self.s)
+    pub fn ln<T: Float>(self) -> f64 {
+        T::log1p_or_ln(self.dominated(), self.rest, self.s)
     }
 
     /// The sums of a row with `ones` terms exactly 1 (its maxima) and the others adding up to
@@ -506,7 +508,7 @@ impl<T: Float> GroupStats<T> {
     /// elements): each row's maximum and sums by [`max_exp_sum`], row by row, then the group's
     /// logarithms in one loop; the values of the per-row path, bitwise. The passes prefetch
     /// the rows ahead ([`Ahead`]).
-    // PERF: `ln s` is a chain of some thirty dependent f64 operations per row; taken per row,
+    // PERF: `ln s` is a chain of some thirty dependent operations per row; taken per row,
     // it sat between a row's sum and the next row's loads. Over a group it is one vector loop
     // (eight rows per instruction on AVX-512): float32 2048 x 100 logsumexp 0.76x the time,
     // 512 x 1000 0.96x (BENCHMARKS.md). Callers loop over the groups themselves rather than
@@ -559,7 +561,7 @@ impl<T: Float> GroupStats<T> {
         // A short group also takes the logarithms of sums it does not hold (the previous
         // group's, or zeros): unused.
         for (l, s) in self.ls.iter_mut().zip(&self.ss) {
-            *l = s.ln();
+            *l = s.ln::<T>();
         }
     }
 }
@@ -722,7 +724,7 @@ pub(crate) fn small_rows_stats<T: Float, A: Arith>(
     }
     for (((l, o), &rest), &c) in ls.iter_mut().zip(ss.iter_mut()).zip(&rv).zip(&cv) {
         *o = ExpSum::of_ones_and_rest(c, rest);
-        *l = o.ln();
+        *l = o.ln::<T>();
     }
 }
 

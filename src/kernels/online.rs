@@ -120,7 +120,7 @@ impl RowStats {
     /// multiplied by the row's gradient `scale`.
     #[inline(always)]
     pub fn finish<T: Float>(&self, o: &CeOptions<T>, k: usize, scale: f64) -> (f64, RowGrad<T>) {
-        self.finish_with_ln(o, k, scale, self.s.ln())
+        self.finish_with_ln(o, k, scale, self.s.ln::<T>())
     }
 
     /// [`RowStats::finish`] given `ln_s`, the bits of `self.s.ln()`, which the short-row

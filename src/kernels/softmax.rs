@@ -36,7 +36,7 @@ pub fn softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], ahead: Ahead<'_, 
 #[inline(always)]
 pub fn log_softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], ahead: Ahead<'_, T>, a: A) {
     let (m, s) = max_exp_sum(x, ahead, a);
-    let ln_s = T::from_f64(s.ln());
+    let ln_s = T::from_f64(s.ln::<T>());
     for (o, &v) in out.iter_mut().zip(x) {
         *o = (v - m) - ln_s;
     }
@@ -48,7 +48,7 @@ pub fn log_softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], ahead: Ahead<
 #[inline(always)]
 pub fn logsumexp_row<T: Float, A: Arith>(x: &[T], a: A) -> f64 {
     let (m, s) = max_exp_sum(x, Ahead::NONE, a);
-    lse_of(x, m, s.ln())
+    lse_of(x, m, s.ln::<T>())
 }
 
 /// `m + ln_s`, or PyTorch's answer where the maximum `m` of the row `x` is infinite: it shifts
@@ -469,7 +469,11 @@ pub(crate) mod tests {
     fn short_lse_by_rows_with<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
         for (xr, o) in rows(x, k).zip(out.iter_mut()) {
             let m = row_max(xr);
-            *o = T::from_f64(lse_of(xr, m, super::super::short_exp_sum(xr, m, a).ln()));
+            *o = T::from_f64(lse_of(
+                xr,
+                m,
+                super::super::short_exp_sum(xr, m, a).ln::<T>(),
+            ));
         }
     }
 

@@ -111,11 +111,11 @@ fn map_row<T: Float>(isa: Level, map: RowMap, xs: Option<&[T]>, o: &mut [T]) {
     match map {
         RowMap::LogSumExp => {
             let row = xs.unwrap_or(o);
-            o[0] = T::from_f64(lse_of(row, m, s.ln()));
+            o[0] = T::from_f64(lse_of(row, m, s.ln::<T>()));
         }
         RowMap::Softmax | RowMap::LogSoftmax => {
             let inv_s = T::from_f64(1.0 / s.s);
-            let ln_s = T::from_f64(s.ln());
+            let ln_s = T::from_f64(s.ln::<T>());
             per_segment_mut(o, |i, oi| {
                 let mut held = Vec::new();
                 let xi = input_segment(xs, i, oi, &mut held);
