@@ -78,11 +78,12 @@ pub fn row_max<T: Float>(x: &[T]) -> T {
 }
 
 /// [`row_max`], its lanes folded in halves (vector steps) where `FOLD`, else taken with the
-/// remainder in one scalar loop.
+/// remainder in scalar steps.
 // PERF: rows shorter than a chunk fold: as one scalar loop, the lanes took a fifth to a
 // quarter of the time of a logsumexp of rows of 100 (float32 16384 x 100: 0.75x the time
 // folded). Longer rows do not: folded, float32 8192 x 1000 cross_entropy took 1.2x the time in
-// the side-by-side runs (not in loops of one build; cause not found).
+// the side-by-side runs, and 256 x 1000 logsumexp 1.33x: perf showed the chunk loop itself
+// cut into 128- and 256-bit pieces to match the fold's halves.
 #[inline(always)]
 fn row_max_with<T: Float, const FOLD: bool>(x: &[T]) -> T {
     let mut acc = [T::NEG_INFINITY; LANES];
@@ -109,10 +110,19 @@ fn row_max_with<T: Float, const FOLD: bool>(x: &[T]) -> T {
         }
         m = acc[0];
     }
-    let lanes: &[T] = if FOLD { &[] } else { &acc };
-    for &v in chunks.remainder().iter().chain(lanes) {
+    for &v in chunks.remainder() {
         if v > m {
             m = v;
+        }
+    }
+    if !FOLD {
+        // PERF: its own loop, which LLVM unrolls, not the remainder's loop chained with the
+        // lanes: float32 log_softmax of rows of 300 and 1000 kept `m` on the stack there after
+        // an unrelated change (1.07-1.21x the time, AVX2 and AVX-512).
+        for v in acc {
+            if v > m {
+                m = v;
+            }
         }
     }
     m
