@@ -13,22 +13,84 @@ use super::lanes::{lanes_log_softmax, lanes_logsumexp, lanes_softmax, LIMIT, ROW
 use super::{
     dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, short_rows,
     small_row_sum, small_rows_exp, small_rows_stats, sum, Ahead, ExpSum, GroupStats, RowsAhead,
-    LN_GROUP, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
+    LN_GROUP, ONLINE_STEP, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
 };
+use crate::dtype::DType;
 use crate::float::Float;
 use crate::isa::{isa_dispatch, Arith};
 
 /// `out = softmax(x)` for one row: the maximum, then `exp(x - max)` stored while summed, then
-/// one scaling pass over `out`.
+/// one scaling pass over `out`; float32 rows of more than [`ONE_PASS_K`] elements read `x`
+/// once ([`softmax_long_row`]).
 // PERF: for long rows, recomputing exp in a second pass instead of storing it was slower
 // (float32 128 x 128256 softmax(out=): 26.7 ms against ONNX Runtime's 14.3 ms, which stores):
 // exp is the bottleneck, and the extra pass over `out` mostly hits L2.
 #[inline(always)]
 pub fn softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], ahead: Ahead<'_, T>, a: A) {
+    if T::DTYPE == DType::F32 && x.len() > ONE_PASS_K {
+        return softmax_long_row(x, out, a);
+    }
     let m = row_max(x);
     let inv = T::from_f64(1.0 / exp_store_sum(x, m, out, ahead, a));
     for o in out.iter_mut() {
         *o *= inv;
+    }
+}
+
+/// Float32 rows longer than this take [`softmax_long_row`].
+// PERF: float32 softmax(out=), one thread (AMD EPYC, AVX-512), against the two-pass time: from
+// memory, rows of 65536 0.70-0.85x, 512 x 128256 0.79-0.82x, 4096 x 8192 0.85-0.92x; rows of
+// 4096 (two steps) 1.00-1.02x; 64 x 8192 in cache 1.02-1.04x. float64, whose exp costs more
+// beside the wait, gained nothing: 256 x 128256 1.06x, 512 x 32768 0.99x. Log-softmax stored
+// the same way (x - m_j, then minus the shift and ln s): 0.94-1.00x from memory, 1.03x in
+// cache, not kept. (BENCHMARKS.md, 2026-12-04, eighteenth session.)
+pub(crate) const ONE_PASS_K: usize = 2 * ONLINE_STEP;
+
+/// `out = softmax(x)` for a long row, `x` read once from memory: each step of
+/// [`ONLINE_STEP`] elements has its maximum taken while it is in L1 and its exps stored over
+/// the running maximum `m_j` (summed, the sum rescaled as the maximum grows, as
+/// [`super::max_exp_sum`] does), then a pass over `out` (in L2) scales each step by
+/// `exp(m_j - m) / s` (`1 / s` for the steps taken over the row's maximum). The sum adds the
+/// same chunk totals as the two-pass path in another order (in `f64`), and the steps before
+/// the maximum round once more (the stored exp, then the product): within a few ULP of the
+/// two-pass values, not bitwise.
+// PERF: the two passes read a row that does not stay in L2 beside its output twice from
+// memory, the maximum's pass with nothing to overlap the wait (see ONE_PASS_K).
+#[inline(always)]
+fn softmax_long_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
+    let (mut stack, mut heap) = ([T::ZERO; 64], Vec::new());
+    let shifts = super::scratch(x.len().div_ceil(ONLINE_STEP), &mut stack, &mut heap);
+    let (mut m, mut s) = (T::NEG_INFINITY, 0.0f64);
+    let steps = x.chunks(ONLINE_STEP).zip(out.chunks_mut(ONLINE_STEP));
+    for ((xs, os), shift) in steps.zip(shifts.iter_mut()) {
+        let sm = row_max(xs);
+        if sm == T::NEG_INFINITY && m == T::NEG_INFINITY {
+            // No finite element yet: exp(-inf - -inf) would be NaN where a later maximum
+            // makes these terms 0. A NaN must still poison the row (and a row of only -inf
+            // ends NaN below, as in the two-pass path).
+            os.fill(T::ZERO);
+            if xs.iter().any(|v| v.is_nan()) {
+                s = f64::NAN;
+            }
+        } else {
+            if sm > m {
+                s *= (m.to_f64() - sm.to_f64()).exp();
+                m = sm;
+            }
+            s += exp_store_sum(xs, m, os, Ahead::NONE, a);
+        }
+        *shift = m;
+    }
+    let inv = 1.0 / s;
+    for (os, &shift) in out.chunks_mut(ONLINE_STEP).zip(shifts.iter()) {
+        let f = if shift == m {
+            T::from_f64(inv)
+        } else {
+            T::from_f64((shift.to_f64() - m.to_f64()).exp() * inv)
+        };
+        for o in os.iter_mut() {
+            *o *= f;
+        }
     }
 }
 
@@ -516,6 +578,89 @@ pub(crate) mod tests {
         }
         check::<f32>();
         check::<f64>();
+    }
+
+    /// Rows longer than [`ONE_PASS_K`] (float32 softmax in one pass over `x`, float64 in two)
+    /// against a float64 softmax, at every level: the row's maximum in the first, a middle or the last step (the
+    /// steps before it scaled by `exp(m_j - m) / s`), a dominating maximum, leading steps of
+    /// only -inf, and the rows PyTorch makes NaN (only -inf; +inf; a NaN, also one hidden in a
+    /// leading step of -inf). Tolerance, relative to the value, in epsilons of `T`: the
+    /// reference's terms are within 1 of `f64`'s and its sum is compensated; ours round the
+    /// exp (2), the product with the step's factor (1) and the factor's `exp` and `1 / s` (1
+    /// each), and the sum of positive terms rounds at most 16 times per lane and 4 times
+    /// pairwise per chunk in `T`, then once per chunk and per step in `f64` (11 at this `k`):
+    /// 5 + 20 + 11 = 36, so 40; plus the smallest normal for terms in the subnormal range.
+    /// Neumaier's compensated sum: within 2 epsilons of the exact sum of positive terms.
+    fn compensated_sum(v: &[f64]) -> f64 {
+        let (mut s, mut c) = (0.0f64, 0.0f64);
+        for &x in v {
+            let t = s + x;
+            c += if s.abs() >= x.abs() {
+                (s - t) + x
+            } else {
+                (x - t) + s
+            };
+            s = t;
+        }
+        s + c
+    }
+
+    #[test]
+    fn long_rows_in_one_pass_are_the_softmax() {
+        fn check<T: Float>(eps: f64, tiny: f64) {
+            let k = 3 * ONLINE_STEP + 77;
+            assert!(k > ONE_PASS_K);
+            let base = |i: usize| ((i * 37) % 101) as f64 / 7.0 - 7.0;
+            let mut cases: Vec<(&str, Vec<f64>)> = Vec::new();
+            for (name, at) in [("max first", 5), ("max middle", k / 2), ("max last", k - 1)] {
+                let mut x: Vec<f64> = (0..k).map(base).collect();
+                x[at] = 9.0;
+                cases.push((name, x));
+            }
+            let mut x = vec![-30.0; k];
+            x[k - 3] = 5.0;
+            cases.push(("dominated", x));
+            let mut x: Vec<f64> = (0..k).map(base).collect();
+            x[..ONLINE_STEP + 10].fill(f64::NEG_INFINITY);
+            cases.push(("leading -inf", x));
+            let mut nan_hidden = vec![f64::NEG_INFINITY; k];
+            nan_hidden[7] = f64::NAN;
+            nan_hidden[k - 1] = 1.0;
+            let mut nan_late: Vec<f64> = (0..k).map(base).collect();
+            nan_late[k - 2] = f64::NAN;
+            let mut pos_inf: Vec<f64> = (0..k).map(base).collect();
+            pos_inf[ONLINE_STEP + 1] = f64::INFINITY;
+            let nan_rows = [
+                ("only -inf", vec![f64::NEG_INFINITY; k]),
+                ("NaN among leading -inf", nan_hidden),
+                ("NaN late", nan_late),
+                ("+inf", pos_inf),
+            ];
+            for level in Level::supported() {
+                for (name, x64) in &cases {
+                    let x: Vec<T> = x64.iter().map(|&v| T::from_f64(v)).collect();
+                    let mut got = vec![T::ZERO; k];
+                    softmax(level, &x, k, &mut got);
+                    let xr: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
+                    let m = xr.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                    let e: Vec<f64> = xr.iter().map(|&v| (v - m).exp()).collect();
+                    let s = compensated_sum(&e);
+                    for (i, (g, w)) in got.iter().zip(e.iter().map(|v| v / s)).enumerate() {
+                        let g = g.to_f64();
+                        let ok = (g - w).abs() <= 40.0 * eps * w + tiny;
+                        assert!(ok, "{level:?} {name}: [{i}] {g} against {w}");
+                    }
+                }
+                for (name, x64) in &nan_rows {
+                    let x: Vec<T> = x64.iter().map(|&v| T::from_f64(v)).collect();
+                    let mut got = vec![T::ZERO; k];
+                    softmax(level, &x, k, &mut got);
+                    assert!(got.iter().all(|v| v.is_nan()), "{level:?} {name}");
+                }
+            }
+        }
+        check::<f32>(f32::EPSILON.into(), f32::MIN_POSITIVE.into());
+        check::<f64>(f64::EPSILON, f64::MIN_POSITIVE);
     }
 
     #[inline(always)]
