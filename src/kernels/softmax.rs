@@ -580,16 +580,6 @@ pub(crate) mod tests {
         check::<f64>();
     }
 
-    /// Rows longer than [`ONE_PASS_K`] (float32 softmax in one pass over `x`, float64 in two)
-    /// against a float64 softmax, at every level: the row's maximum in the first, a middle or the last step (the
-    /// steps before it scaled by `exp(m_j - m) / s`), a dominating maximum, leading steps of
-    /// only -inf, and the rows PyTorch makes NaN (only -inf; +inf; a NaN, also one hidden in a
-    /// leading step of -inf). Tolerance, relative to the value, in epsilons of `T`: the
-    /// reference's terms are within 1 of `f64`'s and its sum is compensated; ours round the
-    /// exp (2), the product with the step's factor (1) and the factor's `exp` and `1 / s` (1
-    /// each), and the sum of positive terms rounds at most 16 times per lane and 4 times
-    /// pairwise per chunk in `T`, then once per chunk and per step in `f64` (11 at this `k`):
-    /// 5 + 20 + 11 = 36, so 40; plus the smallest normal for terms in the subnormal range.
     /// Neumaier's compensated sum: within 2 epsilons of the exact sum of positive terms.
     fn compensated_sum(v: &[f64]) -> f64 {
         let (mut s, mut c) = (0.0f64, 0.0f64);
@@ -605,6 +595,18 @@ pub(crate) mod tests {
         s + c
     }
 
+    /// Rows longer than [`ONE_PASS_K`] (float32 softmax in one pass over `x`, float64 in two)
+    /// against a float64 softmax, at every level: the row's maximum in the first, a middle or
+    /// the last step (the steps before it scaled by `exp(m_j - m) / s`), a dominating maximum,
+    /// leading steps of only -inf, and the rows PyTorch makes NaN (only -inf; +inf; a NaN,
+    /// also one hidden in a leading step of -inf).
+    ///
+    /// Tolerance, relative to the value, in epsilons of `T`: the reference's terms are within
+    /// 1 of `f64`'s and its sum is compensated; ours round the exp (2), the product with the
+    /// step's factor (1) and the factor's `exp` and `1 / s` (1 each), and the sum of positive
+    /// terms rounds at most 16 times per lane and 4 times pairwise per chunk in `T`, then once
+    /// per chunk and per step in `f64` (11 at this `k`): 5 + 20 + 11 = 36, so 40; plus the
+    /// smallest normal for terms in the subnormal range.
     #[test]
     fn long_rows_in_one_pass_are_the_softmax() {
         fn check<T: Float>(eps: f64, tiny: f64) {
