@@ -91,6 +91,41 @@ pub fn detected() -> Isa {
     Isa::Baseline
 }
 
+/// The size in bytes of this CPU's largest cache (its last level), as CPUID describes it
+/// (leaf 4 on Intel, 0x8000001D on AMD); `None` where it says nothing (or off x86-64). Read
+/// once. Only a tuning input: see [`crate::kernels::fetches_out`].
+pub fn last_level_cache() -> Option<usize> {
+    static LLC: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *LLC.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{__cpuid, __cpuid_count};
+            // The largest cache a deterministic-parameters leaf lists (subleaves until type 0).
+            let largest = |leaf: u32| {
+                (0..16)
+                    .map(|sub| __cpuid_count(leaf, sub))
+                    .take_while(|r| r.eax & 0x1f != 0)
+                    .map(|r| {
+                        let ways = (r.ebx >> 22) as usize + 1;
+                        let parts = ((r.ebx >> 12) & 0x3ff) as usize + 1;
+                        let line = (r.ebx & 0xfff) as usize + 1;
+                        ways * parts * line * (r.ecx as usize + 1)
+                    })
+                    .max()
+            };
+            let (max_leaf, max_ext) = (__cpuid(0).eax, __cpuid(0x8000_0000).eax);
+            let intel = (max_leaf >= 4).then(|| largest(4)).flatten();
+            intel.or_else(|| {
+                (max_ext >= 0x8000_001d)
+                    .then(|| largest(0x8000_001d))
+                    .flatten()
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        None
+    })
+}
+
 /// A level this CPU supports: what every dispatched kernel ([`isa_dispatch!`]) takes to pick
 /// the copy it runs. The field is private and every constructor caps the level by [`detected`],
 /// so no safe caller can make one the CPU lacks: that is what keeps the `unsafe` calls of the
@@ -380,5 +415,22 @@ mod tests {
         assert_eq!(Level::capped(Isa::Baseline).isa(), Isa::Baseline);
         assert!(Level::capped(Isa::Avx2).isa() <= best);
         assert!(Level::active().isa() <= best);
+    }
+
+    /// On Linux, the kernel lists the CPU's caches in sysfs from the same CPUID leaves: the
+    /// largest it lists is [`last_level_cache`] (checked where sysfs has them).
+    #[test]
+    fn last_level_cache_is_the_largest_cache_linux_lists() {
+        let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return; // not Linux, or no sysfs: nothing to compare against
+        };
+        let largest = entries
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("size")).ok())
+            .filter_map(|s| Some(s.trim().strip_suffix('K')?.parse::<usize>().ok()? * 1024))
+            .max();
+        if cfg!(target_arch = "x86_64") && largest.is_some() {
+            assert_eq!(last_level_cache(), largest);
+        }
     }
 }

@@ -334,6 +334,7 @@ fn probs_grad<T: Float>(
 /// Cross-entropy of a block of rows: per-row losses into `losses`, and `scale`-d gradients
 /// into `grad` (same layout as `x`) when given. `targets(i)` gives row `i`'s target.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // the rows, their targets, options, two outputs, a hint
 fn cross_entropy_rows<'t, T: Float, A: Arith>(
     x: &[T],
     k: usize,
@@ -341,6 +342,7 @@ fn cross_entropy_rows<'t, T: Float, A: Arith>(
     o: &CeOptions<T>,
     grad: Option<(&mut [T], Scale<'_, T>)>,
     losses: &mut [f64],
+    fetch_out: bool,
     a: A,
 ) {
     let mut capped = Vec::new();
@@ -349,11 +351,11 @@ fn cross_entropy_rows<'t, T: Float, A: Arith>(
     }
     let group_bytes = LN_GROUP * k * std::mem::size_of::<T>();
     if k > 0 && o.softcap.is_none() && group_bytes <= GROUPED_BYTES {
-        return grouped_cross_entropy_rows(x, k, targets, o, grad, losses, a);
+        return grouped_cross_entropy_rows(x, k, targets, o, grad, losses, fetch_out, a);
     }
     match grad {
         Some((g, scale)) if k > 0 => {
-            let mut rows = RowsAhead::new(x, k, g);
+            let mut rows = RowsAhead::new(x, k, g, fetch_out);
             while let Some((i, xr, gr, ahead)) = rows.next() {
                 let g = Some((gr, scale.at(i)));
                 losses[i] = ce_row_with(xr, targets(i), o, g, &mut capped, a, None, false, ahead);
@@ -382,6 +384,7 @@ const GROUPED_BYTES: usize = 16 * 1024;
 /// [`cross_entropy_rows`] for rows of [`SMALL_K`] or more without a soft cap: each group's
 /// maxima, sums and logarithms from [`GroupStats`], then each row's loss and gradient.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // the rows, their targets, options, two outputs, a hint
 fn grouped_cross_entropy_rows<'t, T: Float, A: Arith>(
     x: &[T],
     k: usize,
@@ -389,6 +392,7 @@ fn grouped_cross_entropy_rows<'t, T: Float, A: Arith>(
     o: &CeOptions<T>,
     mut grad: Option<(&mut [T], Scale<'_, T>)>,
     losses: &mut [f64],
+    fetch_out: bool,
     a: A,
 ) {
     debug_assert!(grad.as_ref().is_none_or(|(g, _)| g.len() == x.len()));
@@ -402,7 +406,7 @@ fn grouped_cross_entropy_rows<'t, T: Float, A: Arith>(
         // PERF: rather than take the exps again: float32 16384 x 100 cross_entropy_and_grad
         // took 0.86x the time, 8192 x 300 0.82-0.86x (BENCHMARKS.md).
         match grad.as_mut() {
-            Some((g, _)) => st.fill_into(x, gi, k, g, a),
+            Some((g, _)) => st.fill_into(x, gi, k, g, fetch_out, a),
             None => st.fill(x, gi, k, a),
         }
         let held = grad.is_some();
@@ -595,7 +599,7 @@ fn class_losses_rows<T: Float, A: Arith, const SHORT: bool>(
         }
         return;
     }
-    cross_entropy_rows(x, k, class_targets(idx, ignore), o, None, losses, a)
+    cross_entropy_rows(x, k, class_targets(idx, ignore), o, None, losses, false, a)
 }
 
 /// `idx` (one class index per row, `ignore` skipped) as the row paths' targets.
@@ -612,6 +616,7 @@ fn class_targets<'t, T>(idx: &[i64], ignore: i64) -> impl Fn(usize) -> RowTarget
 // PERF: a kernel of its own: within `class_losses`, the losses alone took 1.04-1.14x the time
 // (float32 65536 x 4..15).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // the rows, their targets, options, two outputs, a hint
 fn class_grads_rows<T: Float, A: Arith>(
     x: &[T],
     k: usize,
@@ -619,12 +624,13 @@ fn class_grads_rows<T: Float, A: Arith>(
     o: &CeOptions<T>,
     (grad, scale): (&mut [T], Scale<'_, T>),
     losses: &mut [f64],
+    fetch_out: bool,
     a: A,
 ) {
     let target = class_targets(idx, ignore);
     let unweighted = o.weight.is_none() && o.z_loss == 0.0 && o.softcap.is_none();
     if !(unweighted && k > 0 && k < LIMIT && a.lanes_in_registers::<T>()) {
-        return cross_entropy_rows(x, k, target, o, Some((grad, scale)), losses, a);
+        return cross_entropy_rows(x, k, target, o, Some((grad, scale)), losses, fetch_out, a);
     }
     // PERF: full blocks only, as softmax (a short block's transpositions are copies).
     let full = idx.len() / ROW_LANES * ROW_LANES;
@@ -638,7 +644,16 @@ fn class_grads_rows<T: Float, A: Arith>(
         lanes_class_grads::<false, _, _>(xf, k, targets, o, sc, gf, lf, a);
     }
     let rest = |i: usize| target(full + i);
-    cross_entropy_rows(xr, k, rest, o, Some((gr, scale.after(full))), lr, a)
+    cross_entropy_rows(
+        xr,
+        k,
+        rest,
+        o,
+        Some((gr, scale.after(full))),
+        lr,
+        fetch_out,
+        a,
+    )
 }
 
 /// `(live, bad)`: how many of the class indices `idx` are not `ignore`, and how many of those
@@ -678,6 +693,8 @@ pub fn class_losses<T: Float>(
 isa_dispatch! {
     /// Cross-entropy of a block of rows: per-row losses into `losses`, and `scale`-d gradients
     /// into `grad` (same layout as `x`) when given. `targets(i)` gives row `i`'s target.
+    /// `fetch_out`: whether to prefetch the gradient's rows ([`super::fetches_out`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn cross_entropy['t, T: Float](
         x: &[T],
         k: usize,
@@ -685,6 +702,7 @@ isa_dispatch! {
         o: &CeOptions<T>,
         grad: Option<(&mut [T], Scale<'_, T>)>,
         losses: &mut [f64],
+        fetch_out: bool,
     ) = cross_entropy_rows;
     /// [`cross_entropy`] without a gradient on one class index per row, `ignore` skipped and
     /// the others in `[0, k)` (checked by the caller).
@@ -706,6 +724,7 @@ isa_dispatch! {
     ) = class_losses_rows::<T, _, true>;
     /// [`class_losses`] (the indices and `ignore` as a pair) and the `scale`-d gradient into
     /// `grad` (laid out as `x`).
+    #[allow(clippy::too_many_arguments)]
     pub fn class_grads[T: Float](
         x: &[T],
         k: usize,
@@ -713,6 +732,7 @@ isa_dispatch! {
         o: &CeOptions<T>,
         grad: (&mut [T], Scale<'_, T>),
         losses: &mut [f64],
+        fetch_out: bool,
     ) = class_grads_rows;
     pub fn count_classes[](idx: &[i64], ignore: i64, k: usize) -> (usize, usize) =
         count_classes_with;
@@ -796,7 +816,7 @@ mod tests {
                         let (mut gl, mut wl) = (vec![0.0; n], vec![0.0; n]);
                         let (mut gg, mut wg) = (vec![0f32; x.len()], vec![0f32; x.len()]);
                         let grad = Some((&mut gg[..], scale));
-                        cross_entropy_rows(&x, k, target, &opts, grad, &mut gl, Unfused);
+                        cross_entropy_rows(&x, k, target, &opts, grad, &mut gl, true, Unfused);
                         let mut cap = Vec::new();
                         for (i, (xr, gr)) in rows(&x, k).zip(rows_mut(&mut wg, k)).enumerate() {
                             let g = Some((gr, scale.at(i)));
@@ -829,7 +849,7 @@ mod tests {
                         assert!(same_or_nan(&gg, &pg), "pinned grad k={k} soft={soft}");
                         assert!(same_or_nan(&gl, &pl), "pinned loss k={k} soft={soft}");
                         gl.fill(f64::MAX);
-                        cross_entropy_rows(&x, k, target, &opts, None, &mut gl, Unfused);
+                        cross_entropy_rows(&x, k, target, &opts, None, &mut gl, true, Unfused);
                         assert!(close(&gl, &wl, k), "loss only k={k} soft={soft}");
                         assert!(same_or_nan(&gl, &pl), "pinned loss only k={k} soft={soft}");
                     }
@@ -861,7 +881,7 @@ mod tests {
                     let (mut gg, mut wg) = (vec![0f32; x.len()], vec![0f32; x.len()]);
                     let scale = Scale::PerRow(&per_row[..]);
                     let grad = Some((&mut gg[..], scale));
-                    cross_entropy_rows(&x, k, target, &opts, grad, &mut gl, Unfused);
+                    cross_entropy_rows(&x, k, target, &opts, grad, &mut gl, true, Unfused);
                     let mut cap = Vec::new();
                     for (i, (xr, gr)) in rows(&x, k).zip(rows_mut(&mut wg, k)).enumerate() {
                         let g = Some((gr, scale.at(i)));
@@ -881,7 +901,7 @@ mod tests {
                     assert!(same_or_nan(&gg, &ag), "grad again k={k} soft={soft}");
                     assert!(same_or_nan(&gl, &al), "loss again k={k} soft={soft}");
                     gl.fill(f64::MAX);
-                    cross_entropy_rows(&x, k, target, &opts, None, &mut gl, Unfused);
+                    cross_entropy_rows(&x, k, target, &opts, None, &mut gl, true, Unfused);
                     assert!(same_or_nan(&gl, &wl), "loss only k={k} soft={soft}");
                 }
             }
@@ -984,10 +1004,10 @@ mod tests {
                 for soft in [false, true] {
                     let target = test_targets(&q, k, soft, 3);
                     let (mut lanes, mut grouped) = (vec![0.0; n], vec![0.0; n]);
-                    cross_entropy(level, &x, k, target, &o, None, &mut lanes);
+                    cross_entropy(level, &x, k, target, &o, None, &mut lanes, true);
                     let mut g = vec![0f32; x.len()];
                     let grad = Some((&mut g[..], Scale::Uniform(1.0)));
-                    cross_entropy(level, &x, k, target, &o, grad, &mut grouped);
+                    cross_entropy(level, &x, k, target, &o, grad, &mut grouped, true);
                     assert!(same_or_nan(&lanes, &grouped), "{level:?} k={k} soft={soft}");
                 }
             }
@@ -1024,15 +1044,24 @@ mod tests {
                     class_losses(level, &x, k, &idx, ignore, &o, &mut got);
                     let mut g = vec![0f32; x.len()];
                     let grad = Some((&mut g[..], Scale::Uniform(1.0)));
-                    cross_entropy(level, &x, k, target, &o, grad, &mut grouped);
+                    cross_entropy(level, &x, k, target, &o, grad, &mut grouped, true);
                     assert!(same_or_nan(&got, &grouped), "{level:?} k={k}");
                     assert!((3..n).step_by(5).all(|i| got[i] == 0.0), "ignored rows");
                     // With the gradient (lanes for full blocks of short rows, smoothed or not).
                     for scale in [Scale::Uniform(0.375), Scale::PerRow(&per_row[..])] {
                         let (mut gg, mut wg) = (vec![1f32; x.len()], vec![2f32; x.len()]);
-                        class_grads(level, &x, k, (&idx, ignore), &o, (&mut gg, scale), &mut got);
+                        class_grads(
+                            level,
+                            &x,
+                            k,
+                            (&idx, ignore),
+                            &o,
+                            (&mut gg, scale),
+                            &mut got,
+                            true,
+                        );
                         let grad = Some((&mut wg[..], scale));
-                        cross_entropy(level, &x, k, target, &o, grad, &mut grouped);
+                        cross_entropy(level, &x, k, target, &o, grad, &mut grouped, true);
                         assert!(same_or_nan(&got, &grouped), "loss {level:?} k={k}");
                         assert!(same_or_nan(&gg, &wg), "grad {level:?} k={k} {scale:?}");
                         assert!(gg[3 * k..4 * k].iter().all(|&v| v == 0.0), "ignored row");
@@ -1060,7 +1089,7 @@ mod tests {
                 for level in lanes.filter(|l| l.isa() >= crate::isa::Isa::Avx2) {
                     let mut g = vec![0f32; x.len()];
                     let grad = (&mut g[..], Scale::Uniform(1.0));
-                    class_grads(level, &x, k, (&outside, ignore), &o, grad, &mut got);
+                    class_grads(level, &x, k, (&outside, ignore), &o, grad, &mut got, true);
                     assert!(got[6].is_nan() && !got[7].is_nan(), "{level:?} k={k}");
                     let (row6, row7) = (&g[6 * k..7 * k], &g[7 * k..8 * k]);
                     assert!(row6.iter().all(|v| v.is_nan()), "{level:?} k={k}: {row6:?}");

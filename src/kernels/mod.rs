@@ -538,10 +538,18 @@ impl<T: Float> GroupStats<T> {
     /// [`Self::fill`], each row's terms `exp(x - max)` left in its row of `out` (the block's
     /// output, laid out as `x`), for a caller that reads them again.
     #[inline(always)]
-    pub fn fill_into<A: Arith>(&mut self, x: &[T], g: usize, k: usize, out: &mut [T], a: A) {
+    pub fn fill_into<A: Arith>(
+        &mut self,
+        x: &[T],
+        g: usize,
+        k: usize,
+        out: &mut [T],
+        fetch_out: bool,
+        a: A,
+    ) {
         let first = g * LN_GROUP;
         debug_assert!(k > 0 && out.len() == x.len());
-        let mut rows = RowsAhead::from_row(x, k, first, &mut out[first * k..]);
+        let mut rows = RowsAhead::from_row(x, k, first, &mut out[first * k..], fetch_out);
         for (m, s) in self.ms.iter_mut().zip(&mut self.ss) {
             let Some((_, xr, or, ahead)) = rows.next() else {
                 break;
@@ -820,8 +828,9 @@ pub fn sum<T: Float>(a: &[T]) -> f64 {
 }
 
 /// What a pass over one row prefetches beside it, a [`CHUNK`] at a time as it goes: a row of
-/// the input ahead (`x`) and the row of the output the caller will write then (`out`, for
-/// writing). Only a hint: no result depends on it.
+/// the input ahead (`x`) and, where the call's arrays fit in the cache ([`fetches_out`]), the
+/// row of the output the caller will write then (`out`, for writing). Only a hint: no result
+/// depends on it.
 #[derive(Clone, Copy)]
 pub(crate) struct Ahead<'a, T> {
     x: &'a [T],
@@ -875,22 +884,32 @@ pub(crate) struct RowsAhead<'x, 'o, T> {
     k: usize,
     i: usize,
     out: &'o mut [T],
+    fetch_out: bool,
 }
 
 /// A row of [`RowsAhead`]: its index, input and output, and what to prefetch beside it.
 type RowAhead<'x, 'o, 'a, T> = (usize, &'x [T], &'o mut [T], Ahead<'a, T>);
 
 impl<'x, 'o, T> RowsAhead<'x, 'o, T> {
-    pub fn new(x: &'x [T], k: usize, out: &'o mut [T]) -> Self {
-        Self::from_row(x, k, 0, out)
+    /// The rows of `x` and `out`; the output's rows are prefetched only where `fetch_out`
+    /// ([`fetches_out`]).
+    pub fn new(x: &'x [T], k: usize, out: &'o mut [T], fetch_out: bool) -> Self {
+        Self::from_row(x, k, 0, out, fetch_out)
     }
 
     /// From row `i` on, `out` holding the output's rows from row `i`.
-    pub fn from_row(x: &'x [T], k: usize, i: usize, out: &'o mut [T]) -> Self {
+    pub fn from_row(x: &'x [T], k: usize, i: usize, out: &'o mut [T], fetch_out: bool) -> Self {
         // (`k == 0`: `x` is empty, and so are the rows.)
         let rows = x[(i * k).min(x.len())..].chunks_exact(k.max(1));
         debug_assert!(out.len() >= rows.len() * k);
-        RowsAhead { x, rows, k, i, out }
+        RowsAhead {
+            x,
+            rows,
+            k,
+            i,
+            out,
+            fetch_out,
+        }
     }
 
     /// Row `i`: `(i, its input, its output, what to prefetch)`; `None` after the last row.
@@ -900,8 +919,19 @@ impl<'x, 'o, T> RowsAhead<'x, 'o, T> {
         let (or, after) = std::mem::take(&mut self.out).split_at_mut(k);
         self.out = after;
         self.i += 1;
-        Some((i, xr, or, Ahead::of(self.x, i, k, self.out, i + 1)))
+        let out: &[T] = if self.fetch_out { self.out } else { &[] };
+        Some((i, xr, or, Ahead::of(self.x, i, k, out, i + 1)))
     }
+}
+
+/// Whether the passes over rows prefetch the output's rows they will write, for a call whose
+/// input and output together span `bytes`: only where those fit well inside the last-level
+/// cache ([`crate::isa::last_level_cache`]; always where the CPU does not say).
+// PERF: `prefetchw` brings a line owned into L1 early; from L3 that saved float32 8192 x 256
+// `softmax(out=)` up to a quarter of its time, but with the lines in memory it cost rows of
+// 500 to 2048 1.05-1.22x the time (AMD EPYC with 32 MiB of L3, BENCHMARKS.md, 2026-12-04).
+pub(crate) fn fetches_out(bytes: usize) -> bool {
+    crate::isa::last_level_cache().is_none_or(|llc| bytes <= llc / 4 * 3)
 }
 
 /// Whether the passes over rows of `k` elements prefetch the rows ahead ([`Ahead::of`]).
@@ -977,9 +1007,33 @@ mod tests {
         check(Unfused);
     }
 
-    /// Both forms of [`row_max`] (lanes folded, or with the remainder in one loop) give the
-    /// largest element ignoring NaN, wherever it lies (any lane, the remainder), on lengths
-    /// around a vector's and a chunk's; `-inf` for an empty row or one of only NaN.
+    /// [`RowsAhead`] walks the rows of the input beside those of the output, and gives the
+    /// output's row ahead to prefetch only where `fetch_out`.
+    #[test]
+    fn rows_ahead_fetch_the_output_only_when_asked() {
+        let (k, n) = (300, 9);
+        let x: Vec<f32> = (0..n * k).map(|i| i as f32).collect();
+        for fetch_out in [false, true] {
+            let mut out = vec![0f32; n * k];
+            let mut rows = RowsAhead::new(&x, k, &mut out, fetch_out);
+            let mut seen = 0;
+            while let Some((i, xr, or, ahead)) = rows.next() {
+                assert_eq!((xr.as_ptr(), xr.len()), (x[i * k..].as_ptr(), k));
+                or.fill(i as f32);
+                assert_eq!(ahead.x.as_ptr(), Ahead::of(&x, i, k, &[], 0).x.as_ptr());
+                let ahead_row = i + (PREFETCH_BYTES / (k * 4)).max(2);
+                assert_eq!(
+                    ahead.out.is_empty(),
+                    !fetch_out || ahead_row >= n,
+                    "row {i}"
+                );
+                seen += 1;
+            }
+            assert_eq!(seen, n);
+            assert!((0..n).all(|i| out[i * k..(i + 1) * k].iter().all(|&v| v == i as f32)));
+        }
+    }
+
     /// [`Ahead::of`] gives the row [`PREFETCH_BYTES`] (at least two rows) ahead in the input
     /// and the output, cut at the block's end, and nothing for rows outside the lengths it
     /// serves; the output may start at a later row.
@@ -1016,6 +1070,9 @@ mod tests {
         check::<f64>();
     }
 
+    /// Both forms of [`row_max`] (lanes folded, or with the remainder in one loop) give the
+    /// largest element ignoring NaN, wherever it lies (any lane, the remainder), on lengths
+    /// around a vector's and a chunk's; `-inf` for an empty row or one of only NaN.
     #[test]
     fn row_max_both_forms_ignore_nan() {
         fn check<T: Float>() {

@@ -403,6 +403,7 @@ pub(crate) mod tests {
                         &o,
                         g,
                         &mut want_loss,
+                        true,
                     );
                     let want_loss = want_loss[0];
                     let mut cap = Vec::new();

@@ -163,7 +163,7 @@ pub fn softmax_jacobian_row<T: Float, A: Arith>(x: &[T], s: &mut [T], out: &mut 
 
 /// Row-block forms: `x` and `out` hold whole rows of length `k`.
 #[inline(always)]
-fn softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
+fn softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], fetch_out: bool, a: A) {
     let (x, out) = lanes_first(x, k, out, a, lanes_softmax);
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
@@ -178,7 +178,7 @@ fn softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
         }
         return;
     }
-    let mut rows = RowsAhead::new(x, k, out);
+    let mut rows = RowsAhead::new(x, k, out, fetch_out);
     while let Some((_, xr, or, ahead)) = rows.next() {
         softmax_row(xr, or, ahead, a);
     }
@@ -218,7 +218,7 @@ fn groups_mut<T>(x: &mut [T], k: usize) -> std::slice::ChunksMut<'_, T> {
 }
 
 #[inline(always)]
-fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
+fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], fetch_out: bool, a: A) {
     let (x, out) = lanes_first(x, k, out, a, lanes_log_softmax);
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
@@ -238,7 +238,7 @@ fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) 
     // PERF: each row written one row late, after the next row's sums (so that its `ln s`
     // would run beside them): float32 8192 x 1000 and 2048 x 2048 took 1.13x the time, 256 x
     // 1000 1.06x (AMD EPYC, 2026-12-04).
-    let mut rows = RowsAhead::new(x, k, out);
+    let mut rows = RowsAhead::new(x, k, out, fetch_out);
     while let Some((_, xr, or, ahead)) = rows.next() {
         log_softmax_row(xr, or, ahead, a);
     }
@@ -346,12 +346,14 @@ pub fn logsumexp<T: Float>(isa: crate::isa::Level, x: &[T], k: usize, out: &mut 
 }
 
 isa_dispatch! {
-    pub fn softmax[T: Float](x: &[T], k: usize, out: &mut [T]) = softmax_rows;
+    /// `fetch_out`: whether to prefetch the output's rows ([`super::fetches_out`]).
+    pub fn softmax[T: Float](x: &[T], k: usize, out: &mut [T], fetch_out: bool) = softmax_rows;
     /// `(max, Σ exp(x - max))` of one segment of a long row.
     pub fn segment_sums[T: Float](x: &[T]) -> (T, ExpSum) = segment_max_exp_sum;
     /// `out = exp(x - shift) * scale`: one segment of a long softmax row.
     pub fn exp_scaled[T: Float](x: &[T], shift: T, scale: T, out: &mut [T]) = segment_exp_scaled;
-    pub fn log_softmax[T: Float](x: &[T], k: usize, out: &mut [T]) = log_softmax_rows;
+    pub fn log_softmax[T: Float](x: &[T], k: usize, out: &mut [T], fetch_out: bool) =
+        log_softmax_rows;
     pub fn logsumexp_any[T: Float](x: &[T], k: usize, out: &mut [T]) =
         logsumexp_rows::<T, _, false>;
     pub fn logsumexp_short[T: Float](x: &[T], k: usize, out: &mut [T]) =
@@ -423,7 +425,7 @@ pub(crate) mod tests {
         for (k, x) in small_rows_cases() {
             let n = x.len() / k;
             let (mut got, mut want) = (vec![0f32; x.len()], vec![0f32; x.len()]);
-            softmax_rows(&x, k, &mut got, Unfused);
+            softmax_rows(&x, k, &mut got, true, Unfused);
             for (xr, wr) in rows(&x, k).zip(rows_mut(&mut want, k)) {
                 softmax_row(xr, wr, Ahead::NONE, Unfused);
             }
@@ -432,7 +434,7 @@ pub(crate) mod tests {
                 got.iter().zip(&want).all(|(&a, &b)| same(a, b)),
                 "softmax k={k}"
             );
-            log_softmax_rows(&x, k, &mut got, Unfused);
+            log_softmax_rows(&x, k, &mut got, true, Unfused);
             for (xr, wr) in rows(&x, k).zip(rows_mut(&mut want, k)) {
                 log_softmax_row(xr, wr, Ahead::NONE, Unfused);
             }
@@ -455,7 +457,7 @@ pub(crate) mod tests {
     fn seed_example() {
         let x = [2.0f64, 1.0, 0.1];
         let mut out = [0.0; 3];
-        softmax(Level::active(), &x, 3, &mut out);
+        softmax(Level::active(), &x, 3, &mut out, true);
         let want = [
             0.659_001_138_885_968,
             0.242_432_970_704_714,
@@ -470,9 +472,9 @@ pub(crate) mod tests {
     fn float32_limit_rows_keep_their_answer() {
         let x = [3e38f32, 3e38, -3e38, 0.0];
         let mut out = [0.0f32; 4];
-        softmax(Level::active(), &x, 4, &mut out);
+        softmax(Level::active(), &x, 4, &mut out, true);
         assert_eq!(out, [0.5, 0.5, 0.0, 0.0]);
-        log_softmax(Level::active(), &x, 4, &mut out);
+        log_softmax(Level::active(), &x, 4, &mut out, true);
         assert_eq!(out[2], f32::NEG_INFINITY);
         assert!((out[0] + std::f32::consts::LN_2).abs() < 1e-6);
     }
@@ -487,7 +489,7 @@ pub(crate) mod tests {
         logsumexp(Level::active(), &[f64::NAN, 1.0], 2, &mut o);
         assert!(o[0].is_nan());
         let mut s = [0.0f64; 3];
-        softmax(Level::active(), &[f64::NEG_INFINITY; 3], 3, &mut s);
+        softmax(Level::active(), &[f64::NEG_INFINITY; 3], 3, &mut s, true);
         assert!(s.iter().all(|v| v.is_nan()));
         logsumexp::<f64>(Level::active(), &[], 0, &mut o);
         assert_eq!(o[0], f64::NEG_INFINITY);
@@ -642,7 +644,7 @@ pub(crate) mod tests {
                 for (name, x64) in &cases {
                     let x: Vec<T> = x64.iter().map(|&v| T::from_f64(v)).collect();
                     let mut got = vec![T::ZERO; k];
-                    softmax(level, &x, k, &mut got);
+                    softmax(level, &x, k, &mut got, true);
                     let xr: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
                     let m = xr.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
                     let e: Vec<f64> = xr.iter().map(|&v| (v - m).exp()).collect();
@@ -656,7 +658,7 @@ pub(crate) mod tests {
                 for (name, x64) in &nan_rows {
                     let x: Vec<T> = x64.iter().map(|&v| T::from_f64(v)).collect();
                     let mut got = vec![T::ZERO; k];
-                    softmax(level, &x, k, &mut got);
+                    softmax(level, &x, k, &mut got, true);
                     assert!(got.iter().all(|v| v.is_nan()), "{level:?} {name}");
                 }
             }
@@ -702,7 +704,7 @@ pub(crate) mod tests {
         let mut j = [0.0; 16];
         softmax_jacobian(Level::active(), &x, 4, &mut j);
         let mut s = [0.0; 4];
-        softmax(Level::active(), &x, 4, &mut s);
+        softmax(Level::active(), &x, 4, &mut s, true);
         let g = [1.0, -2.0, 0.5, 3.0];
         let mut vjp = [0.0; 4];
         softmax_backward(Level::active(), &g, &s, 4, &mut vjp);
@@ -724,7 +726,7 @@ mod properties {
         #[test]
         fn softmax_f32_matches_f64_textbook(row in proptest::collection::vec(-80.0f32..80.0, 1..300)) {
             let mut out = vec![0.0f32; row.len()];
-            softmax(Level::active(), &row, row.len(), &mut out);
+            softmax(Level::active(), &row, row.len(), &mut out, true);
             let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
             let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
             let s: f64 = e.iter().sum();
@@ -739,7 +741,7 @@ mod properties {
         #[test]
         fn log_softmax_is_x_minus_logsumexp(row in proptest::collection::vec(-700.0f64..700.0, 1..200)) {
             let mut ls = vec![0.0; row.len()];
-            log_softmax(Level::active(), &row, row.len(), &mut ls);
+            log_softmax(Level::active(), &row, row.len(), &mut ls, true);
             let lse = logsumexp_row(&row, crate::isa::Unfused);
             for (l, x) in ls.iter().zip(&row) {
                 prop_assert!((l - (x - lse)).abs() <= 1e-12 * (1.0 + x.abs()));

@@ -204,6 +204,8 @@ pub fn multiclass_loss<T: Float>(
             return Ok(reduction.finish(total, denominator));
         }
     }
+    // The input and the gradient, for the gradient's prefetch.
+    let fetch = kernels::fetches_out(2 * n * k * std::mem::size_of::<T>());
     let blocks = pieces(grad, n, k).zip(pieces(losses, n, k));
     let parts = for_blocks_with(n, k, blocks, |r, (mut g_piece, l_piece)| {
         let (mut sx, mut st, mut si, mut su, mut sg, mut sl) = (
@@ -239,19 +241,21 @@ pub fn multiclass_loss<T: Float>(
                 gp.store::<T, _>(&mut sg, |g| {
                     if by_index {
                         let (t, g) = ((idx, ignore), (g, scale));
-                        kernels::cross_entropy::class_grads(isa, xs, k, t, o, g, row_losses)
+                        kernels::cross_entropy::class_grads(isa, xs, k, t, o, g, row_losses, fetch)
                     } else {
                         let g = Some((g, scale));
-                        kernels::cross_entropy::cross_entropy(isa, xs, k, target, o, g, row_losses)
+                        kernels::cross_entropy::cross_entropy(
+                            isa, xs, k, target, o, g, row_losses, fetch,
+                        )
                     }
                 });
             }
             (Loss::CrossEntropy(o), None) if by_index => {
                 kernels::cross_entropy::class_losses(isa, xs, k, idx, ignore, o, row_losses)
             }
-            (Loss::CrossEntropy(o), None) => {
-                kernels::cross_entropy::cross_entropy(isa, xs, k, target, o, None, row_losses)
-            }
+            (Loss::CrossEntropy(o), None) => kernels::cross_entropy::cross_entropy(
+                isa, xs, k, target, o, None, row_losses, false,
+            ),
             (Loss::Nll(w), _) => kernels::cross_entropy::nll(xs, k, target, w, row_losses),
         }
         if let Some(mut lp) = l_piece {

@@ -24,13 +24,15 @@ pub fn row_map<T: Float>(isa: Level, map: RowMap, x: Src<'_>, out: &mut ViewMut<
         long_rows::row_map::<T>(isa, map, x, out);
         return Ok(());
     }
+    // The input and the output, for the output's prefetch.
+    let fetch = kernels::fetches_out(2 * n * k * std::mem::size_of::<T>());
     for_blocks_with(n, k, pieces(Some(out), n, k), |r, piece| {
         let mut piece = piece.expect("one piece per block");
         let (mut sx, mut so) = (Vec::new(), Vec::new());
         let xs = x.load::<T>(r, Some(&piece), &mut sx);
         piece.store::<T, _>(&mut so, |o| match map {
-            RowMap::Softmax => kernels::softmax::softmax(isa, xs, k, o),
-            RowMap::LogSoftmax => kernels::softmax::log_softmax(isa, xs, k, o),
+            RowMap::Softmax => kernels::softmax::softmax(isa, xs, k, o, fetch),
+            RowMap::LogSoftmax => kernels::softmax::log_softmax(isa, xs, k, o, fetch),
             RowMap::SoftmaxJacobian => kernels::softmax::softmax_jacobian(isa, xs, k, o),
             RowMap::LogSumExp => kernels::softmax::logsumexp(isa, xs, k, o),
         });
