@@ -92,34 +92,46 @@ pub fn detected() -> Isa {
 }
 
 /// The size in bytes of this CPU's largest cache (its last level), as CPUID describes it
-/// (leaf 4 on Intel, 0x8000001D on AMD); `None` where it says nothing (or off x86-64). Read
-/// once. Only a tuning input: see [`crate::kernels::fetches_out`].
+/// (leaf 0x8000001D on AMD and Hygon where the CPU has it, leaf 4 on the others, as Linux
+/// reads them); `None` where it says nothing (or off x86-64). Read once. Only a tuning input:
+/// see [`crate::kernels::fetches_out`].
 pub fn last_level_cache() -> Option<usize> {
     static LLC: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *LLC.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            use std::arch::x86_64::{__cpuid, __cpuid_count};
+            use std::arch::x86_64::{__cpuid_count, CpuidResult};
+            // SAFETY: CPUID exists on every x86-64 CPU and only reads; the functions are safe
+            // from Rust 1.94 on, `unsafe` below that (the crate builds from 1.89).
+            #[allow(unused_unsafe)]
+            let cpuid =
+                |leaf: u32, sub: u32| -> CpuidResult { unsafe { __cpuid_count(leaf, sub) } };
             // The largest cache a deterministic-parameters leaf lists (subleaves until type 0).
             let largest = |leaf: u32| {
                 (0..16)
-                    .map(|sub| __cpuid_count(leaf, sub))
+                    .map(|sub| cpuid(leaf, sub))
                     .take_while(|r| r.eax & 0x1f != 0)
-                    .map(|r| {
+                    .filter_map(|r| {
                         let ways = (r.ebx >> 22) as usize + 1;
                         let parts = ((r.ebx >> 12) & 0x3ff) as usize + 1;
                         let line = (r.ebx & 0xfff) as usize + 1;
-                        ways * parts * line * (r.ecx as usize + 1)
+                        let sets = r.ecx as usize + 1;
+                        ways.checked_mul(parts)?
+                            .checked_mul(line)?
+                            .checked_mul(sets)
                     })
                     .max()
             };
-            let (max_leaf, max_ext) = (__cpuid(0).eax, __cpuid(0x8000_0000).eax);
-            let intel = (max_leaf >= 4).then(|| largest(4)).flatten();
-            intel.or_else(|| {
-                (max_ext >= 0x8000_001d)
-                    .then(|| largest(0x8000_001d))
-                    .flatten()
-            })
+            let v = cpuid(0, 0);
+            let vendor = [v.ebx, v.edx, v.ecx].map(u32::to_le_bytes).concat();
+            let amd = vendor == *b"AuthenticAMD" || vendor == *b"HygonGenuine";
+            if amd {
+                let topoext = cpuid(0x8000_0000, 0).eax >= 0x8000_001d
+                    && (cpuid(0x8000_0001, 0).ecx >> 22) & 1 == 1;
+                topoext.then(|| largest(0x8000_001d)).flatten()
+            } else {
+                (v.eax >= 4).then(|| largest(4)).flatten()
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         None
@@ -417,22 +429,31 @@ mod tests {
         assert!(Level::active().isa() <= best);
     }
 
-    /// On Linux, the kernel lists the CPU's caches in sysfs from the same CPUID leaves: where
-    /// [`last_level_cache`] reads a size, it is the largest listed. (Where it reads none, as
-    /// on an AMD CPU without leaf 0x8000001D, which Linux reads from an older leaf, the
-    /// output's prefetch stays on, as before it existed.)
+    /// On Linux, the kernel lists each CPU's caches in sysfs from the same CPUID leaves:
+    /// where [`last_level_cache`] reads a size, it is the largest cache of one of the CPUs
+    /// (cores may differ, and the test runs on any of them).
     #[test]
     fn last_level_cache_is_the_largest_cache_linux_lists() {
-        let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
-        let (Some(llc), Ok(entries)) = (last_level_cache(), std::fs::read_dir(dir)) else {
-            return; // no size read, or not Linux: nothing to compare
+        let Some(llc) = last_level_cache() else {
+            return; // CPUID gave no size: the output's prefetch stays on, as before it existed
         };
-        let largest = entries
-            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("size")).ok())
-            .filter_map(|s| Some(s.trim().strip_suffix('K')?.parse::<usize>().ok()? * 1024))
-            .max();
-        if largest.is_some() {
-            assert_eq!(Some(llc), largest);
+        let Ok(cpus) = std::fs::read_dir("/sys/devices/system/cpu") else {
+            return; // not Linux: nothing to compare
+        };
+        let largest_per_cpu: Vec<usize> = cpus
+            .filter_map(|cpu| std::fs::read_dir(cpu.ok()?.path().join("cache")).ok())
+            .filter_map(|caches| {
+                caches
+                    .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("size")).ok())
+                    .filter_map(|s| Some(s.trim().strip_suffix('K')?.parse::<usize>().ok()? << 10))
+                    .max()
+            })
+            .collect();
+        if !largest_per_cpu.is_empty() {
+            assert!(
+                largest_per_cpu.contains(&llc),
+                "{llc} not in {largest_per_cpu:?}"
+            );
         }
     }
 }

@@ -536,7 +536,8 @@ impl<T: Float> GroupStats<T> {
     }
 
     /// [`Self::fill`], each row's terms `exp(x - max)` left in its row of `out` (the block's
-    /// output, laid out as `x`), for a caller that reads them again.
+    /// output, laid out as `x`), for a caller that reads them again; `out`'s rows ahead are
+    /// prefetched where `fetch_out` ([`fetches_out`]).
     #[inline(always)]
     pub fn fill_into<A: Arith>(
         &mut self,
@@ -842,7 +843,8 @@ impl<'a, T> Ahead<'a, T> {
 
     /// For row `i` of the block `x` (rows of `k`): the row [`PREFETCH_BYTES`] ahead (at least
     /// two rows), as far as the block goes, and the same row of the output, of which `out`
-    /// holds the rows from `out_first` on (empty where the caller writes none). Nothing for
+    /// holds the rows from `out_first` on (empty where the caller writes none, or where the
+    /// output is not to be prefetched, [`fetches_out`]). Nothing for
     /// rows shorter than a [`CHUNK`] (their loads overlap well enough) or longer than
     /// [`ONLINE_STEP`] (read a step at a time).
     #[inline(always)]
@@ -874,8 +876,9 @@ impl<'a, T> Ahead<'a, T> {
 }
 
 /// The rows of `k` elements of `x` beside those of `out`, each with what to prefetch while
-/// it is read: [`Ahead::of`] in `x` and in the rows of `out` after it (split off the row being
-/// written, and still readable for that). A lending iterator, walked with `while let`.
+/// it is read: [`Ahead::of`] in `x` and, where the caller asks, in the rows of `out` after it
+/// (split off the row being written, and still readable for that). A lending iterator,
+/// walked with `while let`.
 // Not a closure taking the rows: a closure LLVM leaves as a call runs without the instruction
 // set's features.
 pub(crate) struct RowsAhead<'x, 'o, T> {
@@ -1020,13 +1023,21 @@ mod tests {
             while let Some((i, xr, or, ahead)) = rows.next() {
                 assert_eq!((xr.as_ptr(), xr.len()), (x[i * k..].as_ptr(), k));
                 or.fill(i as f32);
-                assert_eq!(ahead.x.as_ptr(), Ahead::of(&x, i, k, &[], 0).x.as_ptr());
-                let ahead_row = i + (PREFETCH_BYTES / (k * 4)).max(2);
-                assert_eq!(
-                    ahead.out.is_empty(),
-                    !fetch_out || ahead_row >= n,
-                    "row {i}"
-                );
+                // Rows of 1200 bytes: the row 6 ahead, in both arrays while it is in the block.
+                let ahead_row = i + PREFETCH_BYTES / (k * 4);
+                if ahead_row < n {
+                    assert_eq!(ahead.x.as_ptr(), x[ahead_row * k..].as_ptr(), "row {i}");
+                } else {
+                    assert!(ahead.x.is_empty(), "row {i}");
+                }
+                if fetch_out && ahead_row < n {
+                    // The row `ahead_row - i - 1` rows past this one's end in `out`.
+                    let after = or.as_ptr_range().end;
+                    let want = after.wrapping_add((ahead_row - i - 1) * k);
+                    assert_eq!((ahead.out.as_ptr(), ahead.out.len()), (want, k), "row {i}");
+                } else {
+                    assert!(ahead.out.is_empty(), "row {i}");
+                }
                 seen += 1;
             }
             assert_eq!(seen, n);

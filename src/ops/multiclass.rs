@@ -205,7 +205,11 @@ pub fn multiclass_loss<T: Float>(
         }
     }
     // The input and the gradient, for the gradient's prefetch.
-    let fetch = kernels::fetches_out(2 * n * k * std::mem::size_of::<T>());
+    let fetch = kernels::fetches_out(
+        (2 * std::mem::size_of::<T>())
+            .saturating_mul(n)
+            .saturating_mul(k),
+    );
     let blocks = pieces(grad, n, k).zip(pieces(losses, n, k));
     let parts = for_blocks_with(n, k, blocks, |r, (mut g_piece, l_piece)| {
         let (mut sx, mut st, mut si, mut su, mut sg, mut sl) = (

@@ -25,7 +25,11 @@ pub fn row_map<T: Float>(isa: Level, map: RowMap, x: Src<'_>, out: &mut ViewMut<
         return Ok(());
     }
     // The input and the output, for the output's prefetch.
-    let fetch = kernels::fetches_out(2 * n * k * std::mem::size_of::<T>());
+    let fetch = kernels::fetches_out(
+        (2 * std::mem::size_of::<T>())
+            .saturating_mul(n)
+            .saturating_mul(k),
+    );
     for_blocks_with(n, k, pieces(Some(out), n, k), |r, piece| {
         let mut piece = piece.expect("one piece per block");
         let (mut sx, mut so) = (Vec::new(), Vec::new());
