@@ -454,12 +454,24 @@ fn short_exp_sum<T: Float, A: Arith>(x: &[T], m: T, a: A) -> ExpSum {
 /// two-pass route, whose result is the same up to rounding.
 #[inline(always)]
 pub fn max_exp_sum<T: Float, A: Arith>(x: &[T], ahead: Ahead<'_, T>, a: A) -> (T, ExpSum) {
+    max_exp_sum_with(x, ahead, true, a)
+}
+
+/// [`max_exp_sum`], a long row's next step prefetched only where `steps_ahead`
+/// ([`Ahead::next_step`]).
+#[inline(always)]
+pub fn max_exp_sum_with<T: Float, A: Arith>(
+    x: &[T],
+    ahead: Ahead<'_, T>,
+    steps_ahead: bool,
+    a: A,
+) -> (T, ExpSum) {
     if x.len() <= ONLINE_STEP {
         let m = row_max(x);
         return (m, exp_sum(x, m, ahead, a));
     }
     let (mut m, mut s) = (T::NEG_INFINITY, ExpSum::ZERO);
-    for step in x.chunks(ONLINE_STEP) {
+    for (i, step) in x.chunks(ONLINE_STEP).enumerate() {
         let sm = row_max(step);
         if sm == T::NEG_INFINITY {
             // Only -inf (or NaN) here: it adds nothing, but exp(-inf - -inf) would be NaN
@@ -475,7 +487,12 @@ pub fn max_exp_sum<T: Float, A: Arith>(x: &[T], ahead: Ahead<'_, T>, a: A) -> (T
             s = s.rescaled((m.to_f64() - sm.to_f64()).exp());
             m = sm;
         }
-        s = s.plus(exp_sum(step, m, Ahead::NONE, a));
+        let ahead = if steps_ahead {
+            Ahead::next_step(x, i)
+        } else {
+            Ahead::NONE
+        };
+        s = s.plus(exp_sum(step, m, ahead, a));
     }
     (m, s)
 }
@@ -494,6 +511,17 @@ pub fn max_exp_store_sum<T: Float, A: Arith>(
     let m = row_max(x);
     (m, exp_sum_into(x, m, Some(out), ahead, a))
 }
+
+/// Rows from this long on prefetch their next step while they read one ([`Ahead::next_step`]).
+// PERF: float32, one thread, AMD EPYC (AVX-512; AVX2 forced in brackets), time against no
+// prefetch: 512 x 128256 logsumexp 0.92x (0.91x), cross_entropy 0.93-0.94x (0.93x),
+// cross_entropy_and_grad 0.97-0.98x; 256 x 65536 0.94-0.97x; float64 256 x 128256
+// cross_entropy 0.92x. Rows of 4096 and 8192 (whose steps the hardware's prefetcher finds in
+// time, or in cache) lost up to 7%, hence the floor (64 x 32768: 0.97-0.99x). Log-softmax,
+// which reads the row again, does not take it (AVX2 forced 1.07-1.08x), nor softmax's own
+// long rows (storing their exps beside: 1.07-1.20x). (BENCHMARKS.md, 2026-12-04, twentieth
+// session.)
+pub(crate) const STEPS_AHEAD_MIN: usize = 16 * ONLINE_STEP;
 
 /// Rows per group of [`GroupStats`].
 pub(crate) const LN_GROUP: usize = 8;
@@ -859,6 +887,19 @@ impl<'a, T> Ahead<'a, T> {
         }
     }
 
+    /// For step `s` of a row read a step at a time ([`ONLINE_STEP`]): the input's next step,
+    /// for rows of at least [`STEPS_AHEAD_MIN`] elements.
+    #[inline(always)]
+    pub fn next_step(x: &'a [T], s: usize) -> Self {
+        if x.len() < STEPS_AHEAD_MIN {
+            return Ahead::NONE;
+        }
+        Ahead {
+            x: part(x, (s + 1) * ONLINE_STEP, ONLINE_STEP),
+            out: &[],
+        }
+    }
+
     /// Prefetches piece `j` (of [`CHUNK`] elements) of both rows; nothing for a pass over
     /// fewer than a [`CHUNK`] of `row` elements ([`Ahead::of`] gives those nothing to fetch).
     // Plain functions, no closures: a closure LLVM leaves as a call runs without the
@@ -1042,6 +1083,40 @@ mod tests {
             }
             assert_eq!(seen, n);
             assert!((0..n).all(|i| out[i * k..(i + 1) * k].iter().all(|&v| v == i as f32)));
+        }
+    }
+
+    /// A long row read a step at a time prefetches the step after the one it reads (the last
+    /// step nothing), shorter rows nothing, and the sums do not depend on it.
+    #[test]
+    fn long_rows_fetch_their_next_step() {
+        for len in [STEPS_AHEAD_MIN - 1, STEPS_AHEAD_MIN, STEPS_AHEAD_MIN + 5] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 1000) as f32 / 37.0)
+                .collect();
+            let steps = len.div_ceil(ONLINE_STEP);
+            for s in 0..steps {
+                let ahead = Ahead::next_step(&x, s);
+                assert!(ahead.out.is_empty());
+                if len < STEPS_AHEAD_MIN || s + 1 == steps {
+                    assert!(ahead.x.is_empty(), "len {len}, step {s}");
+                } else {
+                    let next = &x[(s + 1) * ONLINE_STEP..];
+                    let want = (next.as_ptr(), next.len().min(ONLINE_STEP));
+                    assert_eq!(
+                        (ahead.x.as_ptr(), ahead.x.len()),
+                        want,
+                        "len {len}, step {s}"
+                    );
+                }
+            }
+            let with = max_exp_sum_with(&x, Ahead::NONE, true, Unfused);
+            let without = max_exp_sum_with(&x, Ahead::NONE, false, Unfused);
+            assert_eq!(with.0, without.0);
+            assert_eq!(
+                with.1.ln::<f32>().to_bits(),
+                without.1.ln::<f32>().to_bits()
+            );
         }
     }
 

@@ -11,7 +11,7 @@
 
 use super::lanes::{lanes_log_softmax, lanes_logsumexp, lanes_softmax, LIMIT, ROW_LANES};
 use super::{
-    dot, exp_store_sum, max_exp_sum, row_max, rows, rows_mut, segment_max_exp_sum, short_rows,
+    dot, exp_store_sum, max_exp_sum_with, row_max, rows, rows_mut, segment_max_exp_sum, short_rows,
     small_row_sum, small_rows_exp, small_rows_stats, sum, Ahead, ExpSum, GroupStats, RowsAhead,
     LN_GROUP, ONLINE_STEP, SMALL_K, SMALL_ROWS, STACK_SCRATCH,
 };
@@ -97,7 +97,8 @@ fn softmax_long_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
 /// `out = log_softmax(x)` for one row.
 #[inline(always)]
 pub fn log_softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], ahead: Ahead<'_, T>, a: A) {
-    let (m, s) = max_exp_sum(x, ahead, a);
+    // The second pass reads the row again: no step ahead (see `STEPS_AHEAD_MIN`).
+    let (m, s) = max_exp_sum_with(x, ahead, false, a);
     let ln_s = T::from_f64(s.ln::<T>());
     for (o, &v) in out.iter_mut().zip(x) {
         *o = (v - m) - ln_s;
@@ -109,7 +110,7 @@ pub fn log_softmax_row<T: Float, A: Arith>(x: &[T], out: &mut [T], ahead: Ahead<
 #[cfg(test)]
 #[inline(always)]
 pub fn logsumexp_row<T: Float, A: Arith>(x: &[T], a: A) -> f64 {
-    let (m, s) = max_exp_sum(x, Ahead::NONE, a);
+    let (m, s) = super::max_exp_sum(x, Ahead::NONE, a);
     lse_of(x, m, s.ln::<T>())
 }
 
