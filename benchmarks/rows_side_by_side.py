@@ -30,6 +30,11 @@ ap.add_argument("--shape", action="append", metavar="NxK", help="default: 65536x
 ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
 ap.add_argument("--rounds", type=int, default=15)
 ap.add_argument(
+    "--inplace",
+    action="store_true",
+    help="time softmax, log_softmax and cross_entropy_and_grad over their own input (out=x)",
+)
+ap.add_argument(
     "--backward",
     action="store_true",
     help="time softmax_backward and log_softmax_backward (into fresh arrays) instead",
@@ -65,6 +70,18 @@ for shape in args.shape or ["65536x10"]:
                 ),
                 "cross_entropy(probs)": lambda: m.cross_entropy(x, q),
                 "cross_entropy_and_grad(probs)": lambda: m.cross_entropy_and_grad(x, q, out=o),
+            }
+        if args.inplace:
+            # Each call leaves the next its own output: the values change, the work does not.
+            xi = {"softmax": x.copy(), "log_softmax": x.copy(), "grad": x.copy()}
+            return {
+                "softmax(out=x)": lambda: m.softmax(xi["softmax"], out=xi["softmax"]),
+                "log_softmax(out=x)": lambda: m.log_softmax(
+                    xi["log_softmax"], out=xi["log_softmax"]
+                ),
+                "cross_entropy_and_grad(out=x)": lambda: m.cross_entropy_and_grad(
+                    xi["grad"], t, out=xi["grad"]
+                ),
             }
         if args.backward:
             return {

@@ -968,13 +968,18 @@ impl<'x, 'o, T> RowsAhead<'x, 'o, T> {
     }
 }
 
-/// Whether the passes over rows prefetch the output's rows they will write, for a call whose
-/// input and output together span `bytes`: only where those fit well inside the last-level
-/// cache ([`crate::isa::last_level_cache`]; always where the CPU does not say).
+/// Whether the passes over rows prefetch the output's rows they will write, for a call over
+/// `n` rows of `k` elements of `T`: only where its input and output (one array where the
+/// output is written over the input, `in_place`) fit well inside the last-level cache
+/// ([`crate::isa::last_level_cache`]; always where the CPU does not say).
 // PERF: `prefetchw` brings a line owned into L1 early; from L3 that saved float32 8192 x 256
 // `softmax(out=)` up to a quarter of its time, but with the lines in memory it cost rows of
 // 500 to 2048 1.05-1.22x the time (AMD EPYC with 32 MiB of L3, BENCHMARKS.md, 2026-12-04).
-pub(crate) fn fetches_out(bytes: usize) -> bool {
+pub(crate) fn fetches_out<T>(n: usize, k: usize, in_place: bool) -> bool {
+    let arrays = if in_place { 1 } else { 2 };
+    let bytes = (arrays * std::mem::size_of::<T>())
+        .saturating_mul(n)
+        .saturating_mul(k);
     crate::isa::last_level_cache().is_none_or(|llc| bytes <= llc / 4 * 3)
 }
 

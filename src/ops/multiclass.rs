@@ -204,12 +204,7 @@ pub fn multiclass_loss<T: Float>(
             return Ok(reduction.finish(total, denominator));
         }
     }
-    // The input and the gradient, for the gradient's prefetch.
-    let fetch = kernels::fetches_out(
-        (2 * std::mem::size_of::<T>())
-            .saturating_mul(n)
-            .saturating_mul(k),
-    );
+    let fetch = kernels::fetches_out::<T>(n, k, matches!(x, Src::Out));
     let blocks = pieces(grad, n, k).zip(pieces(losses, n, k));
     let parts = for_blocks_with(n, k, blocks, |r, (mut g_piece, l_piece)| {
         let (mut sx, mut st, mut si, mut su, mut sg, mut sl) = (

@@ -24,12 +24,7 @@ pub fn row_map<T: Float>(isa: Level, map: RowMap, x: Src<'_>, out: &mut ViewMut<
         long_rows::row_map::<T>(isa, map, x, out);
         return Ok(());
     }
-    // The input and the output, for the output's prefetch.
-    let fetch = kernels::fetches_out(
-        (2 * std::mem::size_of::<T>())
-            .saturating_mul(n)
-            .saturating_mul(k),
-    );
+    let fetch = kernels::fetches_out::<T>(n, k, matches!(x, Src::Out));
     for_blocks_with(n, k, pieces(Some(out), n, k), |r, piece| {
         let mut piece = piece.expect("one piece per block");
         let (mut sx, mut so) = (Vec::new(), Vec::new());
