@@ -55,7 +55,11 @@ pub(crate) const ONE_PASS_K: usize = 2 * ONLINE_STEP;
 /// the maximum round once more (the stored exp, then the product): within a few ULP of the
 /// two-pass values, not bitwise.
 // PERF: the two passes read a row that does not stay in L2 beside its output twice from
-// memory, the maximum's pass with nothing to overlap the wait (see ONE_PASS_K).
+// memory, the maximum's pass with nothing to overlap the wait (see ONE_PASS_K). Not kept: the
+// exps in a row-long scratch and `out` written by streaming stores (no read for ownership),
+// 512 x 128256 1.63-1.71x the time; the next step prefetched (input 1.07-1.20x, output
+// 1.16-1.22x); the scaling pass from the row's end back, 0.99-1.01x (AMD EPYC, BENCHMARKS.md,
+// 2026-12-04, twentieth session).
 #[inline(always)]
 fn softmax_long_row<T: Float, A: Arith>(x: &[T], out: &mut [T], a: A) {
     let (mut stack, mut heap) = ([T::ZERO; 64], Vec::new());
