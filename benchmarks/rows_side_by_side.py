@@ -29,17 +29,20 @@ ap.add_argument("builds", nargs="+", metavar="NAME=PATH")
 ap.add_argument("--shape", action="append", metavar="NxK", help="default: 65536x10")
 ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
 ap.add_argument("--rounds", type=int, default=15)
-ap.add_argument(
+mode = ap.add_mutually_exclusive_group()
+mode.add_argument(
     "--inplace",
     action="store_true",
-    help="time softmax, log_softmax and cross_entropy_and_grad over their own input (out=x)",
+    help="time softmax, log_softmax and cross_entropy_and_grad over their own input (out=x); "
+    "each call takes the previous one's output, so after the first the rows are no longer "
+    "the standard normal ones (softmax's tend to uniform): compare builds, not modes",
 )
-ap.add_argument(
+mode.add_argument(
     "--backward",
     action="store_true",
     help="time softmax_backward and log_softmax_backward (into fresh arrays) instead",
 )
-ap.add_argument(
+mode.add_argument(
     "--options",
     action="store_true",
     help="time the cross-entropy with label smoothing and on probability targets instead",

@@ -451,7 +451,8 @@ fn short_exp_sum<T: Float, A: Arith>(x: &[T], m: T, a: A) -> ExpSum {
 /// `(m, sums of exp(x - m))` with `m` the maximum of `x` as in [`row_max`], reading `x` once:
 /// each step's maximum is taken while the step is in L1, and the sums so far are rescaled by
 /// `exp(m_old - m_new)` when the maximum grows. Rows of up to one step take the plain
-/// two-pass route, whose result is the same up to rounding.
+/// two-pass route, whose result is the same up to rounding, and prefetch `ahead`; longer rows
+/// prefetch their own next step instead ([`Ahead::next_step`]).
 #[inline(always)]
 pub fn max_exp_sum<T: Float, A: Arith>(x: &[T], ahead: Ahead<'_, T>, a: A) -> (T, ExpSum) {
     max_exp_sum_with(x, ahead, true, a)
@@ -514,12 +515,14 @@ pub fn max_exp_store_sum<T: Float, A: Arith>(
 
 /// Rows from this long on prefetch their next step while they read one ([`Ahead::next_step`]).
 // PERF: float32, one thread, AMD EPYC (AVX-512; AVX2 forced in brackets), time against no
-// prefetch: 512 x 128256 logsumexp 0.92x (0.91x), cross_entropy 0.93-0.94x (0.93x),
+// prefetch: 512 x 128256 logsumexp 0.92x (0.91x), cross_entropy 0.88-0.94x (0.93x),
 // cross_entropy_and_grad 0.97-0.98x; 256 x 65536 0.94-0.97x; float64 256 x 128256
 // cross_entropy 0.92x. Rows of 4096 and 8192 (whose steps the hardware's prefetcher finds in
 // time, or in cache) lost up to 7%, hence the floor (64 x 32768: 0.97-0.99x). Log-softmax,
 // which reads the row again, does not take it (AVX2 forced 1.07-1.08x), nor softmax's own
-// long rows (storing their exps beside: 1.07-1.20x). (BENCHMARKS.md, 2026-12-04, twentieth
+// long rows (storing their exps beside: 1.07-1.20x). The segments of rows split over threads
+// (`ops::long_rows`) take it in every operation: softmax and log_softmax there 0.98-1.01x
+// (1 x 8000000, 2 x 4000000; one and two threads). (BENCHMARKS.md, 2026-12-04, twentieth
 // session.)
 pub(crate) const STEPS_AHEAD_MIN: usize = 16 * ONLINE_STEP;
 
@@ -857,7 +860,7 @@ pub fn sum<T: Float>(a: &[T]) -> f64 {
 }
 
 /// What a pass over one row prefetches beside it, a [`CHUNK`] at a time as it goes: a row of
-/// the input ahead (`x`) and, where the call's arrays fit in the cache ([`fetches_out`]), the
+/// the input ahead (`x`; in a long row read a step at a time, its next step) and, where the call's arrays fit in the cache ([`fetches_out`]), the
 /// row of the output the caller will write then (`out`, for writing). Only a hint: no result
 /// depends on it.
 #[derive(Clone, Copy)]
@@ -968,15 +971,15 @@ impl<'x, 'o, T> RowsAhead<'x, 'o, T> {
     }
 }
 
-/// Whether the passes over rows prefetch the output's rows they will write, for a call over
-/// `n` rows of `k` elements of `T`: only where its input and output (one array where the
-/// output is written over the input, `in_place`) fit well inside the last-level cache
-/// ([`crate::isa::last_level_cache`]; always where the CPU does not say).
+/// Whether the passes over rows prefetch the output's rows they will write, for a call that
+/// reads and writes `arrays` arrays of `n` rows of `k` elements of `T` (the input and the
+/// output; one where the output is written over the input; and any other array of that shape
+/// it reads, such as probability targets): only where those fit well inside the last-level
+/// cache ([`crate::isa::last_level_cache`]; always where the CPU does not say).
 // PERF: `prefetchw` brings a line owned into L1 early; from L3 that saved float32 8192 x 256
 // `softmax(out=)` up to a quarter of its time, but with the lines in memory it cost rows of
 // 500 to 2048 1.05-1.22x the time (AMD EPYC with 32 MiB of L3, BENCHMARKS.md, 2026-12-04).
-pub(crate) fn fetches_out<T>(n: usize, k: usize, in_place: bool) -> bool {
-    let arrays = if in_place { 1 } else { 2 };
+pub(crate) fn fetches_out<T>(arrays: usize, n: usize, k: usize) -> bool {
     let bytes = (arrays * std::mem::size_of::<T>())
         .saturating_mul(n)
         .saturating_mul(k);

@@ -204,7 +204,11 @@ pub fn multiclass_loss<T: Float>(
             return Ok(reduction.finish(total, denominator));
         }
     }
-    let fetch = kernels::fetches_out::<T>(n, k, matches!(x, Src::Out));
+    // The input and the gradient (or the one array written over itself), and the
+    // probability targets.
+    let arrays = if matches!(x, Src::Out) { 1 } else { 2 };
+    let probs = usize::from(matches!(targets, Targets::Probs(_)));
+    let fetch = kernels::fetches_out::<T>(arrays + probs, n, k);
     let blocks = pieces(grad, n, k).zip(pieces(losses, n, k));
     let parts = for_blocks_with(n, k, blocks, |r, (mut g_piece, l_piece)| {
         let (mut sx, mut st, mut si, mut su, mut sg, mut sl) = (

@@ -24,7 +24,9 @@ pub fn row_map<T: Float>(isa: Level, map: RowMap, x: Src<'_>, out: &mut ViewMut<
         long_rows::row_map::<T>(isa, map, x, out);
         return Ok(());
     }
-    let fetch = kernels::fetches_out::<T>(n, k, matches!(x, Src::Out));
+    // The input and the output, or the one array written over itself.
+    let arrays = if matches!(x, Src::Out) { 1 } else { 2 };
+    let fetch = kernels::fetches_out::<T>(arrays, n, k);
     for_blocks_with(n, k, pieces(Some(out), n, k), |r, piece| {
         let mut piece = piece.expect("one piece per block");
         let (mut sx, mut so) = (Vec::new(), Vec::new());
