@@ -860,9 +860,9 @@ pub fn sum<T: Float>(a: &[T]) -> f64 {
 }
 
 /// What a pass over one row prefetches beside it, a [`CHUNK`] at a time as it goes: a row of
-/// the input ahead (`x`; in a long row read a step at a time, its next step) and, where the call's arrays fit in the cache ([`fetches_out`]), the
-/// row of the output the caller will write then (`out`, for writing). Only a hint: no result
-/// depends on it.
+/// the input ahead (`x`; in a long row read a step at a time, its next step) and, where the
+/// call's arrays fit in the cache ([`fetches_out`]), the row of the output the caller will
+/// write then (`out`, for writing). Only a hint: no result depends on it.
 #[derive(Clone, Copy)]
 pub(crate) struct Ahead<'a, T> {
     x: &'a [T],
@@ -1095,7 +1095,8 @@ mod tests {
     }
 
     /// A long row read a step at a time prefetches the step after the one it reads (the last
-    /// step nothing), shorter rows nothing, and the sums do not depend on it.
+    /// step nothing), shorter rows nothing; the sums run with and without it on the rows at
+    /// the floor's edge (a slice taken out of bounds would panic there) and agree.
     #[test]
     fn long_rows_fetch_their_next_step() {
         for len in [STEPS_AHEAD_MIN - 1, STEPS_AHEAD_MIN, STEPS_AHEAD_MIN + 5] {
