@@ -19,6 +19,14 @@ pub(crate) const MAX_K: usize = 16;
 /// One block as lanes: `cols[j][l]` is element `j` of row `l`.
 pub(crate) type Lanes<T> = [[T; ROW_LANES]; MAX_K];
 
+/// A block of [`Lanes`] on the stack, aligned to a cache line: no column of float32 is split
+/// across two lines.
+// PERF: in a function whose frame LLVM did not realign, the block sat at whatever alignment
+// the stack had in that process: float32 65536 x 10 cross_entropy took 0.95x to 1.12x the
+// time of another build from one process to the next.
+#[repr(C, align(64))]
+pub(crate) struct AlignedLanes<T>(pub Lanes<T>);
+
 /// `cols[j][l] = block[l * k + j]` for the `block.len() / k` rows of `block` (at most
 /// [`ROW_LANES`]) and `j < k`; the rest of `cols` is left as it is.
 #[inline(always)]

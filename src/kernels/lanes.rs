@@ -23,8 +23,8 @@ use super::softmax::lse_of;
 use super::{per_column, ExpSum, LANES};
 use crate::float::Float;
 use crate::isa::Arith;
-use crate::simd::MAX_K;
 pub(crate) use crate::simd::ROW_LANES;
+use crate::simd::{AlignedLanes, MAX_K};
 
 /// The lanes paths take rows of `1..LIMIT` elements.
 pub(crate) const LIMIT: usize = if LANES < MAX_K { LANES } else { MAX_K };
@@ -89,9 +89,10 @@ fn lane_blocks<T: Float, A: Arith>(
     mut each: impl FnMut(usize, usize, &[[T; ROW_LANES]], &LaneStats<T>),
 ) {
     assert!(k > 0 && k < LIMIT, "rows of 1 to {} elements", LIMIT - 1);
-    let mut xt = [[T::ZERO; ROW_LANES]; MAX_K];
+    let mut block = AlignedLanes([[T::ZERO; ROW_LANES]; MAX_K]);
+    let xt = &mut block.0;
     for (b, xb) in x.chunks(ROW_LANES * k).enumerate() {
-        a.rows_to_lanes(xb, k, &mut xt);
+        a.rows_to_lanes(xb, k, xt);
         let m = lane_max(&xt[..k]);
         let lns = lane_sums(&xt[..k], m, a).1;
         each(b * ROW_LANES, xb.len() / k, &xt[..k], &LaneStats { m, lns });
@@ -119,9 +120,13 @@ pub(crate) fn lanes_stats<T: Float, A: Arith>(
         .zip(ms.chunks_mut(ROW_LANES))
         .zip(ss.chunks_mut(ROW_LANES))
         .zip(ls.chunks_mut(ROW_LANES));
-    let mut xt = [[T::ZERO; ROW_LANES]; MAX_K];
+    // PERF: not an `AlignedLanes`: inlined into the row paths of the cross-entropy, it made
+    // their whole frame realigned, and float64 163840 x 4 cross_entropy_and_grad (which never
+    // comes here) took 1.04x the time.
+    let mut block = [[T::ZERO; ROW_LANES]; MAX_K];
+    let xt = &mut block;
     for (((xb, mb), sb), lb) in blocks {
-        a.rows_to_lanes(xb, k, &mut xt);
+        a.rows_to_lanes(xb, k, xt);
         let m = lane_max(&xt[..k]);
         let (sums, lns) = lane_sums(&xt[..k], m, a);
         let rows = xb.len() / k;
@@ -285,7 +290,8 @@ pub(crate) fn lanes_class_grads<const SMOOTH: bool, T: Float, A: Arith>(
         Terms::UNIT
     };
     let eps = o.label_smoothing;
-    let mut xt = [[T::ZERO; ROW_LANES]; MAX_K];
+    let mut block = AlignedLanes([[T::ZERO; ROW_LANES]; MAX_K]);
+    let xt = &mut block.0;
     let blocks = (x
         .chunks_exact(ROW_LANES * k)
         .zip(grad.chunks_exact_mut(ROW_LANES * k)))
@@ -294,7 +300,7 @@ pub(crate) fn lanes_class_grads<const SMOOTH: bool, T: Float, A: Arith>(
             .zip(losses.chunks_exact_mut(ROW_LANES)),
     );
     for (b, ((xb, gb), (ib, lb))) in blocks.enumerate() {
-        a.rows_to_lanes(xb, k, &mut xt);
+        a.rows_to_lanes(xb, k, xt);
         let cols = &mut xt[..k];
         let t = lane_targets(ib, ignore, k);
         let m = lane_max(cols);
@@ -359,7 +365,7 @@ pub(crate) fn lanes_class_grads<const SMOOTH: bool, T: Float, A: Arith>(
             let at_top = sums[l].dominated() & (at[l] == m[l]);
             fix[l] = if at_top { top } else { plain };
         }
-        a.lanes_to_rows(&xt, k, gb);
+        a.lanes_to_rows(xt, k, gb);
         for (gr, (&tl, &f)) in gb.chunks_mut(k).zip(t.iter().zip(&fix)) {
             match tl {
                 IGNORED => gr.fill(T::ZERO),
@@ -375,9 +381,10 @@ pub(crate) fn lanes_class_grads<const SMOOTH: bool, T: Float, A: Arith>(
 #[inline(always)]
 pub(crate) fn lanes_softmax<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     assert!(k > 0 && k < LIMIT, "rows of 1 to {} elements", LIMIT - 1);
-    let mut xt = [[T::ZERO; ROW_LANES]; MAX_K];
+    let mut block = AlignedLanes([[T::ZERO; ROW_LANES]; MAX_K]);
+    let xt = &mut block.0;
     for (xb, ob) in x.chunks(ROW_LANES * k).zip(out.chunks_mut(ROW_LANES * k)) {
-        a.rows_to_lanes(xb, k, &mut xt);
+        a.rows_to_lanes(xb, k, xt);
         let m = lane_max(&xt[..k]);
         for col in xt[..k].iter_mut() {
             per_column();
@@ -399,7 +406,7 @@ pub(crate) fn lanes_softmax<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T]
                 col[l] *= inv[l];
             }
         }
-        a.lanes_to_rows(&xt, k, ob);
+        a.lanes_to_rows(xt, k, ob);
     }
 }
 
@@ -408,9 +415,10 @@ pub(crate) fn lanes_softmax<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T]
 #[inline(always)]
 pub(crate) fn lanes_log_softmax<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], a: A) {
     assert!(k > 0 && k < LIMIT, "rows of 1 to {} elements", LIMIT - 1);
-    let mut xt = [[T::ZERO; ROW_LANES]; MAX_K];
+    let mut block = AlignedLanes([[T::ZERO; ROW_LANES]; MAX_K]);
+    let xt = &mut block.0;
     for (xb, ob) in x.chunks(ROW_LANES * k).zip(out.chunks_mut(ROW_LANES * k)) {
-        a.rows_to_lanes(xb, k, &mut xt);
+        a.rows_to_lanes(xb, k, xt);
         let m = lane_max(&xt[..k]);
         let ln_s = lane_sums(&xt[..k], m, a).1.map(T::from_f64);
         for col in xt[..k].iter_mut() {
@@ -419,7 +427,7 @@ pub(crate) fn lanes_log_softmax<T: Float, A: Arith>(x: &[T], k: usize, out: &mut
                 col[l] = (col[l] - m[l]) - ln_s[l];
             }
         }
-        a.lanes_to_rows(&xt, k, ob);
+        a.lanes_to_rows(xt, k, ob);
     }
 }
 
