@@ -224,6 +224,16 @@ fn groups_mut<T>(x: &mut [T], k: usize) -> std::slice::ChunksMut<'_, T> {
 
 #[inline(always)]
 fn log_softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], fetch_out: bool, a: A) {
+    if k == 1 {
+        // `(x - m) - ln s` with `m = x`: `ln s` is 0 where `x` is finite and NaN where the
+        // difference is, so `x - x`, bitwise, without the per-block work of a sum of one.
+        // PERF: float32 655360 x 1: 1.12x the time of the lanes path before it was aligned.
+        #[allow(clippy::eq_op)] // `x - x` is the result: 0, or NaN where `x` is not finite
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = v - v;
+        }
+        return;
+    }
     let (x, out) = lanes_first(x, k, out, a, lanes_log_softmax);
     if k < SMALL_K {
         let mut ms = [T::ZERO; SMALL_ROWS];
@@ -455,6 +465,24 @@ pub(crate) mod tests {
                     "logsumexp k={k}"
                 );
             }
+        }
+    }
+
+    /// Rows of one element: `log_softmax` is `x - x`, +0 where `x` is finite and NaN where
+    /// not, bitwise the row path's, at every level.
+    #[test]
+    fn log_softmax_of_rows_of_one_is_x_minus_x() {
+        let inf = f32::INFINITY;
+        let x = [0.0f32, -0.0, 1.5, -3e38, 3e38, 1e-45, inf, -inf, f32::NAN];
+        let mut want = [1f32; 9];
+        for (xr, wr) in rows(&x, 1).zip(rows_mut(&mut want, 1)) {
+            log_softmax_row(xr, wr, Ahead::NONE, Unfused);
+        }
+        assert!(want[..6].iter().all(|v| v.to_bits() == 0) && want[6..].iter().all(|v| v.is_nan()));
+        for level in Level::supported() {
+            let mut got = [1f32; 9];
+            log_softmax(level, &x, 1, &mut got, true);
+            assert!(same_or_nan(&got, &want), "{level:?}: {got:?}");
         }
     }
 
