@@ -367,8 +367,8 @@ where
 
 /// Adds per-block partial sums in block order (the fixed order behind thread-count
 /// independent results).
-pub fn ordered_sum(parts: &[f64]) -> f64 {
-    parts.iter().fold(0.0, |a, &b| a + b)
+pub fn ordered_sum(parts: impl IntoIterator<Item = f64>) -> f64 {
+    parts.into_iter().fold(0.0, |a, b| a + b)
 }
 
 #[cfg(test)]

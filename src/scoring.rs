@@ -194,7 +194,7 @@ fn run_blocks<T: Float>(
             .filter(|s| s.rank >= 0)
             .fold(0.0, |a, s| a - s.logprob)
     });
-    ordered_sum(&parts)
+    ordered_sum(parts)
 }
 
 /// Checks that an output has `n` rows of `k` (`what` names it).

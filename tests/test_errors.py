@@ -88,6 +88,19 @@ def test_class_index_out_of_range(fn, bad, pos):
         getattr(sce_rs, fn)(X, t)
 
 
+@pytest.mark.parametrize("k", [3, 10, 40])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_class_index_out_of_range_in_a_later_block_names_the_first(k, reduction):
+    # Rows of fewer than 16 classes reduced to one loss check their indices inside each
+    # block's kernel, blocks in parallel; the error still names the first index out of range.
+    n = 200_000
+    x = np.zeros((n, k), np.float32)
+    t = np.zeros(n, np.int64)
+    t[150_001], t[190_000] = k, -5
+    with pytest.raises(IndexError, match=rf"target {k} at position \(150001,\) is out of range"):
+        sce_rs.cross_entropy(x, t, reduction=reduction)
+
+
 def test_class_index_position_is_a_multi_index():
     x = np.zeros((2, 5, 3))
     t = np.zeros((2, 3), dtype=np.int32)

@@ -31,7 +31,10 @@
 //! arithmetic over blocks); probability targets, which only these row paths take, have their
 //! own loop.
 
-use super::lanes::{lanes_class_grads, lanes_class_losses, lanes_stats, LIMIT, ROW_LANES};
+pub(crate) use super::lanes::Tally;
+use super::lanes::{
+    lanes_class_grads, lanes_class_losses, lanes_class_total, lanes_stats, LIMIT, ROW_LANES,
+};
 use super::online::{self, smoothed_loss, top_grad, unweighted_wz, RowGrad, RowStats, Terms};
 use super::{
     max_exp_store_sum, max_exp_sum, rows, rows_mut, short_rows, small_rows_stats, Ahead, ExpSum,
@@ -756,6 +759,16 @@ isa_dispatch! {
     ) = class_grads_rows;
     pub fn count_classes[](idx: &[i64], ignore: i64, k: usize) -> (usize, usize) =
         count_classes_with;
+    /// The plain cross-entropy's [`Tally`] of a block of rows on their class indices, which
+    /// it checks itself; only where [`totals_in_lanes`].
+    pub fn class_total[T: Float](x: &[T], k: usize, idx: &[i64], ignore: i64) -> Tally =
+        lanes_class_total;
+}
+
+/// Whether [`class_total`] takes rows of `k` classes under the options `o`: short rows
+/// without options.
+pub fn totals_in_lanes<T: Float>(k: usize, o: &CeOptions<T>) -> bool {
+    o.plain_terms() && o.softcap.is_none() && k > 0 && k < LIMIT
 }
 
 /// Negative log-likelihood of a block of rows of log-probabilities: `-w_t·x_t` for a class
@@ -1034,8 +1047,55 @@ mod tests {
         }
     }
 
+    /// [`class_total`] of short plain rows is the total of their [`class_losses`], within the
+    /// bound of any order of adding `n` terms in `f64` (`(n - 1) u` times the sum of their
+    /// magnitudes), with the rows not ignored and the indices outside the classes counted:
+    /// at every level, in both types, a last block short or full.
+    #[test]
+    fn class_totals_add_up_the_class_losses() {
+        fn check<T: Float>(k: usize, n: usize) {
+            let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (k * 1000 + n) as u64;
+            let mut next = move || {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 33) as f64 / (1u64 << 31) as f64
+            };
+            let x: Vec<T> = (0..n * k)
+                .map(|_| T::from_f64((next() - 0.5) * 20.0))
+                .collect();
+            let ignore = -100;
+            let mut idx: Vec<i64> = (0..n).map(|_| (next() * k as f64) as i64).collect();
+            for i in (2..n).step_by(7) {
+                idx[i] = ignore;
+            }
+            let o = CeOptions::plain(k);
+            assert!(totals_in_lanes(k, &o));
+            let mut losses = vec![0.0; n];
+            for level in crate::isa::Level::supported() {
+                class_losses(level, &x, k, &idx, ignore, &o, &mut losses);
+                let want: f64 = losses.iter().sum();
+                let bound = (n - 1) as f64 * f64::EPSILON / 2.0
+                    * losses.iter().map(|l| l.abs()).sum::<f64>();
+                let got = class_total(level, &x, k, &idx, ignore);
+                assert!((got.sum - want).abs() <= bound, "{level:?} k={k} n={n}");
+                assert_eq!((got.live, got.bad), (n - (2..n).step_by(7).count(), 0));
+                let mut outside = idx.clone();
+                (outside[0], outside[n - 1]) = (k as i64, -1);
+                let got = class_total(level, &x, k, &outside, ignore);
+                assert!(got.sum.is_nan() && got.bad == 2, "{level:?} k={k} n={n}");
+            }
+        }
+        for k in 1..LIMIT {
+            for n in [2, 16, 83] {
+                check::<f32>(k, n);
+                check::<f64>(k, n);
+            }
+        }
+    }
+
     /// The class-index losses without a gradient ([`class_losses`], lanes for short plain
-    /// rows, the row paths otherwise) are bitwise those of the grouped path with a gradient,
+    /// rows, grouped statistics for longer plain rows, the row paths otherwise) are bitwise those of the grouped path with a gradient,
     /// at every level, with and without options, ignored rows giving 0; an index outside the
     /// classes, which callers reject first, gives NaN rather than another row's logit.
     #[test]

@@ -204,6 +204,41 @@ fn lane_losses<T: Float>(
     loss
 }
 
+/// A block's losses `lse - x_t` in lanes from its columns `cols` and their statistics `st`,
+/// on the block's class indices `idx` (lanes past them ignored), with each lane's index as
+/// [`lane_targets`] gives it.
+// PERF: written out here, not through `lane_targets`, `at_targets` and `lane_losses` as
+// `lanes_class_grads` has them: through them, the kernels were laid out differently and
+// float32 65536 x 4 and x 10 cross_entropy took 1.05-1.21x the time (five builds), and
+// 1.11-1.13x again for the reduced one. A load per lane from the columns: LLVM turned a
+// select per column into a branch per lane (65536 x 10 took 1.7 times as long).
+#[inline(always)]
+fn block_losses<T: Float>(
+    cols: &[[T; ROW_LANES]],
+    st: &LaneStats<T>,
+    idx: &[i64],
+    ignore: i64,
+) -> ([f64; ROW_LANES], [i32; ROW_LANES]) {
+    let k = cols.len();
+    let mut t = [IGNORED; ROW_LANES];
+    for (tl, &i) in t.iter_mut().zip(idx) {
+        let inside = if (i as u64) < k as u64 {
+            i as i32
+        } else {
+            OUTSIDE
+        };
+        *tl = if i == ignore { IGNORED } else { inside };
+    }
+    let at: [T; ROW_LANES] = std::array::from_fn(|l| cols[(t[l] as usize).min(k - 1)][l]);
+    let mut loss = [0.0; ROW_LANES];
+    for l in 0..ROW_LANES {
+        let v = -((at[l].to_f64() - st.m[l].to_f64()) - st.lns[l]);
+        let v = if t[l] == OUTSIDE { f64::NAN } else { v };
+        loss[l] = if t[l] == IGNORED { 0.0 } else { v };
+    }
+    (loss, t)
+}
+
 /// The plain cross-entropy `lse - x_t` of rows of `0 < k < LIMIT` on the class indices `idx`
 /// (one per row), bitwise the row path's: 0 where the index is `ignore`; NaN for an index
 /// outside `[0, k)` (the callers check them first).
@@ -217,31 +252,51 @@ pub(crate) fn lanes_class_losses<T: Float, A: Arith>(
     a: A,
 ) {
     assert_eq!(idx.len() * k, x.len(), "one class index per row");
-    // PERF: the targets and losses written out here, not through the helpers that
-    // `lanes_class_grads` uses: through them, this kernel's code was laid out differently and
-    // float32 65536 x 4 and x 10 took 1.05-1.21x the time (five builds).
     lane_blocks(x, k, a, |first, rows, cols, st| {
-        let mut t = [IGNORED; ROW_LANES];
-        for (tl, &i) in t.iter_mut().zip(&idx[first..first + rows]) {
-            let inside = if (i as u64) < k as u64 {
-                i as i32
-            } else {
-                OUTSIDE
-            };
-            *tl = if i == ignore { IGNORED } else { inside };
-        }
-        // PERF: a load per lane from the columns; LLVM turned a select per column into a
-        // branch per lane (float32 65536 x 10 cross_entropy took 1.7 times as long).
-        let last = cols.len() - 1;
-        let at: [T; ROW_LANES] = std::array::from_fn(|l| cols[(t[l] as usize).min(last)][l]);
-        let mut loss = [0.0; ROW_LANES];
-        for l in 0..ROW_LANES {
-            let v = -((at[l].to_f64() - st.m[l].to_f64()) - st.lns[l]);
-            let v = if t[l] == OUTSIDE { f64::NAN } else { v };
-            loss[l] = if t[l] == IGNORED { 0.0 } else { v };
-        }
+        let (loss, _) = block_losses(cols, st, &idx[first..first + rows], ignore);
         losses[first..first + rows].copy_from_slice(&loss[..rows]);
     });
+}
+
+/// What a reduced cross-entropy needs of a block of rows: the sum of their losses, how many
+/// rows are not ignored, and how many of those have an index outside the classes (their
+/// losses, NaN, are in the sum).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Tally {
+    pub sum: f64,
+    pub live: usize,
+    pub bad: usize,
+}
+
+/// [`lanes_class_losses`] reduced, for a caller that needs only their sum and counts them
+/// itself: the indices checked and counted as the losses are formed, each lane's losses added
+/// up over the blocks in `f64`, the lanes then added pairwise in a fixed order.
+// PERF: the losses in scratch, their sum and a pass that checked the indices first: float32
+// cross_entropy 65536 x 10 took 1.04x the time, 163840 x 4 1.07x (BENCHMARKS.md).
+#[inline(always)]
+pub(crate) fn lanes_class_total<T: Float, A: Arith>(
+    x: &[T],
+    k: usize,
+    idx: &[i64],
+    ignore: i64,
+    a: A,
+) -> Tally {
+    assert_eq!(idx.len() * k, x.len(), "one class index per row");
+    let (mut acc, mut live, mut bad) = ([0.0; ROW_LANES], [0u32; ROW_LANES], [0u32; ROW_LANES]);
+    lane_blocks(x, k, a, |first, rows, cols, st| {
+        let (loss, t) = block_losses(cols, st, &idx[first..first + rows], ignore);
+        for l in 0..ROW_LANES {
+            acc[l] += loss[l];
+            live[l] += u32::from(t[l] != IGNORED);
+            bad[l] += u32::from(t[l] == OUTSIDE);
+        }
+    });
+    let count = |c: [u32; ROW_LANES]| c.iter().map(|&v| v as usize).sum();
+    Tally {
+        sum: super::lanes_total(acc, 0.0),
+        live: count(live),
+        bad: count(bad),
+    }
 }
 
 /// [`lanes_class_losses`] with the gradient: into `grad` (laid out as `x`) each row's

@@ -130,5 +130,5 @@ pub fn binary_loss<T: Float>(
             }
         }
     }
-    Ok(reduction.finish(ordered_sum(&sums), count))
+    Ok(reduction.finish(ordered_sum(sums), count))
 }
