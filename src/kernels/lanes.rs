@@ -160,17 +160,27 @@ pub(crate) fn lanes_logsumexp<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [
 const IGNORED: i32 = -1;
 const OUTSIDE: i32 = -2;
 
+/// The class index `i` of a row as its lane holds it.
+#[inline(always)]
+fn lane_target(i: i64, ignore: i64, k: usize) -> i32 {
+    let inside = if (i as u64) < k as u64 {
+        i as i32
+    } else {
+        OUTSIDE
+    };
+    if i == ignore {
+        IGNORED
+    } else {
+        inside
+    }
+}
+
 /// The class indices `idx` of a block's rows as lanes (lanes past its rows ignored).
 #[inline(always)]
 fn lane_targets(idx: &[i64], ignore: i64, k: usize) -> [i32; ROW_LANES] {
     let mut t = [IGNORED; ROW_LANES];
     for (tl, &i) in t.iter_mut().zip(idx) {
-        let inside = if (i as u64) < k as u64 {
-            i as i32
-        } else {
-            OUTSIDE
-        };
-        *tl = if i == ignore { IGNORED } else { inside };
+        *tl = lane_target(i, ignore, k);
     }
     t
 }
@@ -222,12 +232,7 @@ fn block_losses<T: Float>(
     let k = cols.len();
     let mut t = [IGNORED; ROW_LANES];
     for (tl, &i) in t.iter_mut().zip(idx) {
-        let inside = if (i as u64) < k as u64 {
-            i as i32
-        } else {
-            OUTSIDE
-        };
-        *tl = if i == ignore { IGNORED } else { inside };
+        *tl = lane_target(i, ignore, k);
     }
     let at: [T; ROW_LANES] = std::array::from_fn(|l| cols[(t[l] as usize).min(k - 1)][l]);
     let mut loss = [0.0; ROW_LANES];
