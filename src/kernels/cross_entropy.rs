@@ -1047,10 +1047,10 @@ mod tests {
         }
     }
 
-    /// [`class_total`] of short plain rows is the total of their [`class_losses`], within the
-    /// bound of any order of adding `n` terms in `f64` (`(n - 1) u` times the sum of their
-    /// magnitudes), with the rows not ignored and the indices outside the classes counted:
-    /// at every level, in both types, a last block short or full.
+    /// [`class_total`] of short plain rows is the total of their [`class_losses`] bitwise as
+    /// [`crate::kernels::sum`] adds them (the sum the paths with a gradient take), with the
+    /// rows not ignored and the indices outside the classes counted: at every level, in both
+    /// types, a last block short or full, several blocks.
     #[test]
     fn class_totals_add_up_the_class_losses() {
         fn check<T: Float>(k: usize, n: usize) {
@@ -1074,11 +1074,9 @@ mod tests {
             let mut losses = vec![0.0; n];
             for level in crate::isa::Level::supported() {
                 class_losses(level, &x, k, &idx, ignore, &o, &mut losses);
-                let want: f64 = losses.iter().sum();
-                let bound = (n - 1) as f64 * f64::EPSILON / 2.0
-                    * losses.iter().map(|l| l.abs()).sum::<f64>();
+                let want = crate::kernels::sum(&losses);
                 let got = class_total(level, &x, k, &idx, ignore);
-                assert!((got.sum - want).abs() <= bound, "{level:?} k={k} n={n}");
+                assert_eq!(got.sum.to_bits(), want.to_bits(), "{level:?} k={k} n={n}");
                 assert_eq!((got.live, got.bad), (n - (2..n).step_by(7).count(), 0));
                 let mut outside = idx.clone();
                 (outside[0], outside[n - 1]) = (k as i64, -1);
@@ -1087,7 +1085,7 @@ mod tests {
             }
         }
         for k in 1..LIMIT {
-            for n in [2, 16, 83] {
+            for n in [2, 16, 83, 160] {
                 check::<f32>(k, n);
                 check::<f64>(k, n);
             }
@@ -1095,9 +1093,10 @@ mod tests {
     }
 
     /// The class-index losses without a gradient ([`class_losses`], lanes for short plain
-    /// rows, grouped statistics for longer plain rows, the row paths otherwise) are bitwise those of the grouped path with a gradient,
-    /// at every level, with and without options, ignored rows giving 0; an index outside the
-    /// classes, which callers reject first, gives NaN rather than another row's logit.
+    /// rows, grouped statistics for longer plain rows, the row paths otherwise) are bitwise
+    /// those of the grouped path with a gradient, at every level, with and without options,
+    /// ignored rows giving 0; an index outside the classes, which callers reject first, gives
+    /// NaN rather than another row's logit.
     #[test]
     fn class_losses_are_the_grouped_losses() {
         for (k, x) in small_rows_cases() {

@@ -8,7 +8,8 @@
 //! once, and results per element (probabilities, log-probabilities) are formed in
 //! lanes and transposed back; results per row (the logsumexp, the cross-entropy against a
 //! class index, whose target logit is picked out of the columns) are formed in lanes and
-//! written out 16 at a time. The transpositions are [`Arith::rows_to_lanes`] and
+//! written out 16 at a time, or, for a cross-entropy reduced to one loss, added up in the
+//! lanes. The transpositions are [`Arith::rows_to_lanes`] and
 //! [`Arith::lanes_to_rows`] (in registers for float32 on AVX2 and AVX-512). The cross-entropy
 //! against class indices with its gradient (plain or label-smoothed) is both: losses per row,
 //! the gradient per element (the target's element set row by row after the way back).
@@ -220,7 +221,7 @@ fn lane_losses<T: Float>(
 // PERF: written out here, not through `lane_targets`, `at_targets` and `lane_losses` as
 // `lanes_class_grads` has them: through them, the kernels were laid out differently and
 // float32 65536 x 4 and x 10 cross_entropy took 1.05-1.21x the time (five builds), and
-// 1.11-1.13x again for the reduced one. A load per lane from the columns: LLVM turned a
+// 1.11-1.17x again for the reduced one. A load per lane from the columns: LLVM turned a
 // select per column into a branch per lane (65536 x 10 took 1.7 times as long).
 #[inline(always)]
 fn block_losses<T: Float>(
@@ -273,11 +274,13 @@ pub(crate) struct Tally {
     pub bad: usize,
 }
 
-/// [`lanes_class_losses`] reduced, for a caller that needs only their sum and counts them
-/// itself: the indices checked and counted as the losses are formed, each lane's losses added
-/// up over the blocks in `f64`, the lanes then added pairwise in a fixed order.
+/// [`lanes_class_losses`] reduced, for a caller that needs only their sum: the indices
+/// checked and counted here as the losses are formed, and the losses added in the order of
+/// [`super::sum`] over them, so bitwise that sum (the one the paths with a gradient take):
+/// each of the 16 lanes over the full blocks, the rows of a short last block apart.
 // PERF: the losses in scratch, their sum and a pass that checked the indices first: float32
-// cross_entropy 65536 x 10 took 1.04x the time, 163840 x 4 1.07x (BENCHMARKS.md).
+// cross_entropy 65536 x 10 took 1.05x the time, 163840 x 4 1.06x (BENCHMARKS.md, the
+// twenty-first session).
 #[inline(always)]
 pub(crate) fn lanes_class_total<T: Float, A: Arith>(
     x: &[T],
@@ -288,17 +291,24 @@ pub(crate) fn lanes_class_total<T: Float, A: Arith>(
 ) -> Tally {
     assert_eq!(idx.len() * k, x.len(), "one class index per row");
     let (mut acc, mut live, mut bad) = ([0.0; ROW_LANES], [0u32; ROW_LANES], [0u32; ROW_LANES]);
+    let (mut last, mut last_rows) = ([0.0; ROW_LANES], 0);
     lane_blocks(x, k, a, |first, rows, cols, st| {
         let (loss, t) = block_losses(cols, st, &idx[first..first + rows], ignore);
         for l in 0..ROW_LANES {
-            acc[l] += loss[l];
             live[l] += u32::from(t[l] != IGNORED);
             bad[l] += u32::from(t[l] == OUTSIDE);
+        }
+        if rows == ROW_LANES {
+            for l in 0..ROW_LANES {
+                acc[l] += loss[l];
+            }
+        } else {
+            (last, last_rows) = (loss, rows);
         }
     });
     let count = |c: [u32; ROW_LANES]| c.iter().map(|&v| v as usize).sum();
     Tally {
-        sum: super::lanes_total(acc, 0.0),
+        sum: super::lanes_total(acc, last[..last_rows].iter().sum()),
         live: count(live),
         bad: count(bad),
     }

@@ -472,18 +472,22 @@ pub(crate) mod tests {
     /// not, bitwise the row path's, at every level.
     #[test]
     fn log_softmax_of_rows_of_one_is_x_minus_x() {
-        let inf = f32::INFINITY;
-        let x = [0.0f32, -0.0, 1.5, -3e38, 3e38, 1e-45, inf, -inf, f32::NAN];
-        let mut want = [1f32; 9];
-        for (xr, wr) in rows(&x, 1).zip(rows_mut(&mut want, 1)) {
-            log_softmax_row(xr, wr, Ahead::NONE, Unfused);
+        fn check<T: Float>(x: &[T]) {
+            let mut want = vec![T::ONE; x.len()];
+            for (xr, wr) in rows(x, 1).zip(rows_mut(&mut want, 1)) {
+                log_softmax_row(xr, wr, Ahead::NONE, Unfused);
+            }
+            assert!(want[..6].iter().all(|v| v.to_f64().to_bits() == 0));
+            assert!(want[6..].iter().all(|v| v.is_nan()));
+            for level in Level::supported() {
+                let mut got = vec![T::ONE; x.len()];
+                log_softmax(level, x, 1, &mut got, true);
+                assert!(same_or_nan(&got, &want), "{level:?}");
+            }
         }
-        assert!(want[..6].iter().all(|v| v.to_bits() == 0) && want[6..].iter().all(|v| v.is_nan()));
-        for level in Level::supported() {
-            let mut got = [1f32; 9];
-            log_softmax(level, &x, 1, &mut got, true);
-            assert!(same_or_nan(&got, &want), "{level:?}: {got:?}");
-        }
+        let (inf, inf32) = (f64::INFINITY, f32::INFINITY);
+        check::<f32>(&[0.0, -0.0, 1.5, -3e38, 3e38, 1e-45, inf32, -inf32, f32::NAN]);
+        check::<f64>(&[0.0, -0.0, 1.5, -1e308, 1e308, 5e-324, inf, -inf, f64::NAN]);
     }
 
     #[test]

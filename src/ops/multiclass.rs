@@ -2,8 +2,10 @@
 //! class weights, label smoothing, z-loss and soft cap; [`CeOptions::new`] validates them) and
 //! the negative log-likelihood, with the gradient when asked. Every class index is checked
 //! before anything is written; blocks of rows then run in parallel on the kernels of
-//! [`crate::kernels::cross_entropy`], per-block sums added in block order. A few very long rows
-//! on class indices go to [`super::long_rows`].
+//! [`crate::kernels::cross_entropy`], per-block sums added in block order. Where only the
+//! reduced loss of short plain rows is asked for, the blocks' kernel checks their indices
+//! itself (`total_in_lanes`). A few very long rows on class indices go to
+//! [`super::long_rows`].
 
 use super::{block_scale, check_out, long_rows, pieces, CeOptions, Reduction, Src, Upstream};
 use crate::error::{Error, Result};
@@ -140,13 +142,14 @@ fn one_index_per_row(view: &View<'_>, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// The plain cross-entropy of short rows on class indices reduced (`"mean"` or `"sum"`),
-/// where nothing else is written: each block's kernel checks and counts its indices as it
+/// The plain cross-entropy of short rows on class indices reduced (`"mean"` or `"sum"`; NaN
+/// for `"none"`, whose losses go to an output this path does not take), where nothing else is
+/// written: each block's kernel checks and counts its indices as it
 /// forms the losses and adds them up ([`kernels::cross_entropy::class_total`]). Where a block
 /// found an index out of range, the error is the one [`mean_denominator`] gives (the first
 /// such index).
-// PERF: through `multiclass_loss`'s blocks, float32 cross_entropy 65536 x 10 took 1.04x the
-// time and 163840 x 4 1.07x (BENCHMARKS.md).
+// PERF: through `multiclass_loss`'s blocks, float32 cross_entropy 65536 x 10 took 1.05x the
+// time and 163840 x 4 1.06x (BENCHMARKS.md, the twenty-first session).
 fn total_in_lanes<T: Float>(
     isa: Level,
     x: Src<'_>,
