@@ -267,7 +267,7 @@ pub(crate) fn lanes_class_losses<T: Float, A: Arith>(
 /// What a reduced cross-entropy needs of a block of rows: the sum of their losses, how many
 /// rows are not ignored, and how many of those have an index outside the classes (their
 /// losses, NaN, are in the sum).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Tally {
     pub sum: f64,
     pub live: usize,

@@ -142,28 +142,22 @@ fn one_index_per_row(view: &View<'_>, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// The plain cross-entropy of short rows on class indices reduced (`"mean"` or `"sum"`; NaN
-/// for `"none"`, whose losses go to an output this path does not take), where nothing else is
-/// written: each block's kernel checks and counts its indices as it
-/// forms the losses and adds them up ([`kernels::cross_entropy::class_total`]). Where a block
-/// found an index out of range, the error is the one [`mean_denominator`] gives (the first
-/// such index).
+/// The plain cross-entropy of short rows on the class indices `view` (`targets`) reduced
+/// (`"mean"` or `"sum"`; NaN for `"none"`, whose losses go to an output this path does not
+/// take), where nothing else is written: each block's kernel checks and counts its indices as
+/// it forms the losses and adds them up ([`kernels::cross_entropy::class_total`]). Where a
+/// block found an index out of range, the error is the one [`mean_denominator`] gives (the
+/// first such index).
 // PERF: through `multiclass_loss`'s blocks, float32 cross_entropy 65536 x 10 took 1.05x the
 // time and 163840 x 4 1.06x (BENCHMARKS.md, the twenty-first session).
 fn total_in_lanes<T: Float>(
     isa: Level,
     x: Src<'_>,
-    targets: &Targets<'_>,
+    (targets, view, ignore_index): (&Targets<'_>, &View<'_>, i64),
     n: usize,
     k: usize,
     reduction: Reduction,
 ) -> Result<f64> {
-    let Targets::Index {
-        view, ignore_index, ..
-    } = *targets
-    else {
-        unreachable!("class indices only");
-    };
     one_index_per_row(view, n)?;
     let parts = for_blocks_with(n, k, block_ranges(n, k), |r, _| {
         let (mut sx, mut si) = (Vec::new(), Vec::new());
@@ -213,11 +207,18 @@ pub fn multiclass_loss<T: Float>(
             ));
         }
     }
-    if let (Loss::CrossEntropy(o), Targets::Index { .. }, None, None) =
-        (loss, targets, losses.as_deref(), grad.as_deref())
+    if let (
+        Loss::CrossEntropy(o),
+        Targets::Index {
+            view, ignore_index, ..
+        },
+        None,
+        None,
+    ) = (loss, targets, losses.as_deref(), grad.as_deref())
     {
         if kernels::cross_entropy::totals_in_lanes(k, o) {
-            return total_in_lanes::<T>(isa, x, &targets, n, k, reduction);
+            let indices = (&targets, view, ignore_index);
+            return total_in_lanes::<T>(isa, x, indices, n, k, reduction);
         }
     }
     let denominator = mean_denominator(isa, &targets, k, n, weight)?;
