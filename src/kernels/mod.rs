@@ -87,6 +87,31 @@ pub fn row_max<T: Float>(x: &[T]) -> T {
 #[inline(always)]
 fn row_max_with<T: Float, const FOLD: bool>(x: &[T]) -> T {
     let mut acc = [T::NEG_INFINITY; LANES];
+    let mut x = x;
+    // PERF: long rows take two vectors a step into two sets of lanes, two chains of `maxps`
+    // instead of one (float32 8192 x 1000 softmax(out=) 0.95-0.96x the time, float64
+    // log_softmax(out=) 0.93x, the rest 0.96-1.01x; AMD EPYC, 2026-12-05). The maximum is the
+    // same value in any order; only which of +0 and -0 is kept can change, and a row holding
+    // both has s >= 2, where no output depends on the shift's sign.
+    if !FOLD {
+        let mut acc2 = [T::NEG_INFINITY; LANES];
+        let mut pairs = x.chunks_exact(2 * LANES);
+        for c in &mut pairs {
+            let c: &[T; 2 * LANES] = c.try_into().unwrap();
+            for l in 0..LANES {
+                acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+                acc2[l] = if c[l + LANES] > acc2[l] {
+                    c[l + LANES]
+                } else {
+                    acc2[l]
+                };
+            }
+        }
+        for l in 0..LANES {
+            acc[l] = if acc2[l] > acc[l] { acc2[l] } else { acc[l] };
+        }
+        x = pairs.remainder();
+    }
     let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
         let c: &[T; LANES] = c.try_into().unwrap();
@@ -1172,7 +1197,7 @@ mod tests {
     fn row_max_both_forms_ignore_nan() {
         fn check<T: Float>() {
             for len in [
-                0usize, 1, 5, 15, 16, 17, 31, 33, 100, 255, 256, 257, 300, 1000,
+                0usize, 1, 5, 15, 16, 17, 31, 33, 100, 255, 256, 257, 272, 300, 1000, 1008,
             ] {
                 for at in (0..len).step_by(7).chain(len.checked_sub(1)) {
                     let x: Vec<T> = (0..len)
