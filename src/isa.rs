@@ -235,6 +235,13 @@ pub trait Arith: Copy + Send + Sync + 'static {
     fn lanes_in_registers<T: Float>(self) -> bool {
         false
     }
+    /// `kernels::lanes_total` of a chunk's 16 float32 accumulators and its tail, where the
+    /// token has it in registers (the same bits); `None` elsewhere, and for other types.
+    #[inline(always)]
+    fn lanes_total_f32<T: Float>(self, acc: &[T; 16], tail: T) -> Option<f64> {
+        let _ = (acc, tail);
+        None
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -309,10 +316,10 @@ fn full_block<T>(block: &[T], k: usize) -> bool {
 }
 
 /// The [`Arith`] of a token: [`Fused`]'s exponentials, and the transpositions of full float32
-/// blocks in registers by `$to` and `$back` (`simd::x86`), which need the token's instruction
-/// set.
+/// blocks in registers by `$to` and `$back` and the totals of float32 chunk sums by `$total`
+/// (`simd::x86`), which need the token's instruction set.
 macro_rules! token_arith {
-    ($token:ident, $to:ident, $back:ident) => {
+    ($token:ident, $to:ident, $back:ident, $total:ident) => {
         impl Arith for $token {
             #[inline(always)]
             fn exp<T: Float>(self, x: T) -> T {
@@ -329,6 +336,17 @@ macro_rules! token_arith {
             #[inline(always)]
             fn lanes_in_registers<T: Float>(self) -> bool {
                 cfg!(target_arch = "x86_64") && T::DTYPE == crate::dtype::DType::F32
+            }
+            #[inline(always)]
+            fn lanes_total_f32<T: Float>(self, acc: &[T; 16], tail: T) -> Option<f64> {
+                #[cfg(target_arch = "x86_64")]
+                if let Some(acc) = simd::as_f32(acc) {
+                    let acc: &[f32; 16] = acc.try_into().expect("16 lanes");
+                    // SAFETY: as above, for `$total`. `tail` is an f32 (exact through f64).
+                    return Some(unsafe { simd::x86::$total(acc, tail.to_f64() as f32) });
+                }
+                let _ = (acc, tail);
+                None
             }
             #[inline(always)]
             fn rows_to_lanes<T: Float>(self, block: &[T], k: usize, cols: &mut Lanes<T>) {
@@ -358,8 +376,18 @@ macro_rules! token_arith {
     };
 }
 
-token_arith!(Avx2, rows_to_lanes_avx2, lanes_to_rows_avx2);
-token_arith!(Avx512, rows_to_lanes_avx512, lanes_to_rows_avx512);
+token_arith!(
+    Avx2,
+    rows_to_lanes_avx2,
+    lanes_to_rows_avx2,
+    lanes_total_avx2
+);
+token_arith!(
+    Avx512,
+    rows_to_lanes_avx512,
+    lanes_to_rows_avx512,
+    lanes_total_avx512
+);
 
 /// The arithmetic of the baseline copy: aarch64's baseline (NEON) has fused multiply-add.
 #[cfg(target_arch = "aarch64")]

@@ -1,8 +1,10 @@
-//! The two jobs written with `std::arch` intrinsics. Turning a block of short rows into lanes
+//! The jobs written with `std::arch` intrinsics. Turning a block of short rows into lanes
 //! (a transposition in registers), which LLVM's vectorizer does badly from generic code (it
 //! scatters, or gathers, an element at a time: float32 65536 x 10, a third of the time of a
-//! logsumexp). And [`prefetch`], a hint no generic code can give. Every other kernel is
-//! generic code the vectorizer handles (see [`crate::isa`]).
+//! logsumexp). The `f64` total of a chunk's float32 accumulators, which generic code only
+//! vectorizes well through memory (`kernels::chunk_sum`). And [`prefetch`], a hint no generic
+//! code can give. Every other kernel is generic code the vectorizer handles (see
+//! [`crate::isa`]).
 //!
 //! The intrinsic versions are `unsafe` for one reason only, their instruction set: they are
 //! called through the tokens of [`crate::isa`] ([`crate::isa::Avx2`], [`crate::isa::Avx512`]),
@@ -311,5 +313,54 @@ pub(crate) mod x86 {
             out[4 + j] = _mm256_permute2f128_ps::<0x31>(u[j], u[4 + j]);
         }
         out
+    }
+
+    /// `kernels::lanes_total` of 16 float32 accumulators widened to `f64`, then `tail`: the
+    /// same additions in the same pairs (halves of 8, of 4, of 2), so the same bits, with the
+    /// accumulators left in a register.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn lanes_total_avx512(acc: &[f32; 16], tail: f32) -> f64 {
+        // SAFETY: 16 readable f32.
+        let v = unsafe { _mm512_loadu_ps(acc.as_ptr()) };
+        let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+            _mm512_castps_pd(v),
+        )));
+        let a = _mm512_add_pd(lo, hi);
+        let b = _mm256_add_pd(_mm512_castpd512_pd256(a), _mm512_extractf64x4_pd::<1>(a));
+        let c = _mm_add_pd(_mm256_castpd256_pd128(b), _mm256_extractf128_pd::<1>(b));
+        (_mm_cvtsd_f64(c) + _mm_cvtsd_f64(_mm_unpackhi_pd(c, c))) + f64::from(tail)
+    }
+
+    /// [`lanes_total_avx512`] with AVX: the accumulators in two registers.
+    ///
+    /// # Safety
+    /// The CPU supports AVX.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    pub(crate) unsafe fn lanes_total_avx2(acc: &[f32; 16], tail: f32) -> f64 {
+        // SAFETY: 16 readable f32.
+        let (v0, v1) = unsafe {
+            (
+                _mm256_loadu_ps(acc.as_ptr()),
+                _mm256_loadu_ps(acc.as_ptr().add(8)),
+            )
+        };
+        // a[l] = acc[l] + acc[l + 8]: lanes 0..4, then 4..8.
+        let a0 = _mm256_add_pd(
+            _mm256_cvtps_pd(_mm256_castps256_ps128(v0)),
+            _mm256_cvtps_pd(_mm256_castps256_ps128(v1)),
+        );
+        let a1 = _mm256_add_pd(
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v0)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v1)),
+        );
+        let b = _mm256_add_pd(a0, a1);
+        let c = _mm_add_pd(_mm256_castpd256_pd128(b), _mm256_extractf128_pd::<1>(b));
+        (_mm_cvtsd_f64(c) + _mm_cvtsd_f64(_mm_unpackhi_pd(c, c))) + f64::from(tail)
     }
 }

@@ -564,7 +564,7 @@ mod tests {
             let og = &mut grouped[0][span.clone()];
             small_rows_exp(xg, k, &mut ms, og, a);
             for or in og.chunks_mut(k) {
-                let inv = T::from_f64(1.0 / small_row_sum(or));
+                let inv = T::from_f64(1.0 / small_row_sum(or, a));
                 or.iter_mut().for_each(|o| *o *= inv);
             }
             // Log-softmax: small_rows_stats, then (x - m) - ln s.

@@ -175,7 +175,7 @@ fn softmax_rows<T: Float, A: Arith>(x: &[T], k: usize, out: &mut [T], fetch_out:
         for (xg, og) in groups(x, k).zip(groups_mut(out, k)) {
             small_rows_exp(xg, k, &mut ms, og, a);
             for or in rows_mut(og, k) {
-                let inv = T::from_f64(1.0 / small_row_sum(or));
+                let inv = T::from_f64(1.0 / small_row_sum(or, a));
                 for o in or.iter_mut() {
                     *o *= inv;
                 }
