@@ -309,9 +309,13 @@ fn exp_sums<T: Float, A: Arith, const ENTROPY: bool, const SCALED: bool>(
             tail += e;
             tail_ey += ey;
         }
-        s += lanes_total_t(acc, tail);
+        s += a
+            .lanes_total_f32(&acc, tail)
+            .unwrap_or_else(|| lanes_total_t(acc, tail));
         if ENTROPY {
-            sey += lanes_total_t(acc_ey, tail_ey);
+            sey += a
+                .lanes_total_f32(&acc_ey, tail_ey)
+                .unwrap_or_else(|| lanes_total_t(acc_ey, tail_ey));
         }
     }
     (s, sey)
