@@ -235,7 +235,7 @@ pub trait Arith: Copy + Send + Sync + 'static {
     fn lanes_in_registers<T: Float>(self) -> bool {
         false
     }
-    /// `kernels::lanes_total` of a chunk's 16 float32 accumulators and its tail, where the
+    /// `kernels::lanes_total_t` of a chunk's 16 float32 accumulators and its tail, where the
     /// token has it in registers (the same bits); `None` elsewhere, and for other types.
     #[inline(always)]
     fn lanes_total_f32<T: Float>(self, acc: &[T; 16], tail: T) -> Option<f64> {
@@ -342,7 +342,9 @@ macro_rules! token_arith {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(acc) = simd::as_f32(acc) {
                     let acc: &[f32; 16] = acc.try_into().expect("16 lanes");
-                    // SAFETY: as above, for `$total`. `tail` is an f32 (exact through f64).
+                    // SAFETY: the token exists only on a CPU with the instruction set
+                    // `$total` is compiled for (the contract of its `new`). `tail` is an f32,
+                    // exact through f64.
                     return Some(unsafe { simd::x86::$total(acc, tail.to_f64() as f32) });
                 }
                 let _ = (acc, tail);

@@ -1071,22 +1071,21 @@ mod tests {
         for level in crate::isa::Level::supported() {
             let has = level.isa() != crate::isa::Isa::Baseline;
             for case in 0..20_000 {
-                let mut acc = [0.0f32; LANES];
-                for v in &mut acc {
-                    // Sums as chunks have them (positive, within a few powers of two of each
-                    // other) in most cases, any bit pattern in the others.
+                // Finite values of either sign over 80 binades, whose sums round in f64 (so
+                // that another order of the additions shows), in most cases; any bit pattern
+                // (subnormal, infinite, NaN) in the others.
+                let mut value = || {
                     let b = bits();
-                    *v = if case % 4 == 0 {
-                        f32::from_bits(b)
-                    } else {
-                        1.0 + (b >> 8) as f32 * 2f32.powi(-20)
-                    };
-                }
-                let tail = if case % 8 == 0 {
-                    f32::from_bits(bits())
-                } else {
-                    0.5
+                    if case % 4 == 0 {
+                        return f32::from_bits(b);
+                    }
+                    let sign = if b & 1 == 0 { 1.0 } else { -1.0 };
+                    let frac = 1.0 + (b >> 9) as f32 * 2f32.powi(-23);
+                    sign * frac * 2f32.powi((b >> 1) as i32 % 80 - 40)
                 };
+                let mut acc = [0.0f32; LANES];
+                acc.iter_mut().for_each(|v| *v = value());
+                let tail = value();
                 let want = lanes_total_t(acc, tail);
                 match token_total(level, &acc, tail) {
                     Some(got) => assert!(
