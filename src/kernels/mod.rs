@@ -191,6 +191,13 @@ pub(crate) fn per_column() {
     }
 }
 
+/// [`lanes_total_t`], in registers where the token `a` has it (the same bits).
+#[inline(always)]
+pub(crate) fn chunk_total<T: Float, A: Arith>(acc: [T; LANES], tail: T, a: A) -> f64 {
+    a.lanes_total_f32(&acc, tail)
+        .unwrap_or_else(|| lanes_total_t(acc, tail))
+}
+
 /// The sum of a chunk of at most `CHUNK` values in `LANES` accumulators, then pairwise.
 #[inline(always)]
 fn chunk_sum<T: Float, A: Arith>(chunk: &[T], a: A) -> f64 {
@@ -463,8 +470,7 @@ fn chunk_exp_sum<T: Float, A: Arith, const SKIP_ONES: bool>(
             tail += term(v);
         }
     }
-    a.lanes_total_f32(&acc, tail)
-        .unwrap_or_else(|| lanes_total_t(acc, tail))
+    chunk_total(acc, tail, a)
 }
 
 /// [`ExpSum`] of a row shorter than [`CHUNK`] over its maximum `m`: the rest in the one pass
